@@ -1,0 +1,3 @@
+from sknet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""Typed run configuration: YAML profiles, dotted overrides, validation and a stable digest.
+
+A config is resolved once, up front: `load_config("cpu-smoke", ["train.epochs=1"])` returns a frozen
+tree of dataclasses or raises `ConfigError` naming the key path, the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from sknet.errors import ConfigError
+
+PROFILE_DIR = Path(__file__).parent / "configs"
+
+
+def _bounds(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> dict:
+    return {"low": low, "high": high, "low_open": low_open, "high_open": high_open}
+
+
+def _at_least(low: float) -> dict:
+    return {"metadata": _bounds(low)}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the CIFAR-10 binary layout comes from and how much of it to use."""
+
+    uri: str = ""  # local directory, file:// or s3:// dataset URI
+    num_train_samples: int | None = field(default=None, **_at_least(1))  # total across ranks
+    num_eval_samples: int | None = field(default=None, **_at_least(1))
+    image_size: int = field(default=32, **_at_least(32))  # 224 resizes for the imagenet stem
+    num_parallel_workers: int = field(default=2, **_at_least(1))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["sknet50", "resnext50", "sknet_tiny"] = "sknet50"
+    stem: Literal["imagenet", "cifar"] = "cifar"
+    num_classes: int = field(default=10, **_at_least(2))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=90, **_at_least(1))
+    batch_size: int = field(default=32, **_at_least(1))  # per rank
+    seed: int = field(default=1, **_at_least(0))
+    device_target: Literal["Ascend", "GPU", "CPU"] = "CPU"
+    lr_schedule: Literal["warmup_poly", "cosine", "constant"] = "warmup_poly"
+    base_lr: float = field(default=0.1, metadata=_bounds(0.0, low_open=True))
+    warmup_epochs: float = field(default=5.0, **_at_least(0))
+    warmup_start_lr: float = field(default=0.01, **_at_least(0))
+    end_lr: float = field(default=0.0, **_at_least(0))
+    poly_power: float = field(default=2.0, **_at_least(0))
+    momentum: float = field(default=0.9, metadata=_bounds(0.0, 1.0, high_open=True))
+    weight_decay: float = field(default=1e-4, **_at_least(0))
+    label_smoothing: float = field(default=0.0, metadata=_bounds(0.0, 1.0, high_open=True))
+    loss_scale: float = field(default=1024.0, **_at_least(1))
+    amp_level: Literal["O0", "O1", "O2", "O3"] = "O0"
+    checkpoint_every_steps: int = field(default=500, **_at_least(0))  # 0: only at the end
+    keep_checkpoints: int = field(default=3, **_at_least(1))
+    log_every_steps: int = field(default=10, **_at_least(1))
+    output_dir: str = "work/runs/local"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    backend: Literal["cpu", "ascend", "msrun"] = "cpu"
+    ranks: int = field(default=1, **_at_least(1))
+    timeout_minutes: float = field(default=0.0, **_at_least(0))  # 0: no limit
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    metric: Literal["top_1_accuracy", "top_5_accuracy"] = "top_1_accuracy"
+    threshold: float = field(default=0.9, metadata=_bounds(0.0, 1.0))
+    compare_to_latest: bool = False
+    margin: float = field(default=0.0, metadata=_bounds(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    batch_size: int = field(default=1, **_at_least(1))
+    dynamic_batch: bool = False
+    tolerance: float = field(default=1e-4, **_at_least(0))  # max abs diff of the round trip
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    uri: str = "file://work/store"
+    endpoint_url: str | None = None  # MinIO, Huawei OBS, ...
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """sha256 of the resolved config's canonical JSON: equal configs, equal digests."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_config(
+    profile: str | Path | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] = (),
+) -> Config:
+    """Resolve a profile name (`cpu-smoke`) or YAML path, apply dotted overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if profile is not None:
+        path = _profile_path(profile)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded or {}
+    for key, value in _parse_overrides(overrides).items():
+        _set_dotted(raw, key, value)
+    return _build(Config, raw, "", source)
+
+
+def _profile_path(profile: str | Path) -> Path:
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    candidate = PROFILE_DIR / f"{profile}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(
+            f"unknown config profile {str(profile)!r}: expected one of {available_profiles()} "
+            "or a path to a YAML file"
+        )
+    return candidate
+
+
+def _parse_overrides(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=1")
+        key = key.strip()
+        parsed[key] = text if _accepts_text(key) and text not in ("null", "~") else _parse_scalar(item, text)
+    return parsed
+
+
+def _parse_scalar(item: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: value {text!r} is not a valid scalar") from None
+
+
+def _accepts_text(dotted: str) -> bool:
+    """True when `dotted` names a known str field, whose override value is kept verbatim."""
+    cls: Any = Config
+    for part in dotted.split("."):
+        hints = get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return cls is str or str in get_args(cls)
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"override {dotted}: {where} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: got {raw!r}, expected a mapping of keys")
+    hints = get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f"; did you mean {prefix}{hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"{source}: unknown key {prefix}{key!r}{suggestion} (known: {', '.join(known)})"
+            )
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            values[f.name] = _build(tp, raw[f.name], path + ".", source)
+        else:
+            values[f.name] = _check_value(raw[f.name], tp, f.metadata, path, source)
+    return cls(**values)
+
+
+def _check_value(value: Any, tp: Any, bounds: Mapping[str, Any], path: str, source: str) -> Any:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: {path}: got {value!r}, expected {expected}")
+
+    args = get_args(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        args = get_args(tp)
+    if get_origin(tp) is Literal:
+        if value not in args:
+            raise fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise fail("an integer" + _describe(bounds))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number" + _describe(bounds))
+        value = float(value)
+    if not _within(value, bounds):
+        raise fail(("an integer" if tp is int else "a number") + _describe(bounds))
+    return value
+
+
+def _within(value: float, bounds: Mapping[str, Any]) -> bool:
+    low, high = bounds.get("low"), bounds.get("high")
+    if low is not None and (value < low or (bounds.get("low_open") and value == low)):
+        return False
+    if high is not None and (value > high or (bounds.get("high_open") and value == high)):
+        return False
+    return True
+
+
+def _describe(bounds: Mapping[str, Any]) -> str:
+    low, high = bounds.get("low"), bounds.get("high")
+    if low is not None and high is not None:
+        close = ")" if bounds.get("high_open") else "]"
+        return f" in [{low:g}, {high:g}{close}"
+    if low is not None:
+        return f" {'>' if bounds.get('low_open') else '≥'} {low:g}"
+    return ""

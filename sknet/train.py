@@ -1,0 +1,214 @@
+"""One rank's training: distributed init, model, optimizer, loop, checkpoints, resume, metrics log.
+
+Launched once per rank (by `sknet train`, or by the launcher for several ranks). Rank 0 writes
+`<output_dir>/metrics.jsonl`, `<output_dir>/checkpoints/` and `<output_dir>/result.json`.
+Resuming from the latest checkpoint yields the same parameters as an uninterrupted run: each epoch's
+data order and augmentation are seeded by (seed, epoch), and the batches before the checkpoint are
+replayed and skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sknet.checkpoint import latest_checkpoint, load_into, save_checkpoint
+from sknet.config import Config
+from sknet.data.layout import local_dataset_path, verify_layout
+from sknet.errors import DataError
+from sknet.runtime import configure
+from sknet.schedule import learning_rates
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: str
+    checkpoint: str
+    steps: int
+    epochs: int
+    final_loss: float
+    resumed_from_step: int
+    seconds: float
+    images_per_sec: float
+    synthetic_data: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The dataset seed of one epoch: independent of where a run started or resumed."""
+    return (seed * 1_000_003 + epoch) % 2**32
+
+
+def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
+    """Train per `cfg`, resuming from the newest checkpoint in `train.output_dir` if there is one.
+
+    `stop_after_steps` ends the run early at that global step, after checkpointing (as a preempted
+    run would); a later call picks up from there.
+    """
+    data_dir = local_dataset_path(cfg.data.uri).resolve()
+    report = verify_layout(data_dir)  # cheap; never compile or train on a bad copy
+    output_dir = Path(cfg.train.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # amp O1/O2 and the graph compiler write scratch files into the cwd: keep them in the run dir.
+    with contextlib.chdir(output_dir):
+        return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps)
+
+
+def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_after_steps: int | None):
+    import mindspore as ms
+    from mindspore import nn
+
+    from sknet.data.pipeline import build_dataset
+    from sknet.model import build_model
+
+    t = cfg.train
+    configure(t.device_target, t.seed)
+    rank, ranks = _init_distributed()
+
+    def dataset_for(epoch: int):
+        ms.dataset.config.set_seed(epoch_seed(t.seed, epoch))
+        return build_dataset(
+            data_dir, train=True, batch_size=t.batch_size, image_size=cfg.data.image_size,
+            num_samples=cfg.data.num_train_samples, num_shards=ranks, shard_id=rank,
+            num_parallel_workers=cfg.data.num_parallel_workers,
+        )
+
+    steps_per_epoch = dataset_for(0).get_dataset_size()
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"data.num_train_samples={cfg.data.num_train_samples} gives no full batch of "
+            f"train.batch_size={t.batch_size} on each of {ranks} rank(s)"
+        )
+    total_steps = steps_per_epoch * t.epochs
+    rates = learning_rates(
+        t.lr_schedule, base_lr=t.base_lr, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        warmup_epochs=t.warmup_epochs, warmup_start_lr=t.warmup_start_lr, end_lr=t.end_lr,
+        poly_power=t.poly_power,
+    )
+    network = build_model(cfg.model.name, cfg.model.num_classes, cfg.model.stem)
+    optimizer = nn.Momentum(
+        _parameter_groups(network, t.weight_decay), learning_rate=ms.Tensor(rates),
+        momentum=t.momentum, loss_scale=t.loss_scale,
+    )
+    train_step = ms.amp.build_train_network(
+        network, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), level=t.amp_level,
+        loss_scale_manager=ms.FixedLossScaleManager(t.loss_scale, drop_overflow_update=False),
+    )
+
+    start_step = 0
+    latest = latest_checkpoint(output_dir)
+    if latest is not None:
+        start_step, path = latest
+        load_into(train_step, path, what="training state")
+        log.info("resuming from %s (step %d of %d)", path, start_step, total_steps)
+    if rank == 0:
+        _truncate_metrics(output_dir / METRICS_FILE, after_step=start_step)
+
+    log.info(
+        "training %s (%s stem) on %s: %d epochs × %d steps, batch %d × %d rank(s), %s",
+        cfg.model.name, cfg.model.stem, t.device_target, t.epochs, steps_per_epoch, t.batch_size, ranks,
+        "SYNTHETIC data" if synthetic else f"data {data_dir}",
+    )
+    images_per_step = t.batch_size * ranks
+    end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
+    step, loss_value, started = start_step, float("nan"), time.perf_counter()
+    while step < end_step:
+        epoch = step // steps_per_epoch
+        skip = step - epoch * steps_per_epoch
+        epoch_losses, epoch_started = [], time.perf_counter()
+        window_started, window_steps = time.perf_counter(), 0
+        batches = dataset_for(epoch).create_tuple_iterator(num_epochs=1)
+        for index, (images, labels) in enumerate(batches):
+            if index < skip:
+                continue
+            loss_value = float(train_step(images, labels).asnumpy())
+            step += 1
+            window_steps += 1
+            epoch_losses.append(loss_value)
+            if step % t.log_every_steps == 0 or step == end_step:
+                speed = window_steps * images_per_step / (time.perf_counter() - window_started)
+                window_started, window_steps = time.perf_counter(), 0
+                record = {"event": "step", "step": step, "epoch": epoch + 1, "loss": loss_value,
+                          "lr": float(rates[step - 1]), "images_per_sec": round(speed, 2)}
+                _log_metrics(output_dir, rank, record)
+                log.info("epoch %d/%d step %d/%d loss %.4f lr %.5f %.1f img/s",
+                         epoch + 1, t.epochs, step, total_steps, loss_value, rates[step - 1], speed)
+            if rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
+                save_checkpoint(train_step, output_dir, step, t.keep_checkpoints)
+            if step == end_step:
+                break
+        seconds = time.perf_counter() - epoch_started
+        if step % steps_per_epoch == 0 and epoch_losses:
+            _log_metrics(output_dir, rank, {
+                "event": "epoch", "step": step, "epoch": epoch + 1,
+                "loss": sum(epoch_losses) / len(epoch_losses),
+                "images_per_sec": round(len(epoch_losses) * images_per_step / seconds, 2),
+                "seconds": round(seconds, 3),
+            })
+    if rank == 0 and (latest_checkpoint(output_dir) or (None,))[0] != step:
+        save_checkpoint(train_step, output_dir, step, t.keep_checkpoints)
+    elapsed = time.perf_counter() - started
+    done = step - start_step
+    result = TrainResult(
+        output_dir=str(output_dir),
+        checkpoint=str(latest_checkpoint(output_dir)[1]) if rank == 0 else "",
+        steps=step, epochs=t.epochs, final_loss=loss_value, resumed_from_step=start_step,
+        seconds=round(elapsed, 3), images_per_sec=round(done * images_per_step / elapsed, 2) if done else 0.0,
+        synthetic_data=synthetic,
+    )
+    if rank == 0:
+        (output_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def _init_distributed() -> tuple[int, int]:
+    """(rank, ranks): joins the collective group when launched as one of several ranks."""
+    if "MS_ROLE" not in os.environ and int(os.environ.get("RANK_SIZE", "1")) <= 1:
+        return 0, 1
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return get_rank(), get_group_size()
+
+
+def _parameter_groups(network, weight_decay: float) -> list[dict]:
+    """Weight decay on conv and dense weights only, not on BN γ/β or biases."""
+    params = network.trainable_params()
+    decayed = [p for p in params if not p.name.endswith(("gamma", "beta", "bias"))]
+    exempt = [p for p in params if p.name.endswith(("gamma", "beta", "bias"))]
+    return [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": exempt, "weight_decay": 0.0},
+        {"order_params": params},
+    ]
+
+
+def _log_metrics(output_dir: Path, rank: int, record: dict) -> None:
+    if rank != 0:
+        return
+    record = {**record, "time": round(time.time(), 3)}
+    with open(output_dir / METRICS_FILE, "a") as stream:
+        stream.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop records past the resume point: they belong to steps that will run again."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= after_step]
+    path.write_text("".join(line + "\n" for line in kept))
