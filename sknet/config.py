@@ -147,9 +147,22 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: expected a mapping of sections, got {type(loaded).__name__}")
         raw = loaded or {}
-    for key, value in _parse_overrides(overrides).items():
+    parsed = _parse_overrides(overrides)
+    for key, value in parsed.items():
         _set_dotted(raw, key, value)
-    return _build(Config, raw, "", source)
+    return _build(Config, raw, "", _Source(source, set(parsed)))
+
+
+class _Source:
+    """Names where a key's value came from: the profile file or an override."""
+
+    def __init__(self, profile: str, overridden: set[str]):
+        self.profile, self.overridden = profile, overridden
+
+    def of(self, path: str) -> str:
+        if path in self.overridden or any(k.startswith(path + ".") for k in self.overridden):
+            return "override"
+        return self.profile
 
 
 def _profile_path(profile: str | Path) -> Path:
@@ -210,18 +223,19 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+def _build(cls: type, raw: Any, prefix: str, source: _Source) -> Any:
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where}: got {raw!r}, expected a mapping of keys")
+        raise ConfigError(f"{source.of(where)}: {where}: got {raw!r}, expected a mapping of keys")
     hints = get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
-            suggestion = f"; did you mean {prefix}{hint[0]!r}?" if hint else ""
+            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
             raise ConfigError(
-                f"{source}: unknown key {prefix}{key!r}{suggestion} (known: {', '.join(known)})"
+                f"{source.of(prefix + str(key))}: unknown key '{prefix}{key}'{suggestion} "
+                f"(known{' in ' + where if prefix else ''}: {', '.join(known)})"
             )
     values = {}
     for f in dataclasses.fields(cls):
@@ -232,7 +246,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
         if dataclasses.is_dataclass(tp):
             values[f.name] = _build(tp, raw[f.name], path + ".", source)
         else:
-            values[f.name] = _check_value(raw[f.name], tp, f.metadata, path, source)
+            values[f.name] = _check_value(raw[f.name], tp, f.metadata, path, source.of(path))
     return cls(**values)
 
 

@@ -1,0 +1,141 @@
+"""The `sknet` command: every pipeline stage, runnable by hand without Prefect.
+
+Logs go to stderr; machine-readable results (JSON) go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from sknet.errors import SknetError
+
+EXAMPLES = """\
+examples:
+  sknet data synth --out work/data                      # synthetic CIFAR-10 layout (demo/test only)
+  sknet data verify work/data
+  sknet config show --config cpu-smoke --set train.epochs=1
+  sknet train --config cpu-smoke --set data.uri=work/data train.output_dir=work/runs/smoke
+  sknet eval --config cpu-smoke --set data.uri=work/data --checkpoint work/runs/smoke/checkpoints/step-00000060.ckpt
+  sknet export --config cpu-smoke --checkpoint CKPT --out work/model.mindir --dynamic-batch
+"""
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, metavar="NAME|PATH",
+        help="a shipped profile (cifar10-ascend8, cpu-smoke) or a YAML file",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="dotted overrides applied after the profile, e.g. --set train.epochs=1 data.uri=work/data",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sknet", description="Train, evaluate and export SKNet-50 on CIFAR-10 (Ascend, GPU or CPU).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="CIFAR-10 binary layout: synthesize, verify")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_commands.add_parser(
+        "synth", help="write a deterministic full-size synthetic layout (≈184 MB; marked SYNTHETIC)",
+        description="Write DIR/cifar-10-batches-bin/ with learnable synthetic classes. "
+        "For tests and demos only: it is marked SYNTHETIC and never replaces real data silently.",
+        epilog="example: sknet data synth --out work/data --seed 0",
+    )
+    synth.add_argument("--out", required=True, metavar="DIR", help="parent directory of cifar-10-batches-bin/")
+    synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    synth.add_argument("--force", action="store_true", help="overwrite an existing layout")
+    verify = data_commands.add_parser(
+        "verify", help="check file set, exact sizes and labels of a local layout",
+        epilog="example: sknet data verify work/data",
+    )
+    verify.add_argument("path", metavar="DIR", help="cifar-10-batches-bin/ or its parent")
+
+    config = commands.add_parser("config", help="show the resolved config and its digest")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_commands.add_parser(
+        "show", help="print the resolved YAML and digest",
+        epilog="example: sknet config show --config cpu-smoke --set train.epochs=1",
+    )
+    _add_config_args(show)
+
+    train = commands.add_parser(
+        "train", help="train one rank (resumes from the newest checkpoint in train.output_dir)",
+        epilog="example: sknet train --config cpu-smoke --set data.uri=work/data train.output_dir=work/runs/smoke",
+    )
+    _add_config_args(train)
+
+    evaluate = commands.add_parser(
+        "eval", help="top-1/top-5 accuracy and loss of a checkpoint, printed as JSON",
+        epilog="example: sknet eval --config cpu-smoke --set data.uri=work/data --checkpoint RUN/checkpoints/step-00000060.ckpt",
+    )
+    _add_config_args(evaluate)
+    evaluate.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .ckpt written by sknet train")
+
+    export = commands.add_parser(
+        "export", help="write MINDIR and check that it round-trips",
+        epilog="example: sknet export --config cpu-smoke --checkpoint CKPT --out work/model.mindir --dynamic-batch",
+    )
+    _add_config_args(export)
+    export.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .ckpt written by sknet train")
+    export.add_argument("--out", required=True, metavar="FILE.mindir", help="where to write the model")
+    export.add_argument(
+        "--dynamic-batch", action="store_true", default=None,
+        help="leave the batch dimension free (default: export.dynamic_batch, static export.batch_size)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+    )
+    try:
+        result = _run(args)
+    except SknetError as exc:
+        print(f"sknet: error: {exc}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> dict | None:
+    if args.command == "data":
+        from sknet.data import verify_layout, write_synthetic_layout
+
+        if args.data_command == "synth":
+            path = write_synthetic_layout(args.out, seed=args.seed, overwrite=args.force)
+            return {**verify_layout(path).to_dict(), "seed": args.seed}
+        return verify_layout(args.path).to_dict()
+
+    from sknet.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "config":
+        print(f"# digest: {cfg.digest()}\n{cfg.to_yaml()}", end="")
+        return None
+    if args.command == "train":
+        from sknet.train import train
+
+        return train(cfg).to_dict()
+    if args.command == "eval":
+        from sknet.evaluate import evaluate
+
+        return evaluate(cfg, args.checkpoint)
+    if args.command == "export":
+        from sknet.export import export_mindir
+
+        return export_mindir(cfg, args.checkpoint, args.out, dynamic_batch=args.dynamic_batch)
+    raise AssertionError(f"unhandled command {args.command}")
