@@ -1,0 +1,46 @@
+"""MINDIR export of the trained smoke model, reloaded and compared through the real command."""
+
+import pytest
+
+from conftest import run_json, run_sknet
+
+pytestmark = pytest.mark.slow
+
+
+def export(smoke_run, synthetic_data, out, *extra):
+    return run_json("-q", "export", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
+                    "--checkpoint", smoke_run["checkpoint"], "--out", str(out), *extra)
+
+
+def test_static_batch_export_round_trips(smoke_run, synthetic_data, tmp_path):
+    result = export(smoke_run, synthetic_data, tmp_path / "model.mindir")
+    assert result["input_shape"] == [1, 3, 32, 32] and result["dynamic_batch"] is False
+    assert result["max_abs_diff"] <= 1e-4
+    assert (tmp_path / "model.mindir").stat().st_size == result["bytes"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.mindir"]  # no partial files left
+
+
+def test_dynamic_batch_export_round_trips(smoke_run, synthetic_data, tmp_path):
+    result = export(smoke_run, synthetic_data, tmp_path / "dyn.mindir", "--dynamic-batch")
+    assert result["input_shape"] == [None, 3, 32, 32] and result["dynamic_batch"] is True
+    assert result["max_abs_diff"] <= 1e-4
+
+
+def test_checkpoint_of_another_model_is_rejected_by_name(smoke_run, synthetic_data, tmp_path):
+    proc = run_sknet("eval", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
+                     "model.num_classes=7", "--checkpoint", smoke_run["checkpoint"], check=False)
+    assert proc.returncode == 2
+    assert f"checkpoint {smoke_run['checkpoint']} does not fit" in proc.stderr
+
+
+def test_missing_checkpoint_is_named(synthetic_data, tmp_path):
+    proc = run_sknet("export", "--config", "cpu-smoke", "--checkpoint", str(tmp_path / "nope.ckpt"),
+                     "--out", str(tmp_path / "m.mindir"), check=False)
+    assert proc.returncode == 2 and "nope.ckpt does not exist" in proc.stderr
+    assert not (tmp_path / "m.mindir").exists()
+
+
+def test_output_must_be_a_mindir_file(smoke_run, tmp_path):
+    proc = run_sknet("export", "--config", "cpu-smoke", "--checkpoint", smoke_run["checkpoint"],
+                     "--out", str(tmp_path / "model.onnx"), check=False)
+    assert proc.returncode == 2 and "expected a file name ending in .mindir" in proc.stderr

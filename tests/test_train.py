@@ -1,0 +1,112 @@
+"""Real training of the tiny SKNet on CPU, through the `sknet` command and in fresh processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_json, run_sknet
+
+pytestmark = pytest.mark.slow
+
+SHORT = ["data.num_train_samples=192", "train.epochs=2", "train.checkpoint_every_steps=4",
+         "train.log_every_steps=1", "train.keep_checkpoints=5"]  # 6 steps per epoch, 12 in all
+
+
+def train_until(out, data, *extra, stop_after_steps=None):
+    """One training process, optionally stopped at a step boundary as a preempted run would be."""
+    overrides = [f"data.uri={data}", f"train.output_dir={out}", *SHORT, *extra]
+    code = (
+        "import json, sys; from sknet.config import load_config; from sknet.train import train; "
+        f"r = train(load_config('cpu-smoke', {overrides!r}), stop_after_steps={stop_after_steps!r}); "
+        "print(json.dumps(r.to_dict()))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "GLOG_v": "3"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def weights(checkpoint):
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(checkpoint)).items()}
+
+
+def assert_same_weights(a, b):
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    different = [k for k in first if not np.array_equal(first[k], second[k])]
+    assert not different, f"{len(different)} tensors differ, first: {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic_data, tmp_path_factory):
+    return train_until(tmp_path_factory.mktemp("reference"), synthetic_data)
+
+
+def test_smoke_profile_learns_well_above_chance(smoke_run, synthetic_data):
+    assert smoke_run["synthetic_data"] is True
+    metrics = run_json("-q", "eval", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
+                       "--checkpoint", smoke_run["checkpoint"])
+    assert set(metrics) >= {"top_1_accuracy", "top_5_accuracy", "loss", "samples"}
+    assert metrics["samples"] == 320
+    assert metrics["top_1_accuracy"] > 0.5  # chance is 0.1
+    assert metrics["top_5_accuracy"] >= metrics["top_1_accuracy"]
+
+
+def test_metrics_log_has_one_record_per_logged_step_and_epoch(smoke_run):
+    lines = open(os.path.join(smoke_run["output_dir"], "metrics.jsonl")).read().splitlines()
+    records = [json.loads(line) for line in lines]
+    steps = [r for r in records if r["event"] == "step"]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [r["step"] for r in steps] == list(range(5, 61, 5))
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert all(r["images_per_sec"] > 0 and r["lr"] >= 0 and np.isfinite(r["loss"]) for r in steps)
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+
+
+def test_same_seed_gives_bit_identical_weights(reference, synthetic_data, tmp_path):
+    again = train_until(tmp_path, synthetic_data)
+    assert_same_weights(reference["checkpoint"], again["checkpoint"])
+
+
+def test_different_seed_gives_different_weights(reference, synthetic_data, tmp_path):
+    other = train_until(tmp_path, synthetic_data, "train.seed=2")
+    first, second = weights(reference["checkpoint"]), weights(other["checkpoint"])
+    assert not np.array_equal(first["head.weight"], second["head.weight"])
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(reference, synthetic_data, tmp_path):
+    partial = train_until(tmp_path, synthetic_data, stop_after_steps=7)
+    assert partial["steps"] == 7
+    # a crash loses the work since the last periodic checkpoint (step 4): drop the step-7 save
+    (tmp_path / "checkpoints" / "step-00000007.ckpt").unlink()
+    resumed = train_until(tmp_path, synthetic_data)
+    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 12
+    assert_same_weights(reference["checkpoint"], resumed["checkpoint"])
+    logged = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")
+              if json.loads(line)["event"] == "step"]
+    assert logged == list(range(1, 13))  # replayed steps are not logged twice
+
+
+def test_a_finished_run_is_not_trained_again(reference, synthetic_data):
+    again = train_until(reference["output_dir"], synthetic_data)
+    assert again["resumed_from_step"] == 12 and again["steps"] == 12
+
+
+def test_training_refuses_bad_data_before_compiling(synthetic_data, tmp_path):
+    proc = run_sknet("train", "--config", "cpu-smoke", "--set", f"data.uri={tmp_path}",
+                     f"train.output_dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2
+    assert "missing data_batch_1.bin" in proc.stderr
+
+
+def test_too_few_samples_for_one_batch_is_an_error(synthetic_data, tmp_path):
+    proc = run_sknet("train", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
+                     "data.num_train_samples=8", f"train.output_dir={tmp_path}", check=False)
+    assert proc.returncode == 2
+    assert "gives no full batch of train.batch_size=32" in proc.stderr
