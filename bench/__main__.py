@@ -21,12 +21,13 @@ MODEL_ROWS = [
 DEFAULT_ISA_ROWS = [("sknet50", "imagenet", 3, 1), ("resnext50", "imagenet", 3, 1)]
 
 
-def measure_in_process(rows, isa: str | None) -> list[dict]:
+def in_process(*args: str, isa: str | None = None):
+    """Run `python -m bench.models ARGS` in a fresh process; `isa` sets ONEDNN_MAX_CPU_ISA."""
     env = {**os.environ, "GLOG_v": "3"}
     env.pop("ONEDNN_MAX_CPU_ISA", None)
     if isa:
         env["ONEDNN_MAX_CPU_ISA"] = isa
-    proc = subprocess.run([sys.executable, "-m", "bench.models", json.dumps(rows)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "bench.models", *args], env=env,
                           stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -38,11 +39,13 @@ def ratio(rows: list[dict], stem: str) -> float:
 
 def bench_models() -> dict:
     started = time.time()
-    rows = measure_in_process(MODEL_ROWS, isa=None)
-    default_isa = measure_in_process(DEFAULT_ISA_ROWS, isa="DEFAULT")
+    rows = in_process("speed", json.dumps(MODEL_ROWS))
+    memory = [in_process("memory", name, stem) for name, stem, _, _ in MODEL_ROWS]
+    default_isa = in_process("speed", json.dumps(DEFAULT_ISA_ROWS), isa="ALL")
     return {
         "benchmark": "models", "machine": machine(), "input": "32x32, batch 32, fp32, graph mode, CPU",
         "rows": rows,
+        "memory": memory,
         "sk_over_resnext_step_time": {"imagenet": ratio(rows, "imagenet"), "cifar": ratio(rows, "cifar")},
         "goal": "sk/resnext ≤ 1.25 (paper FLOP ratio 1.05); zoo SKNet-50 ≈ 1.35 s/step, timm ≈ 0.72 s/step",
         "onednn_default_isa_rows": default_isa,
@@ -52,6 +55,19 @@ def bench_models() -> dict:
     }
 
 
+def print_table(report: dict) -> None:
+    """A human summary on stderr; stdout stays one JSON document."""
+    memory = {(m["model"], m["stem"]): m["peak_rss_mb"] for m in report["memory"]}
+    print(f"\n{'model':10} {'stem':9} {'isa':5} {'compile s':>9} {'step s':>7} {'img/s':>6} {'cores':>5} {'peak MB':>8}",
+          file=sys.stderr)
+    for row in report["rows"] + report["onednn_default_isa_rows"]:
+        print(f"{row['model']:10} {row['stem']:9} {row['onednn_max_cpu_isa']:5} {row['compile_seconds']:9.1f} "
+              f"{row['step_seconds']:7.3f} {row['images_per_sec']:6.1f} {row['cores_busy']:5.2f} "
+              f"{memory.get((row['model'], row['stem']), '') if row['onednn_max_cpu_isa'] == 'AVX2' else '':>8}",
+              file=sys.stderr)
+    print(f"SK/ResNeXt step time: {report['sk_over_resnext_step_time']}", file=sys.stderr)
+
+
 def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     summary = {}
@@ -59,6 +75,7 @@ def main() -> None:
         report = bench()
         (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
         summary[name] = report
+    print_table(summary["models"])
     print(json.dumps(summary, indent=2))
 
 

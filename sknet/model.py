@@ -3,8 +3,8 @@
 SKNet-50 is ResNeXt-50 (32×4d) with each bottleneck's 3×3 grouped conv replaced by a selective-kernel
 unit: two grouped 3×3 paths, the second dilated by 2 (the paper's stand-in for 5×5), fused by summation,
 squeezed to a `max(C/16, 32)`-wide descriptor and re-weighted per channel by a softmax across paths.
-The fully connected layers of the fuse/select steps are 1×1 convs on the pooled 1×1 map, which is the
-same function with the same parameters. Everything else follows the paper; there are no zoo deviations.
+Everything follows the paper (fuse/select fc layers are `Dense`, without bias); none of the model zoo's
+deviations (no ReLU after the first 1×1, an extra BN after the SK conv, a biased fuse fc without BN).
 """
 
 from __future__ import annotations
@@ -34,18 +34,25 @@ def conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int = 1, dilation
 
 
 class SelectiveKernelAttention(nn.Cell):
-    """Fuse and select: global pool of the fused map → fc C→d + BN + ReLU → fc d→C per path → softmax."""
+    """Fuse and select: global pool of the fused map → fc C→d + BN + ReLU → fc d→C per path → softmax.
+
+    Returns per-path channel weights of shape (N, paths, C, 1, 1) that sum to 1 across paths.
+    """
 
     def __init__(self, channels: int, num_paths: int = 2, reduction: int = 16, min_dim: int = 32):
         super().__init__()
         dim = max(channels // reduction, min_dim)
         self.num_paths = num_paths
         self.channels = channels
-        self.fc_reduce = conv_bn_relu(channels, dim, 1)
-        self.fc_select = _conv(dim, channels * num_paths, 1)
+        self.fc_reduce = nn.SequentialCell([
+            nn.Dense(channels, dim, weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), has_bias=False),
+            nn.BatchNorm1d(dim),
+            nn.ReLU(),
+        ])
+        self.fc_select = nn.Dense(dim, channels * num_paths, weight_init=HeNormal(mode="fan_out"), has_bias=False)
 
     def construct(self, fused):
-        squeezed = ops.mean(fused, (2, 3), keep_dims=True)
+        squeezed = ops.mean(fused, (2, 3))
         logits = self.fc_select(self.fc_reduce(squeezed))
         logits = ops.reshape(logits, (-1, self.num_paths, self.channels, 1, 1))
         return ops.softmax(logits, axis=1)

@@ -34,11 +34,23 @@ def test_sk_unit_has_a_plain_and_a_dilated_grouped_path_and_a_fused_descriptor()
     first = units[0]
     convs = [path[0][0] for path in first.paths]
     assert [(c.group, c.dilation[-1], c.kernel_size) for c in convs] == [(32, 1, (3, 3)), (32, 2, (3, 3))]
-    reduce_conv = first.attention.fc_reduce[0][0]
-    assert (reduce_conv.in_channels, reduce_conv.out_channels) == (128, 32)  # d = max(128/16, 32)
-    last = units[-1].attention.fc_reduce[0][0]
+    reduce_fc = first.attention.fc_reduce[0]
+    assert (reduce_fc.in_channels, reduce_fc.out_channels, reduce_fc.has_bias) == (128, 32, False)  # d = max(128/16, 32)
+    last = units[-1].attention.fc_reduce[0]
     assert (last.in_channels, last.out_channels) == (1024, 64)  # d = 1024/16
     assert units[-1].attention.fc_select.out_channels == 2 * 1024
+
+
+def test_sk_attention_weights_are_a_softmax_across_paths():
+    import mindspore as ms
+
+    from sknet.model import SelectiveKernelAttention
+
+    attention = SelectiveKernelAttention(64, num_paths=2)
+    attention.set_train(False)
+    weights = attention(ms.Tensor(np.random.default_rng(1).standard_normal((3, 64, 4, 4)).astype(np.float32)))
+    assert weights.shape == (3, 2, 64, 1, 1)
+    np.testing.assert_allclose(weights.asnumpy().sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_resnext_has_no_selective_kernel_units():
