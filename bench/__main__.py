@@ -14,8 +14,8 @@ from bench.models import machine
 RESULTS = Path(__file__).parent / "results"
 # (model, stem, timed steps, warm-up steps)
 MODEL_ROWS = [
-    ("sknet50", "imagenet", 10, 2), ("resnext50", "imagenet", 10, 2),
-    ("sknet50", "cifar", 3, 1), ("resnext50", "cifar", 3, 1),
+    ("sknet50", "imagenet", 15, 2), ("resnext50", "imagenet", 15, 2),
+    ("sknet50", "cifar", 5, 1), ("resnext50", "cifar", 5, 1),
 ]
 # the same SKNet-50 row with oneDNN free to use AVX-512, which on this CPU picks a reference kernel
 DEFAULT_ISA_ROWS = [("sknet50", "imagenet", 3, 1), ("resnext50", "imagenet", 3, 1)]

@@ -52,15 +52,20 @@ def measure_speed(name: str, stem: str, timed_steps: int, warmup_steps: int) -> 
     for _ in range(warmup_steps):
         step(images, labels).asnumpy()
     cpu_before, wall_before = _cpu_seconds(), time.perf_counter()
+    durations = []
     for _ in range(timed_steps):
+        began = time.perf_counter()
         step(images, labels).asnumpy()
+        durations.append(time.perf_counter() - began)
     wall = time.perf_counter() - wall_before
     cpu = _cpu_seconds() - cpu_before
+    median = float(np.median(durations))
     return {
         "model": name, "stem": stem, "parameters": count_parameters(network), "batch": BATCH,
         "compile_seconds": round(compile_seconds, 2), "compile_cores_busy": round(compile_cores, 2),
-        "step_seconds": round(wall / timed_steps, 4),
-        "images_per_sec": round(BATCH * timed_steps / wall, 1), "cores_busy": round(cpu / wall, 2),
+        "step_seconds": round(median, 4),
+        "step_seconds_min_max": [round(min(durations), 4), round(max(durations), 4)],
+        "images_per_sec": round(BATCH / median, 1), "cores_busy": round(cpu / wall, 2),
         "timed_steps": timed_steps, "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
     }
 

@@ -35,6 +35,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_storage_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint-url", default=None, metavar="URL",
+                        help="S3 endpoint for MinIO / Huawei OBS (default: AWS, or AWS_ENDPOINT_URL)")
+    parser.add_argument("--region", default=None, help="S3 region (default: the boto3 chain's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sknet", description="Train, evaluate and export SKNet-50 on CIFAR-10 (Ascend, GPU or CPU).",
@@ -55,10 +61,31 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     synth.add_argument("--force", action="store_true", help="overwrite an existing layout")
     verify = data_commands.add_parser(
-        "verify", help="check file set, exact sizes and labels of a local layout",
-        epilog="example: sknet data verify work/data",
+        "verify", help="check a local layout, or a staged dataset's objects against its manifest",
+        epilog="examples:\n  sknet data verify work/data\n  sknet data verify s3://bucket/datasets/cifar10/<digest>",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    verify.add_argument("path", metavar="DIR", help="cifar-10-batches-bin/ or its parent")
+    verify.add_argument("path", metavar="DIR|URI", help="cifar-10-batches-bin/ (or its parent), or a dataset URI")
+    _add_storage_args(verify)
+    stage = data_commands.add_parser(
+        "stage", help="verify CIFAR-10 and publish it to object storage under its manifest digest",
+        description="SRC is the official tarball URL, a local tarball or a layout directory. Prints the "
+        "dataset URI (<dest>/<digest>). Re-staging identical data uploads nothing.",
+        epilog="example: sknet data stage --source https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz "
+        "--dest s3://my-bucket/datasets/cifar10",
+    )
+    stage.add_argument("--source", required=True, metavar="SRC", help="URL, tarball or layout directory")
+    stage.add_argument("--dest", required=True, metavar="URI", help="s3://bucket/prefix or file:///path")
+    stage.add_argument("--expected-md5", default=None, metavar="HEX",
+                       help="MD5 a tarball must have (default: the official cifar-10-binary.tar.gz's)")
+    _add_storage_args(stage)
+    fetch = data_commands.add_parser(
+        "fetch", help="download a staged dataset into a verified local cache (no-op when cached)",
+        epilog="example: sknet data fetch s3://my-bucket/datasets/cifar10/<digest> --cache work/cache",
+    )
+    fetch.add_argument("uri", metavar="URI", help="a dataset URI printed by `sknet data stage`")
+    fetch.add_argument("--cache", default="work/cache", metavar="DIR", help="cache directory (default work/cache)")
+    _add_storage_args(fetch)
 
     config = commands.add_parser("config", help="show the resolved config and its digest")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -118,7 +145,9 @@ def _run(args: argparse.Namespace) -> dict | None:
         if args.data_command == "synth":
             path = write_synthetic_layout(args.out, seed=args.seed, overwrite=args.force)
             return {**verify_layout(path).to_dict(), "seed": args.seed}
-        return verify_layout(args.path).to_dict()
+        if args.data_command == "verify" and "://" not in args.path:
+            return verify_layout(args.path).to_dict()
+        return _data_storage_command(args)
 
     from sknet.config import load_config
 
@@ -139,3 +168,24 @@ def _run(args: argparse.Namespace) -> dict | None:
 
         return export_mindir(cfg, args.checkpoint, args.out, dynamic_batch=args.dynamic_batch)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _data_storage_command(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from sknet.data import stage as staging
+    from sknet.data.layout import TARBALL_MD5
+    from sknet.storage import open_store
+
+    def store_for(uri: str):
+        return open_store(uri, endpoint_url=args.endpoint_url, region=args.region)
+
+    if args.data_command == "stage":
+        uri = staging.stage(args.source, store_for(args.dest), expected_md5=args.expected_md5 or TARBALL_MD5)
+        return {"uri": uri}
+    uri = args.uri if args.data_command == "fetch" else args.path
+    store = store_for(uri.rstrip("/").rpartition("/")[0])  # a dataset URI is <store>/<digest>
+    if args.data_command == "fetch":
+        path, digest = staging.fetch(uri, store, Path(args.cache))
+        return {"path": str(path), "digest": digest}
+    return staging.verify_remote(uri, store)

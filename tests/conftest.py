@@ -46,3 +46,35 @@ def smoke_run(synthetic_data, tmp_path_factory) -> dict:
     result = run_json("-q", "train", "--config", "cpu-smoke",
                       "--set", f"data.uri={synthetic_data}", f"train.output_dir={out}")
     return result
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on a free loopback port, with fake credentials in the environment."""
+    from s3server import SECRET_KEY, S3Server
+
+    env = {"AWS_ACCESS_KEY_ID": "sknet-test-key", "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A fresh bucket per test: s3://<name>."""
+    import re
+    import uuid
+
+    from sknet.storage import s3_client
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    s3_client(endpoint_url=s3_server.endpoint).create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,183 @@
+"""Stage CIFAR-10 into object storage under its manifest digest, and fetch it back into a verified cache.
+
+Staged layout: `<dest>/<digest>/{data_batch_1.bin … test_batch.bin, batches.meta.txt, manifest.json}`,
+where the digest is the sha256 of the manifest's file table. The manifest is written last, so a
+prefix without one is incomplete. A fetched copy lives in `<cache>/<digest>/` and is marked verified
+only after every file matched the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sknet.data.layout import (
+    LAYOUT_DIR, META_FILE, RECORD_BYTES, SYNTHETIC_MARKER, TARBALL_MD5, TEST_FILE, TRAIN_FILES,
+    check_batch_file, verify_layout,
+)
+from sknet.errors import DataError
+from sknet.storage import Store, join, publish, read_manifest, sha256_file
+
+log = logging.getLogger(__name__)
+
+VERIFIED_MARKER = ".verified"
+FORMAT = "cifar10-binary"
+
+
+def dataset_manifest(directory: Path) -> dict:
+    """File table (size, sha256, records) of a verified local layout, and its digest."""
+    report = verify_layout(directory)
+    names = [*TRAIN_FILES, TEST_FILE, META_FILE] + ([SYNTHETIC_MARKER] if report.synthetic else [])
+    files = {}
+    for name in names:
+        path = report.path / name
+        entry = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        if name.endswith(".bin"):
+            entry["records"] = entry["size"] // RECORD_BYTES
+        files[name] = entry
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return {"format": FORMAT, "digest": digest, "synthetic": report.synthetic, "files": files}
+
+
+def stage(source: str, store: Store, *, expected_md5: str = TARBALL_MD5, work_dir: Path | None = None) -> str:
+    """Publish SOURCE (URL, tarball or layout directory) to `store` and return the dataset URI."""
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="sknet-stage-") as scratch:
+        directory = _materialize(source, Path(scratch), expected_md5)
+        manifest = dataset_manifest(directory)
+        digest = manifest["digest"]
+        uri = f"{store.uri}/{digest}"
+        if store.exists(join(digest, "manifest.json")):
+            if read_manifest(store, digest).get("files") == manifest["files"]:
+                log.info("%s is already staged; nothing to upload", uri)
+                return uri
+        layout = verify_layout(directory).path
+        files = {name: layout / name for name in manifest["files"]}
+        metadata = {k: v for k, v in manifest.items() if k != "files"}
+        publish(store, digest, files, metadata=metadata, progress=log.info, file_facts=manifest["files"])
+        log.info("staged %s%s", uri, " (SYNTHETIC data)" if manifest["synthetic"] else "")
+        return uri
+
+
+def _materialize(source: str, scratch: Path, expected_md5: str) -> Path:
+    if source.startswith(("http://", "https://")):
+        tarball = scratch / "download.tar.gz"
+        _download(source, tarball)
+        return _extract(tarball, scratch / "extracted", expected_md5)
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return _extract(path, scratch / "extracted", expected_md5)
+    raise DataError(f"--source {source}: no such file or directory; expected a URL, a tarball or a layout directory")
+
+
+def _download(url: str, target: Path) -> None:
+    log.info("downloading %s", url)
+    with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0)
+        done = 0
+        while block := response.read(2**20):
+            out.write(block)
+            done += len(block)
+            if total and done % (16 * 2**20) < 2**20:
+                log.info("downloaded %d/%d MB", done // 2**20, total // 2**20)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as stream:
+        while block := stream.read(2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _extract(tarball: Path, target: Path, expected_md5: str) -> Path:
+    """Check the MD5, refuse links and escaping paths, extract; return the layout directory."""
+    actual = _md5(tarball)
+    if actual != expected_md5:
+        raise DataError(f"{tarball}: MD5 {actual}, expected {expected_md5} (corrupt download or not CIFAR-10)")
+    target.mkdir(parents=True)
+    with tarfile.open(tarball) as archive:
+        for member in archive.getmembers():
+            resolved = (target / member.name).resolve()
+            if member.issym() or member.islnk():
+                raise DataError(f"{tarball}: member {member.name!r} is a link; refusing to extract")
+            if not (member.isfile() or member.isdir()):
+                raise DataError(f"{tarball}: member {member.name!r} is not a regular file; refusing to extract")
+            if target.resolve() not in resolved.parents and resolved != target.resolve():
+                raise DataError(f"{tarball}: member {member.name!r} escapes the target; refusing to extract")
+        archive.extractall(target, filter="data")
+    candidates = [p for p in target.rglob(TEST_FILE)]
+    if len(candidates) != 1:
+        raise DataError(f"{tarball}: expected one {LAYOUT_DIR}/ with {TEST_FILE}, found {len(candidates)}")
+    return candidates[0].parent
+
+
+def fetch(uri: str, store: Store, cache: Path, *, workers: int = 4) -> tuple[Path, str]:
+    """Local verified copy of a staged dataset: (layout directory, digest). No download on a cache hit."""
+    digest = uri.rstrip("/").rsplit("/", 1)[-1]
+    final = Path(cache) / digest / LAYOUT_DIR
+    marker = final / VERIFIED_MARKER
+    if marker.exists() and marker.read_text().strip() == digest:
+        log.info("dataset %s: verified copy in cache %s", digest[:12], final)
+        return final, digest
+    manifest = read_manifest(store, digest)
+    _check_listing(store, digest, manifest)
+    partial = Path(cache) / digest / f".partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        def get_one(name: str) -> None:
+            store.get(join(digest, name), partial / name)
+            _check_file(partial / name, name, manifest["files"][name], f"{store.uri}/{digest}/{name}")
+            log.info("fetched %s", name)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(get_one, sorted(manifest["files"])))
+        (partial / VERIFIED_MARKER).write_text(digest + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return final, digest
+
+
+def _check_listing(store: Store, digest: str, manifest: dict) -> None:
+    listed = {o.key[len(digest) + 1:]: o.size for o in store.list(digest + "/")}
+    listed.pop("manifest.json", None)
+    expected = {name: entry["size"] for name, entry in manifest["files"].items()}
+    for name in sorted(set(expected) - set(listed)):
+        raise DataError(f"{store.uri}/{digest}/{name}: listed in the manifest but missing from the store")
+    for name in sorted(set(listed) - set(expected)):
+        raise DataError(f"{store.uri}/{digest}/{name}: extra object not in the manifest")
+    for name, size in sorted(listed.items()):
+        if size != expected[name]:
+            raise DataError(f"{store.uri}/{digest}/{name}: {size:,} bytes in the store, manifest says {expected[name]:,}")
+
+
+def _check_file(path: Path, name: str, entry: dict, where: str) -> None:
+    size = path.stat().st_size
+    if size != entry["size"]:
+        raise DataError(f"{where}: {size:,} bytes fetched, manifest says {entry['size']:,}")
+    if sha256_file(path) != entry["sha256"]:
+        raise DataError(f"{where}: sha256 differs from the manifest (corrupted object)")
+    if name.endswith(".bin"):
+        check_batch_file(path)
+
+
+def verify_remote(uri: str, store: Store) -> dict:
+    """Check a staged dataset in place: manifest present, object set and sizes, stored checksums."""
+    digest = uri.rstrip("/").rsplit("/", 1)[-1]
+    manifest = read_manifest(store, digest)
+    _check_listing(store, digest, manifest)
+    for name, entry in sorted(manifest["files"].items()):
+        store.verify(join(digest, name), entry["size"], entry["sha256"])
+    return {"uri": uri, "digest": digest, "files": len(manifest["files"]), "synthetic": manifest.get("synthetic")}

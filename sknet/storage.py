@@ -1,0 +1,305 @@
+"""Object storage behind one small interface: `S3Store` (any S3 endpoint) and `LocalStore` (file://).
+
+Keys are relative to the store's root (`s3://bucket/prefix` or `file:///path`). A set of files is
+published atomically by `publish`: upload everything, verify every object, write `manifest.json` last.
+A prefix without a manifest is incomplete and readers must treat it so (`read_manifest`).
+Errors name the operation and the object, never credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sknet.errors import SknetError
+
+MANIFEST = "manifest.json"
+CHUNK = 8 * 2**20  # multipart part size, and the read block for hashing
+MULTIPART_THRESHOLD = 64 * 2**20  # CIFAR-10 files (30.7 MB) go up in one part, with a full sha256 checksum
+
+
+class StorageError(SknetError):
+    """An object operation failed or an object is not what was expected."""
+
+
+class IncompleteError(StorageError):
+    """A prefix has no manifest: its publication never finished."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Store(Protocol):
+    uri: str
+
+    def get(self, key: str, dest: Path) -> None: ...
+    def put(self, src: Path, key: str) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def put_bytes(self, data: bytes, key: str) -> None: ...
+    def list(self, prefix: str = "") -> list[ObjectInfo]: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def verify(self, key: str, size: int, sha256: str) -> None: ...
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def join(prefix: str, key: str) -> str:
+    return f"{prefix.rstrip('/')}/{key.lstrip('/')}" if prefix else key.lstrip("/")
+
+
+class LocalStore:
+    """A directory used like a bucket; each write lands under a temporary name and is renamed."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.uri = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise StorageError(f"key {key!r} escapes {self.uri}")
+        return path
+
+    def _missing(self, op: str, key: str) -> StorageError:
+        return StorageError(f"{op} {self.uri}/{key}: no such object")
+
+    def get(self, key: str, dest: Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise self._missing("get", key)
+        _copy_atomic(source, Path(dest))
+
+    def put(self, src: Path, key: str) -> None:
+        _copy_atomic(Path(src), self._path(key))
+
+    def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise self._missing("get", key)
+        return path.read_bytes()
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
+        partial.write_bytes(data)
+        os.replace(partial, target)
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(
+            (ObjectInfo(p.relative_to(self.root).as_posix(), p.stat().st_size)
+             for p in base.rglob("*") if p.is_file() and not p.name.startswith(".partial-")),
+            key=lambda o: o.key,
+        )
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def verify(self, key: str, size: int, sha256: str) -> None:
+        path = self._path(key)
+        if not path.is_file():
+            raise self._missing("verify", key)
+        _check(self.uri, key, path.stat().st_size, size, sha256_file(path), sha256)
+
+
+class S3Store:
+    """An S3 bucket/prefix through boto3: AWS, MinIO, Huawei OBS (`endpoint_url`), standard credentials."""
+
+    def __init__(self, uri: str, *, endpoint_url: str | None = None, region: str | None = None,
+                 addressing_style: str = "auto", client=None):
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        if not bucket:
+            raise StorageError(f"{uri!r}: expected s3://bucket[/prefix]")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.uri = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self.client = client or s3_client(endpoint_url=endpoint_url, region=region,
+                                          addressing_style=addressing_style)
+
+    def _key(self, key: str) -> str:
+        return join(self.prefix, key)
+
+    def _fail(self, op: str, key: str, exc: Exception) -> StorageError:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+        return StorageError(f"{op} s3://{self.bucket}/{self._key(key)}: {code}")
+
+    def get(self, key: str, dest: Path) -> None:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f".partial-{os.getpid()}-{dest.name}")
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(partial), Config=transfer_config())
+            os.replace(partial, dest)
+        except Exception as exc:
+            partial.unlink(missing_ok=True)
+            raise self._fail("get", key, exc) from None
+
+    def put(self, src: Path, key: str) -> None:
+        try:
+            self.client.upload_file(str(src), self.bucket, self._key(key), Config=transfer_config(),
+                                    ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+        except Exception as exc:
+            raise self._fail("put", key, exc) from None
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except Exception as exc:
+            raise self._fail("get", key, exc) from None
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256")
+        except Exception as exc:
+            raise self._fail("put", key, exc) from None
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        found = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                found += [ObjectInfo(o["Key"][strip:], o["Size"]) for o in page.get("Contents", [])]
+        except Exception as exc:
+            raise self._fail("list", prefix, exc) from None
+        return sorted(found, key=lambda o: o.key)
+
+    def _head(self, key: str) -> dict | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail("head", key, exc) from None
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            raise self._fail("delete", key, exc) from None
+
+    def verify(self, key: str, size: int, sha256: str) -> None:
+        """Size from HEAD, content from S3's own SHA256 checksum (full-object or per-part composite)."""
+        head = self._head(key)
+        if head is None:
+            raise StorageError(f"verify s3://{self.bucket}/{self._key(key)}: no such object")
+        stored = head.get("ChecksumSHA256")
+        if stored is None:
+            raise StorageError(f"verify s3://{self.bucket}/{self._key(key)}: the object has no SHA256 checksum")
+        expected = _s3_checksum(sha256, size) if "-" not in stored else None
+        _check(f"s3://{self.bucket}", self._key(key), head["ContentLength"], size,
+               stored if expected is not None else "composite", expected or "composite")
+
+
+def _s3_checksum(sha256_hex: str, size: int) -> str:
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+
+
+def _check(where: str, key: str, actual_size: int, size: int, actual_digest: str, digest: str) -> None:
+    if actual_size != size:
+        raise StorageError(f"{where}/{key}: {actual_size:,} bytes, expected {size:,}")
+    if actual_digest != digest:
+        raise StorageError(f"{where}/{key}: content differs from the manifest (sha256 mismatch)")
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=CHUNK,
+                          max_concurrency=8, use_threads=True)
+
+
+def s3_client(*, endpoint_url: str | None = None, region: str | None = None, addressing_style: str = "auto"):
+    """A boto3 S3 client with the standard credential chain and botocore's adaptive retries."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "adaptive", "max_attempts": 8},
+        s3={"addressing_style": addressing_style},
+        connect_timeout=10, read_timeout=60, max_pool_connections=16,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None = None,
+               addressing_style: str = "auto") -> Store:
+    """`s3://bucket/prefix` → S3Store, `file:///path` (or a plain path) → LocalStore."""
+    if uri.startswith("s3://"):
+        return S3Store(uri, endpoint_url=endpoint_url, region=region, addressing_style=addressing_style)
+    if uri.startswith("file://"):
+        return LocalStore(uri[len("file://"):])
+    if "://" in uri:
+        raise StorageError(f"unsupported storage URI {uri!r}: expected s3://bucket/prefix or file:///path")
+    return LocalStore(uri)
+
+
+def publish(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapping | None = None,
+            progress: Callable[[str], None] | None = None, file_facts: Mapping[str, dict] | None = None) -> dict:
+    """Upload `files` (key under prefix → local path), verify each object, then write the manifest.
+
+    Each manifest entry holds size and sha256, plus any `file_facts[name]` (e.g. a record count).
+    """
+    entries = {}
+    for name, path in sorted(files.items()):
+        path = Path(path)
+        facts = (file_facts or {}).get(name, {})
+        entries[name] = {**facts, "size": path.stat().st_size, "sha256": sha256_file(path)}
+        store.put(path, join(prefix, name))
+        if progress:
+            progress(f"uploaded {name} ({entries[name]['size']:,} bytes)")
+    for name, entry in entries.items():
+        store.verify(join(prefix, name), entry["size"], entry["sha256"])
+    manifest = {"files": entries, **(metadata or {})}
+    store.put_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode(), join(prefix, MANIFEST))
+    return manifest
+
+
+def read_manifest(store: Store, prefix: str) -> dict:
+    key = join(prefix, MANIFEST)
+    if not store.exists(key):
+        raise IncompleteError(f"{store.uri}/{prefix}: no {MANIFEST}; the prefix is incomplete or not published")
+    try:
+        return json.loads(store.get_bytes(key))
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{store.uri}/{key}: not valid JSON ({exc})") from None
+
+
+def iter_files(manifest: Mapping) -> Iterator[tuple[str, dict]]:
+    yield from sorted(manifest["files"].items())

@@ -1,0 +1,167 @@
+"""Stage → fetch → verify of a full-size dataset through a real S3 server and a file:// store."""
+
+import io
+import json
+import shutil
+import tarfile
+
+import pytest
+
+from sknet.data.layout import LAYOUT_DIR, TEST_FILE
+from sknet.data.stage import VERIFIED_MARKER, dataset_manifest, fetch, stage
+from sknet.errors import DataError
+from sknet.storage import IncompleteError, LocalStore, S3Store
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path):
+    if request.param == "file":
+        return LocalStore(tmp_path / "bucket")
+    server = request.getfixturevalue("s3_server")
+    return S3Store(f"s3://{request.getfixturevalue('bucket')}/datasets/cifar10", endpoint_url=server.endpoint)
+
+
+LOCAL_METHODS = {"GetObject": ("get", "get_bytes"), "HeadObject": ("exists", "verify"),
+                 "PutObject": ("put", "put_bytes"), "CreateMultipartUpload": ()}
+
+
+def count_calls(store, operation):
+    """Record every S3 `operation` request (or the LocalStore methods doing the same job)."""
+    calls = []
+    if isinstance(store, S3Store):
+        store.client.meta.events.register(f"before-call.s3.{operation}", lambda **kw: calls.append(1))
+        return calls
+    for method in LOCAL_METHODS[operation]:
+        original = getattr(store, method)
+
+        def counted(*args, _original=original, **kwargs):
+            calls.append(1)
+            return _original(*args, **kwargs)
+
+        setattr(store, method, counted)
+    return calls
+
+
+def test_stage_fetch_round_trip(store, synthetic_data, tmp_path):
+    uri = stage(str(synthetic_data), store)
+    digest = dataset_manifest(synthetic_data)["digest"]
+    assert uri == f"{store.uri}/{digest}"
+    path, fetched = fetch(uri, store, tmp_path / "cache")
+    assert fetched == digest and path == tmp_path / "cache" / digest / LAYOUT_DIR
+    assert (path / VERIFIED_MARKER).exists()
+    assert dataset_manifest(path)["files"] == dataset_manifest(synthetic_data)["files"]
+    staged = json.loads(store.get_bytes(f"{digest}/manifest.json"))
+    assert staged["files"]["data_batch_1.bin"]["records"] == 10_000 and staged["synthetic"] is True
+
+
+def test_second_fetch_is_served_from_cache_without_any_get(store, synthetic_data, tmp_path):
+    uri = stage(str(synthetic_data), store)
+    fetch(uri, store, tmp_path / "cache")
+    gets = count_calls(store, "GetObject")
+    heads = count_calls(store, "HeadObject")
+    fetch(uri, store, tmp_path / "cache")
+    assert gets == [] and heads == []
+
+
+def test_restaging_identical_data_uploads_nothing(store, synthetic_data):
+    stage(str(synthetic_data), store)
+    puts = count_calls(store, "PutObject")
+    uploads = count_calls(store, "CreateMultipartUpload")
+    assert stage(str(synthetic_data), store).endswith(dataset_manifest(synthetic_data)["digest"])
+    assert puts == [] and uploads == []
+
+
+@pytest.fixture
+def staged(store, synthetic_data):
+    uri = stage(str(synthetic_data), store)
+    return uri, uri.rsplit("/", 1)[-1]
+
+
+def assert_nothing_cached(cache, digest):
+    assert not (cache / digest / LAYOUT_DIR).exists()
+    assert not list((cache / digest).glob(".partial-*")) if (cache / digest).exists() else True
+
+
+def test_flipped_byte_is_caught_and_nothing_is_cached(store, staged, tmp_path):
+    uri, digest = staged
+    data = bytearray(store.get_bytes(f"{digest}/data_batch_2.bin"))
+    data[12345] ^= 0xFF
+    store.put_bytes(bytes(data), f"{digest}/data_batch_2.bin")
+    with pytest.raises(DataError, match=r"data_batch_2\.bin: sha256 differs from the manifest"):
+        fetch(uri, store, tmp_path / "cache")
+    assert_nothing_cached(tmp_path / "cache", digest)
+
+
+def test_truncated_object_is_caught(store, staged, tmp_path):
+    uri, digest = staged
+    store.put_bytes(store.get_bytes(f"{digest}/{TEST_FILE}")[:1000], f"{digest}/{TEST_FILE}")
+    with pytest.raises(DataError, match=r"test_batch\.bin: 1,000 bytes in the store, manifest says 30,730,000"):
+        fetch(uri, store, tmp_path / "cache")
+    assert_nothing_cached(tmp_path / "cache", digest)
+
+
+def test_missing_object_is_caught(store, staged, tmp_path):
+    uri, digest = staged
+    store.delete(f"{digest}/data_batch_4.bin")
+    with pytest.raises(DataError, match=r"data_batch_4\.bin: listed in the manifest but missing"):
+        fetch(uri, store, tmp_path / "cache")
+
+
+def test_extra_object_is_caught(store, staged, tmp_path):
+    uri, digest = staged
+    store.put_bytes(b"surprise", f"{digest}/data_batch_6.bin")
+    with pytest.raises(DataError, match=r"data_batch_6\.bin: extra object not in the manifest"):
+        fetch(uri, store, tmp_path / "cache")
+
+
+def test_missing_manifest_reads_as_incomplete(store, staged, tmp_path):
+    uri, digest = staged
+    store.delete(f"{digest}/manifest.json")
+    with pytest.raises(IncompleteError, match="no manifest.json"):
+        fetch(uri, store, tmp_path / "cache")
+
+
+def make_tarball(path, members):
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_tarball_with_wrong_md5_is_refused(tmp_path):
+    tarball = make_tarball(tmp_path / "c.tar.gz", [("cifar-10-batches-bin/test_batch.bin", b"x")])
+    with pytest.raises(DataError, match=r"c\.tar\.gz: MD5 [0-9a-f]{32}, expected c32a1d4ab5d03f1284b67883e8d87530"):
+        stage(str(tarball), LocalStore(tmp_path / "store"))
+
+
+def test_tarball_member_escaping_the_target_is_refused(tmp_path):
+    from sknet.data.stage import _md5
+
+    tarball = make_tarball(tmp_path / "evil.tar.gz", [("../evil.txt", b"x")])
+    with pytest.raises(DataError, match=r"member '\.\./evil\.txt' escapes the target"):
+        stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_tarball_with_a_link_is_refused(tmp_path):
+    from sknet.data.stage import _md5
+
+    tarball = tmp_path / "link.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        info = tarfile.TarInfo("cifar-10-batches-bin/test_batch.bin")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(info)
+    with pytest.raises(DataError, match="is a link; refusing to extract"):
+        stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
+
+
+def test_a_real_layout_tarball_stages(synthetic_data, tmp_path):
+    from sknet.data.stage import _md5
+
+    tarball = tmp_path / "cifar-10-binary.tar.gz"
+    with tarfile.open(tarball, "w:gz", compresslevel=1) as archive:
+        archive.add(synthetic_data / LAYOUT_DIR, arcname=LAYOUT_DIR)
+    uri = stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
+    assert uri.endswith(dataset_manifest(synthetic_data)["digest"])

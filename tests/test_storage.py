@@ -1,0 +1,94 @@
+"""Both stores, through the same interface; S3 over real HTTP to moto's server."""
+
+import json
+import logging
+
+import pytest
+
+from sknet.storage import (
+    IncompleteError, LocalStore, S3Store, StorageError, open_store, publish, read_manifest, sha256_file,
+)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path):
+    if request.param == "file":
+        return LocalStore(tmp_path / "store")
+    server = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("bucket")
+    return S3Store(f"s3://{bucket}/some/prefix", endpoint_url=server.endpoint)
+
+
+@pytest.fixture
+def files(tmp_path):
+    first, second = tmp_path / "a.bin", tmp_path / "b.txt"
+    first.write_bytes(bytes(range(256)) * 1000)
+    second.write_text("hello\n")
+    return {"dir/a.bin": first, "b.txt": second}
+
+
+def test_put_get_list_exists_delete_round_trip(store, files, tmp_path):
+    store.put(files["dir/a.bin"], "dir/a.bin")
+    store.put_bytes(b"xyz", "c.txt")
+    assert [(o.key, o.size) for o in store.list()] == [("c.txt", 3), ("dir/a.bin", 256_000)]
+    assert [o.key for o in store.list("dir/")] == ["dir/a.bin"]
+    assert store.exists("c.txt") and not store.exists("nope")
+    store.get("dir/a.bin", tmp_path / "out" / "a.bin")
+    assert sha256_file(tmp_path / "out" / "a.bin") == sha256_file(files["dir/a.bin"])
+    assert store.get_bytes("c.txt") == b"xyz"
+    store.delete("c.txt")
+    assert not store.exists("c.txt")
+
+
+def test_missing_object_error_names_the_object(store, tmp_path):
+    with pytest.raises(StorageError, match=r"get .*/missing\.bin"):
+        store.get("missing.bin", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_publish_writes_a_verified_manifest_last(store, files):
+    manifest = publish(store, "release/1", files, metadata={"kind": "test"})
+    assert read_manifest(store, "release/1") == manifest
+    assert manifest["kind"] == "test"
+    assert manifest["files"]["dir/a.bin"]["sha256"] == sha256_file(files["dir/a.bin"])
+
+
+def test_prefix_without_manifest_reads_as_incomplete(store, files):
+    store.put(files["b.txt"], "half/b.txt")  # a publication interrupted before its manifest
+    with pytest.raises(IncompleteError, match="no manifest.json; the prefix is incomplete"):
+        read_manifest(store, "half")
+
+
+def test_verify_detects_a_changed_object(store, files):
+    publish(store, "p", files)
+    entry = read_manifest(store, "p")["files"]["b.txt"]
+    store.put_bytes(b"HELLO\n", "p/b.txt")  # same size, other content
+    with pytest.raises(StorageError, match=r"b\.txt: content differs from the manifest"):
+        store.verify("p/b.txt", entry["size"], entry["sha256"])
+    store.put_bytes(b"hi\n", "p/b.txt")
+    with pytest.raises(StorageError, match=r"b\.txt: 3 bytes, expected 6"):
+        store.verify("p/b.txt", entry["size"], entry["sha256"])
+
+
+def test_open_store_picks_the_implementation_by_scheme(tmp_path):
+    assert isinstance(open_store(f"file://{tmp_path}"), LocalStore)
+    assert isinstance(open_store("s3://bucket/prefix", region="us-east-1"), S3Store)
+    with pytest.raises(StorageError, match="unsupported storage URI 'gs://x'"):
+        open_store("gs://x")
+
+
+def test_local_keys_cannot_escape_the_root(tmp_path):
+    with pytest.raises(StorageError, match="escapes"):
+        LocalStore(tmp_path / "root").put_bytes(b"x", "../outside")
+
+
+def test_s3_errors_name_bucket_and_key_but_never_the_secret(s3_server, tmp_path, caplog):
+    from s3server import SECRET_KEY
+
+    caplog.set_level(logging.DEBUG)
+    store = S3Store("s3://no-such-bucket/x", endpoint_url=s3_server.endpoint)
+    with pytest.raises(StorageError) as error:
+        store.get("k.bin", tmp_path / "k.bin")
+    assert "s3://no-such-bucket/x/k.bin" in str(error.value)
+    assert SECRET_KEY not in str(error.value)
+    assert SECRET_KEY not in caplog.text
