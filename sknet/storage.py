@@ -245,13 +245,14 @@ def transfer_config():
                           max_concurrency=8, use_threads=True)
 
 
-def s3_client(*, endpoint_url: str | None = None, region: str | None = None, addressing_style: str = "auto"):
+def s3_client(*, endpoint_url: str | None = None, region: str | None = None, addressing_style: str = "auto",
+              max_attempts: int = 8):
     """A boto3 S3 client with the standard credential chain and botocore's adaptive retries."""
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "adaptive", "max_attempts": 8},
+        retries={"mode": "adaptive", "max_attempts": max_attempts},
         s3={"addressing_style": addressing_style},
         connect_timeout=10, read_timeout=60, max_pool_connections=16,
     )

@@ -165,3 +165,30 @@ def test_a_real_layout_tarball_stages(synthetic_data, tmp_path):
         archive.add(synthetic_data / LAYOUT_DIR, arcname=LAYOUT_DIR)
     uri = stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
     assert uri.endswith(dataset_manifest(synthetic_data)["digest"])
+
+
+def test_cli_stage_verify_fetch_against_the_s3_server(s3_server, bucket, synthetic_data, tmp_path):
+    from conftest import run_json
+
+    endpoint = ["--endpoint-url", s3_server.endpoint]
+    staged = run_json("-q", "data", "stage", "--source", str(synthetic_data),
+                      "--dest", f"s3://{bucket}/datasets/cifar10", *endpoint)
+    uri = staged["uri"]
+    assert uri == f"s3://{bucket}/datasets/cifar10/{dataset_manifest(synthetic_data)['digest']}"
+    verified = run_json("-q", "data", "verify", uri, *endpoint)
+    assert verified["files"] == 8 and verified["synthetic"] is True
+    fetched = run_json("-q", "data", "fetch", uri, "--cache", str(tmp_path / "cache"), *endpoint)
+    assert (tmp_path / "cache" / verified["digest"] / LAYOUT_DIR / VERIFIED_MARKER).exists()
+    assert fetched["digest"] == verified["digest"]
+
+
+def test_cli_verify_names_a_corrupted_object(s3_server, bucket, synthetic_data, tmp_path):
+    from conftest import run_sknet
+
+    store = S3Store(f"s3://{bucket}/d", endpoint_url=s3_server.endpoint)
+    uri = stage(str(synthetic_data), store)
+    digest = uri.rsplit("/", 1)[-1]
+    store.put_bytes(b"x" * 61, f"{digest}/batches.meta.txt")
+    proc = run_sknet("data", "verify", uri, "--endpoint-url", s3_server.endpoint, check=False)
+    assert proc.returncode == 2
+    assert f"s3://{bucket}/d/{digest}/batches.meta.txt: content differs from the manifest" in proc.stderr

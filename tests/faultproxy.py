@@ -1,0 +1,73 @@
+"""A tiny HTTP proxy on 127.0.0.1 that answers the first requests with S3 server errors, then forwards."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FAULTS = [
+    (500, "InternalError", "We encountered an internal error. Please try again."),
+    (503, "ServiceUnavailable", "Please reduce your request rate."),
+    (503, "SlowDown", "Please reduce your request rate."),
+]
+
+
+class FaultProxy:
+    """`faults` leading requests fail (cycling 500 / 503 / SlowDown); later ones go to `upstream_port`."""
+
+    def __init__(self, upstream_port: int, faults: int):
+        self.upstream_port, self.remaining, self.injected, self.forwarded = upstream_port, faults, 0, 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with proxy.lock:
+                    fault = FAULTS[proxy.injected % len(FAULTS)] if proxy.remaining > 0 else None
+                    if fault:
+                        proxy.remaining -= 1
+                        proxy.injected += 1
+                    else:
+                        proxy.forwarded += 1
+                if fault:
+                    status, code, message = fault
+                    payload = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                response = upstream.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                dropped = {"transfer-encoding", "connection"} | ({"content-length"} if self.command != "HEAD" else set())
+                for key, value in response.getheaders():
+                    if key.lower() not in dropped:
+                        self.send_header(key, value)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
