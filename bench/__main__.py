@@ -71,12 +71,18 @@ def print_table(report: dict) -> None:
 def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     summary = {}
-    for name, bench in {"models": bench_models}.items():
+    from bench.storage import bench_storage
+
+    only = set(sys.argv[1:])  # e.g. `python -m bench storage`
+    for name, bench in {"storage": bench_storage, "models": bench_models}.items():
+        if only and name not in only:
+            continue
         report = bench()
-        (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         summary[name] = report
-    print_table(summary["models"])
-    print(json.dumps(summary, indent=2))
+    if "models" in summary:
+        print_table(summary["models"])
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -304,3 +304,9 @@ def read_manifest(store: Store, prefix: str) -> dict:
 
 def iter_files(manifest: Mapping) -> Iterator[tuple[str, dict]]:
     yield from sorted(manifest["files"].items())
+
+
+def store_from_config(storage, uri: str | None = None) -> Store:
+    """The store at `uri` (default `storage.uri`) with the endpoint, region and addressing of a StorageConfig."""
+    return open_store(uri or storage.uri, endpoint_url=storage.endpoint_url, region=storage.region,
+                      addressing_style=storage.addressing_style)

@@ -92,3 +92,15 @@ def test_s3_errors_name_bucket_and_key_but_never_the_secret(s3_server, tmp_path,
     assert "s3://no-such-bucket/x/k.bin" in str(error.value)
     assert SECRET_KEY not in str(error.value)
     assert SECRET_KEY not in caplog.text
+
+
+def test_store_from_config_uses_the_storage_section(s3_server, bucket):
+    from sknet.config import load_config
+    from sknet.storage import store_from_config
+
+    cfg = load_config("cpu-smoke", [f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={s3_server.endpoint}",
+                                    "storage.addressing_style=path"])
+    store = store_from_config(cfg.storage)
+    store.put_bytes(b"ok", "probe.txt")
+    assert store.uri == f"s3://{bucket}/runs" and store.get_bytes("probe.txt") == b"ok"
+    assert store.client.meta.config.s3["addressing_style"] == "path"
