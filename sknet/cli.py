@@ -87,6 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--cache", default="work/cache", metavar="DIR", help="cache directory (default work/cache)")
     _add_storage_args(fetch)
 
+    ranktable = commands.add_parser(
+        "ranktable", help="write an HCCL rank table (v1.0) for Ascend devices, or merge several servers' tables",
+        description="Device IPs come from --hccn-conf FILE (address_N=IP lines) or, without it, from "
+        "`hccn_tool -i N -ip -g`. Devices must lie within one HCCS group (0-3 or 4-7) or be all of 0-7.",
+        epilog="examples:\n"
+        "  sknet ranktable --hccn-conf /etc/hccn.conf --devices 0-7 --server-ip 10.0.0.1 --out rank_table_8p.json\n"
+        "  sknet ranktable --hccn-conf /etc/hccn.conf --devices 0-3 --visible-devices 4,5,6,7 --out rt.json\n"
+        "  sknet ranktable --merge server1.json server2.json --out rank_table_16p.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ranktable.add_argument("--hccn-conf", metavar="FILE", help="read device IPs from this file instead of hccn_tool")
+    ranktable.add_argument("--devices", default="0-7", help="device ids the ranks use, as seen by them (default 0-7)")
+    ranktable.add_argument("--visible-devices", metavar="IDS",
+                           help="physical NPU behind each visible id, e.g. 4,5,6,7 (default identity)")
+    ranktable.add_argument("--server-ip", help="this server's IP (default: resolved from the hostname)")
+    ranktable.add_argument("--merge", nargs="+", metavar="TABLE", help="merge these tables; rank ids continue")
+    ranktable.add_argument("--out", required=True, metavar="FILE", help="where to write the table")
+
     config = commands.add_parser("config", help="show the resolved config and its digest")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser(
@@ -100,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: sknet train --config cpu-smoke --set data.uri=work/data train.output_dir=work/runs/smoke",
     )
     _add_config_args(train)
+
+    launch = commands.add_parser(
+        "launch", help="start and supervise all ranks of a run (launch.backend: cpu, ascend, msrun)",
+        epilog="example: sknet launch --config cpu-smoke --set launch.ranks=2 data.uri=work/data "
+        "train.output_dir=work/runs/dp2",
+    )
+    _add_config_args(launch)
 
     evaluate = commands.add_parser(
         "eval", help="top-1/top-5 accuracy and loss of a checkpoint, printed as JSON",
@@ -149,6 +174,9 @@ def _run(args: argparse.Namespace) -> dict | None:
             return verify_layout(args.path).to_dict()
         return _data_storage_command(args)
 
+    if args.command == "ranktable":
+        return _ranktable(args)
+
     from sknet.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -159,6 +187,10 @@ def _run(args: argparse.Namespace) -> dict | None:
         from sknet.train import train
 
         return train(cfg).to_dict()
+    if args.command == "launch":
+        from sknet.launch.launcher import launch
+
+        return launch(cfg, on_line=lambda line: print(line, file=sys.stderr, flush=True)).to_dict()
     if args.command == "eval":
         from sknet.evaluate import evaluate
 
@@ -189,3 +221,18 @@ def _data_storage_command(args: argparse.Namespace) -> dict:
         path, digest = staging.fetch(uri, store, Path(args.cache))
         return {"path": str(path), "digest": digest}
     return staging.verify_remote(uri, store)
+
+
+def _ranktable(args: argparse.Namespace) -> dict:
+    from sknet.launch import ranktable as rt
+
+    if args.merge:
+        table = rt.merge_rank_tables([rt.load_rank_table(path) for path in args.merge])
+    else:
+        devices = rt.parse_devices(args.devices)
+        visible = rt.parse_visible_devices(args.visible_devices)
+        physical = rt.physical_devices(devices, visible)
+        ips = rt.read_hccn_conf(args.hccn_conf) if args.hccn_conf else rt.query_hccn_tool(physical)
+        table = rt.build_rank_table(ips, devices, args.server_ip or rt.default_server_ip(), visible)
+    path = rt.write_rank_table(table, args.out)
+    return {"out": str(path), "servers": int(table["server_count"]), "ranks": rt.rank_size(table)}

@@ -77,8 +77,13 @@ class TrainConfig:
 @dataclass(frozen=True)
 class LaunchConfig:
     backend: Literal["cpu", "ascend", "msrun"] = "cpu"
-    ranks: int = field(default=1, **_at_least(1))
+    ranks: int = field(default=1, **_at_least(1))  # in all, across nodes
     timeout_minutes: float = field(default=0.0, **_at_least(0))  # 0: no limit
+    rank_table: str = ""  # HCCL rank table for the ascend backend (`sknet ranktable`)
+    nodes: int = field(default=1, **_at_least(1))  # msrun: hosts taking part
+    node_rank: int = field(default=0, **_at_least(0))  # msrun: this host's index
+    master_addr: str = "127.0.0.1"  # msrun: the scheduler's host
+    master_port: int = field(default=0, metadata=_bounds(0, 65535))  # 0: pick a free port
 
 
 @dataclass(frozen=True)

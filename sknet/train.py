@@ -170,7 +170,21 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
     )
     if rank == 0:
         (output_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    rank_record = {"rank": rank, "ranks": ranks, "shard_id": rank, "num_shards": ranks, "steps": step,
+                   "batches_per_epoch": steps_per_epoch, "parameters_sha256": parameters_digest(network)}
+    (output_dir / f"rank-{rank}.json").write_text(json.dumps(rank_record, indent=2) + "\n")
     return result
+
+
+def parameters_digest(network) -> str:
+    """sha256 over all trainable parameters in name order: equal digests, bit-identical weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for parameter in sorted(network.trainable_params(), key=lambda p: p.name):
+        digest.update(parameter.name.encode())
+        digest.update(parameter.asnumpy().tobytes())
+    return digest.hexdigest()
 
 
 def _init_distributed() -> tuple[int, int]:

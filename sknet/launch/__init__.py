@@ -1,0 +1,1 @@
+"""Distributed launch: HCCL rank tables for Ascend, and rank processes (ascend, msrun, cpu)."""

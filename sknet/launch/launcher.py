@@ -1,0 +1,240 @@
+"""Start and supervise the ranks of one training run.
+
+Backends (`launch.backend`):
+- `cpu`: MindSpore's dynamic cluster on this host (the mechanism behind msrun): one scheduler process
+  plus one worker per rank, CPU collectives over `mccl`. We spawn them ourselves so that every rank is
+  our child: its exit code, its output and its process group are ours to watch and to stop.
+- `ascend`: one process per NPU with DEVICE_ID, RANK_ID, RANK_SIZE and RANK_TABLE_FILE (HCCL).
+- `msrun`: MindSpore's own launcher, for one or several nodes; per-rank output is read from its logs.
+
+Every line a rank prints goes to `<output_dir>/logs/rank-N.log` and, prefixed `[rank N]`, to a
+callback. The first rank to fail, or the wall-clock timeout, stops all ranks (TERM, then KILL, per
+process group). A relaunch of the same run resumes from its newest checkpoint (see `sknet.train`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sknet.checkpoint import checkpoint_dir
+from sknet.config import Config
+from sknet.errors import SknetError
+
+STOP_GRACE_SECONDS = 10
+TAIL_LINES = 20
+SCHEDULER = "sched"
+
+
+class LaunchError(SknetError):
+    """The run could not start, a rank failed, or it timed out; `result` says which."""
+
+    def __init__(self, message: str, result: LaunchResult | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class LaunchResult:
+    backend: str
+    ranks: int
+    exit_codes: dict[str, int | None]
+    seconds: float
+    output_dir: str
+    checkpoint_dir: str
+    failed_rank: str | None = None
+    reason: str = ""
+    last_lines: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_rank is None and not self.reason
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def available_devices(backend: str) -> int:
+    if backend == "ascend":
+        return len([p for p in Path("/dev").glob("davinci*") if re.fullmatch(r"davinci\d+", p.name)])
+    return os.cpu_count() or 1
+
+
+def rank_environments(cfg: Config, port: int) -> dict[str, dict[str, str]]:
+    """The extra environment of each process, keyed by rank ('sched' for the cpu scheduler)."""
+    ranks = cfg.launch.ranks
+    if cfg.launch.backend == "cpu":
+        common = {"MS_WORKER_NUM": str(ranks), "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(port),
+                  "MS_TOPO_TIMEOUT": "120"}
+        envs = {SCHEDULER: {**common, "MS_ROLE": "MS_SCHED", "RANK_ID": "0"}}
+        for rank in range(ranks):
+            envs[str(rank)] = {**common, "MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(rank), "RANK_ID": str(rank)}
+        return envs
+    if cfg.launch.backend == "ascend":
+        table = str(Path(cfg.launch.rank_table).resolve())
+        return {str(rank): {"DEVICE_ID": str(rank), "RANK_ID": str(rank), "RANK_SIZE": str(ranks),
+                            "RANK_TABLE_FILE": table} for rank in range(ranks)}
+    raise AssertionError(cfg.launch.backend)
+
+
+def msrun_command(cfg: Config, port: int, log_dir: Path, rank_command: Sequence[str]) -> list[str]:
+    nodes = cfg.launch.nodes
+    return [
+        str(Path(sys.executable).parent / "msrun"),
+        f"--worker_num={cfg.launch.ranks}", f"--local_worker_num={cfg.launch.ranks // nodes}",
+        f"--master_addr={cfg.launch.master_addr}", f"--master_port={port}",
+        f"--node_rank={cfg.launch.node_rank}", f"--log_dir={log_dir}", "--join=True",
+        *rank_command[1:],  # msrun runs the script with its own `python`: our venv's bin is first on PATH
+    ]
+
+
+def check_launchable(cfg: Config, devices: int | None = None) -> None:
+    """Refuse, before spawning anything, a launch that cannot work here."""
+    launch = cfg.launch
+    if launch.backend == "msrun" and launch.ranks % launch.nodes:
+        raise LaunchError(f"launch.ranks={launch.ranks} is not divisible by launch.nodes={launch.nodes}")
+    local = launch.ranks // launch.nodes if launch.backend == "msrun" else launch.ranks
+    if devices is None:
+        devices = available_devices("ascend" if cfg.train.device_target == "Ascend" else "cpu")
+    kind = "Ascend devices (/dev/davinci*)" if cfg.train.device_target == "Ascend" else "CPU cores"
+    if local > devices:
+        raise LaunchError(f"launch.ranks={launch.ranks} needs {local} local {kind}, this host has {devices}")
+    if launch.backend == "cpu" and cfg.train.device_target != "CPU":
+        raise LaunchError(f"launch.backend=cpu runs CPU ranks; train.device_target is {cfg.train.device_target}")
+    if launch.backend == "ascend" and not launch.rank_table:
+        raise LaunchError("launch.backend=ascend needs launch.rank_table (make one with `sknet ranktable`)")
+    if launch.backend == "ascend" and not Path(launch.rank_table).is_file():
+        raise LaunchError(f"launch.rank_table {launch.rank_table} does not exist")
+
+
+class _Rank:
+    """One supervised process: output pumped line by line to its log file and the callback."""
+
+    def __init__(self, name: str, command: Sequence[str], env: dict[str, str], log_path: Path,
+                 on_line: Callable[[str], None]):
+        self.name, self.tail = name, deque(maxlen=TAIL_LINES)
+        self.log = open(log_path, "a", buffering=1)
+        self.process = subprocess.Popen(
+            list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True, bufsize=1,
+        )
+        prefix = f"[rank {name}] " if name != SCHEDULER else "[scheduler] "
+        self.pump = threading.Thread(target=self._pump, args=(prefix, on_line), daemon=True)
+        self.pump.start()
+
+    def _pump(self, prefix: str, on_line: Callable[[str], None]) -> None:
+        for line in self.process.stdout:
+            line = line.rstrip("\n")
+            self.log.write(line + "\n")
+            self.tail.append(line)
+            on_line(prefix + line)
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        self.pump.join(timeout=5)
+        self.log.close()
+
+
+def _stop(processes: Sequence[_Rank]) -> None:
+    for rank in processes:
+        rank.signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for rank in processes:
+        try:
+            rank.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for rank in processes:
+        rank.signal(signal.SIGKILL)  # the whole group: nothing the rank started outlives it
+        rank.process.wait()
+
+
+def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
+           command: Sequence[str] | None = None, devices: int | None = None) -> LaunchResult:
+    """Run all ranks of `cfg` to completion; raise `LaunchError` (with the result) if any fails.
+
+    `command` replaces the per-rank `sknet train` command and `devices` the detected device count
+    (stand-ins for hardware that tests do not have).
+    """
+    check_launchable(cfg, devices)
+    output_dir = Path(cfg.train.output_dir).resolve()
+    log_dir = output_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_path = output_dir / "config.yaml"
+    config_path.write_text(cfg.to_yaml())
+    rank_command = list(command or [sys.executable, str(Path(__file__).parents[1] / "__main__.py"),
+                                    "train", "--config", str(config_path)])
+    port = cfg.launch.master_port or free_port()
+    base_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                "PYTHONUNBUFFERED": "1"}
+    base_env.setdefault("GLOG_v", "3")
+
+    started = time.monotonic()
+    if cfg.launch.backend == "msrun":
+        commands = {"msrun": (msrun_command(cfg, port, log_dir, rank_command), {})}
+    else:
+        commands = {name: (rank_command, env) for name, env in rank_environments(cfg, port).items()}
+    on_line(f"launching {cfg.launch.ranks} rank(s) with the {cfg.launch.backend} backend; logs in {log_dir}")
+    processes = [
+        _Rank(name, cmd, {**base_env, **env}, log_dir / f"rank-{name}.log", on_line)
+        for name, (cmd, env) in commands.items()
+    ]
+    timeout = cfg.launch.timeout_minutes * 60 or None
+    failed, reason = None, ""
+    try:
+        while True:
+            codes = {r.name: r.process.poll() for r in processes}
+            bad = [r for r in processes if codes[r.name] not in (None, 0)]
+            workers = [r for r in processes if r.name != SCHEDULER]
+            if bad:
+                failed, reason = bad[0], f"rank {bad[0].name} exited with code {codes[bad[0].name]}"
+                break
+            if all(codes[r.name] == 0 for r in workers):
+                break
+            if timeout and time.monotonic() - started > timeout:
+                reason = f"timed out after {cfg.launch.timeout_minutes:g} min (launch.timeout_minutes)"
+                break
+            time.sleep(0.2)
+    except BaseException:
+        _stop(processes)
+        raise
+    finally:
+        if failed or reason:
+            on_line(f"stopping all ranks: {reason}")
+        _stop(processes)
+        for rank in processes:
+            rank.close()
+    result = LaunchResult(
+        backend=cfg.launch.backend, ranks=cfg.launch.ranks,
+        exit_codes={r.name: r.process.returncode for r in processes},
+        seconds=round(time.monotonic() - started, 2), output_dir=str(output_dir),
+        checkpoint_dir=str(checkpoint_dir(output_dir)), failed_rank=failed.name if failed else None,
+        reason=reason, last_lines=list(failed.tail) if failed else [],
+    )
+    (output_dir / "launch.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if not result.ok:
+        tail = "\n".join(result.last_lines[-10:])
+        raise LaunchError(f"{reason}; last lines of its log:\n{tail}" if failed else reason, result)
+    return result

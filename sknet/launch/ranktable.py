@@ -1,0 +1,206 @@
+"""HCCL rank tables (format v1.0) for Ascend 910 servers.
+
+One table lists, per server, each device's id, its NIC IP (from `hccn_tool -i N -ip -g` or
+`/etc/hccn.conf` lines `address_N=IP`) and its global rank. On a 910 server the eight NPUs form two
+HCCS groups, 0-3 and 4-7: a job may use devices within one group, or all eight.
+Device ids in a table are the ids the processes see (DEVICE_ID); with `visible_devices` (a container
+that exposes physical NPUs 4-7 as 0-3, say) the IP is read for the physical device behind each id.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sknet.errors import SknetError
+
+DEVICES_PER_SERVER = 8
+HCCS_GROUPS = (range(0, 4), range(4, 8))
+HCCN_CONF = Path("/etc/hccn.conf")
+_ADDRESS = re.compile(r"^address_(\d+)\s*=\s*(\S+)$")
+
+
+class RankTableError(SknetError):
+    """Bad device range, missing or malformed device-IP source, or an invalid table."""
+
+
+def parse_devices(spec: str) -> list[int]:
+    """`0-7`, `4-7`, `0-1` or `3` → device ids; at most 8, ids 0..7, contiguous."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)
+    if not match:
+        raise RankTableError(f"--devices {spec!r}: expected a range like 0-7, 4-7 or a single id like 3")
+    first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+    if first > last or last >= DEVICES_PER_SERVER:
+        raise RankTableError(
+            f"--devices {spec!r}: expected ids within 0-{DEVICES_PER_SERVER - 1}, first ≤ last"
+        )
+    return list(range(first, last + 1))
+
+
+def parse_visible_devices(spec: str | None) -> list[int]:
+    if not spec:
+        return list(range(DEVICES_PER_SERVER))
+    try:
+        ids = [int(part) for part in spec.split(",")]
+    except ValueError:
+        raise RankTableError(f"--visible-devices {spec!r}: expected comma-separated ids like 4,5,6,7") from None
+    if len(set(ids)) != len(ids) or any(not 0 <= i < DEVICES_PER_SERVER for i in ids):
+        raise RankTableError(f"--visible-devices {spec!r}: expected distinct ids within 0-{DEVICES_PER_SERVER - 1}")
+    return ids
+
+
+def physical_devices(devices: Sequence[int], visible: Sequence[int]) -> list[int]:
+    """Map process-visible ids to physical NPUs, and check the HCCS grouping rule on those."""
+    if max(devices) >= len(visible):
+        raise RankTableError(
+            f"device {max(devices)} is not visible: only {len(visible)} visible devices ({','.join(map(str, visible))})"
+        )
+    physical = [visible[d] for d in devices]
+    full_server = sorted(physical) == list(range(DEVICES_PER_SERVER))
+    in_one_group = any(set(physical) <= set(group) for group in HCCS_GROUPS)
+    if not (full_server or in_one_group):
+        raise RankTableError(
+            f"physical devices {physical} cross the HCCS groups 0-3 / 4-7: use devices within one group, or all 0-7"
+        )
+    return physical
+
+
+def read_hccn_conf(path: str | Path = HCCN_CONF) -> dict[int, str]:
+    """Device → NIC IP from an hccn.conf (`address_N=IP`; other keys such as netmask_N are ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RankTableError(
+            f"{path} not found: expected the HCCN config with lines address_<device>=<ip> "
+            "(written by hccn_tool on Ascend hosts); pass --hccn-conf FILE"
+        )
+    addresses = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#") or not line.startswith("address_"):
+            continue
+        match = _ADDRESS.match(line)
+        if not match or not _is_ip(match.group(2)):
+            raise RankTableError(f"{path}:{number}: {line!r} is malformed; expected address_<device>=<IPv4 address>")
+        addresses[int(match.group(1))] = match.group(2)
+    if not addresses:
+        raise RankTableError(f"{path}: no address_<device>=<ip> lines found")
+    return addresses
+
+
+def query_hccn_tool(devices: Sequence[int], tool: str = "hccn_tool") -> dict[int, str]:
+    """Device → NIC IP by asking `hccn_tool -i N -ip -g` (prints `ipaddr:IP`)."""
+    executable = shutil.which(tool)
+    if executable is None:
+        raise RankTableError(
+            f"{tool} not found on PATH: it ships with the Ascend driver (usually /usr/local/Ascend/driver/tools); "
+            "or pass --hccn-conf /etc/hccn.conf"
+        )
+    addresses = {}
+    for device in devices:
+        proc = subprocess.run([executable, "-i", str(device), "-ip", "-g"], capture_output=True, text=True)
+        match = re.search(r"ipaddr:\s*(\S+)", proc.stdout)
+        if proc.returncode != 0 or not match:
+            raise RankTableError(
+                f"{tool} -i {device} -ip -g failed (exit {proc.returncode}): {proc.stdout.strip() or proc.stderr.strip()}"
+            )
+        addresses[device] = match.group(1)
+    return addresses
+
+
+def build_rank_table(device_ips: Mapping[int, str], devices: Sequence[int], server_ip: str,
+                     visible: Sequence[int] | None = None) -> dict:
+    """A one-server table; `device_ips` is keyed by physical device id."""
+    visible = list(visible) if visible is not None else list(range(DEVICES_PER_SERVER))
+    physical = physical_devices(devices, visible)
+    missing = [p for p in physical if p not in device_ips]
+    if missing:
+        raise RankTableError(f"no IP for physical device(s) {missing} in the HCCN source")
+    if not _is_ip(server_ip):
+        raise RankTableError(f"--server-ip {server_ip!r}: expected an IPv4 address")
+    return {
+        "version": "1.0",
+        "server_count": "1",
+        "server_list": [{
+            "server_id": server_ip,
+            "device": [
+                {"device_id": str(d), "device_ip": device_ips[p], "rank_id": str(rank)}
+                for rank, (d, p) in enumerate(zip(devices, physical))
+            ],
+            "host_nic_ip": "reserve",
+        }],
+        "status": "completed",
+    }
+
+
+def merge_rank_tables(tables: Sequence[dict]) -> dict:
+    """Several servers' tables in one; rank ids continue across servers in the given order."""
+    servers, rank = [], 0
+    for table in tables:
+        validate_rank_table(table)
+        for server in table["server_list"]:
+            if any(s["server_id"] == server["server_id"] for s in servers):
+                raise RankTableError(f"server {server['server_id']} appears in more than one table")
+            devices = []
+            for device in server["device"]:
+                devices.append({**device, "rank_id": str(rank)})
+                rank += 1
+            servers.append({**server, "device": devices})
+    return {"version": "1.0", "server_count": str(len(servers)), "server_list": servers, "status": "completed"}
+
+
+def validate_rank_table(table: dict, source: str = "rank table") -> None:
+    try:
+        if table["version"] != "1.0" or table["status"] != "completed":
+            raise RankTableError(f"{source}: expected version 1.0 and status completed")
+        if int(table["server_count"]) != len(table["server_list"]):
+            raise RankTableError(f"{source}: server_count {table['server_count']} != {len(table['server_list'])} servers")
+        for server in table["server_list"]:
+            for device in server["device"]:
+                int(device["device_id"]), int(device["rank_id"])
+                if not _is_ip(device["device_ip"]):
+                    raise RankTableError(f"{source}: device_ip {device['device_ip']!r} is not an IPv4 address")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RankTableError(f"{source}: not a v1.0 rank table ({type(exc).__name__}: {exc})") from None
+
+
+def load_rank_table(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise RankTableError(f"rank table {path} does not exist")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RankTableError(f"{path}: not valid JSON ({exc})") from None
+    validate_rank_table(table, str(path))
+    return table
+
+
+def write_rank_table(table: dict, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(table, indent=4) + "\n")
+    return out
+
+
+def default_server_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def rank_size(table: dict) -> int:
+    return sum(len(s["device"]) for s in table["server_list"])
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv4Address)
+    except ValueError:
+        return False

@@ -1,0 +1,109 @@
+"""The launcher with real processes: stand-in commands for Ascend, real 2-rank CPU training."""
+
+import json
+import os
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from sknet.config import load_config
+from sknet.launch.launcher import LaunchError, launch
+
+ENV_PROBE = [sys.executable, "-c", "import os, json; print(json.dumps({k: os.environ.get(k) for k in "
+             "('DEVICE_ID', 'RANK_ID', 'RANK_SIZE', 'RANK_TABLE_FILE')}))"]
+SLEEPER = [sys.executable, "-c", "import time; print('sleeping', flush=True); time.sleep(300)"]
+
+
+def processes_running(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in process.info["cmdline"] or []):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_ascend_backend_gives_each_rank_its_device_rank_and_table(tmp_path):
+    table = tmp_path / "rank_table.json"
+    table.write_text("{}")
+    cfg = load_config("cifar10-ascend8", ["launch.ranks=4", f"launch.rank_table={table}",
+                                          f"train.output_dir={tmp_path / 'run'}"])
+    lines = []
+    result = launch(cfg, on_line=lines.append, command=ENV_PROBE, devices=8)
+    assert result.ok and result.exit_codes == {"0": 0, "1": 0, "2": 0, "3": 0}
+    for rank in range(4):
+        logged = (tmp_path / "run" / "logs" / f"rank-{rank}.log").read_text()
+        assert json.loads(logged) == {"DEVICE_ID": str(rank), "RANK_ID": str(rank), "RANK_SIZE": "4",
+                                      "RANK_TABLE_FILE": str(table)}
+        assert any(line.startswith(f"[rank {rank}] {{") for line in lines)
+
+
+def test_more_ranks_than_devices_is_refused_before_anything_starts(tmp_path):
+    cfg = load_config("cpu-smoke", [f"launch.ranks={os.cpu_count() + 1}", f"train.output_dir={tmp_path}"])
+    with pytest.raises(LaunchError, match=rf"needs {os.cpu_count() + 1} local CPU cores, this host has"):
+        launch(cfg)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_ascend_backend_without_a_rank_table_is_refused(tmp_path):
+    cfg = load_config("cifar10-ascend8", [f"train.output_dir={tmp_path}"])
+    with pytest.raises(LaunchError, match="needs launch.rank_table"):
+        launch(cfg, devices=8)
+
+
+def test_timeout_stops_every_process(tmp_path):
+    cfg = load_config("cpu-smoke", ["launch.ranks=2", "launch.timeout_minutes=0.05", f"train.output_dir={tmp_path}"])
+    marker = f"{tmp_path}"
+    command = [*SLEEPER, marker]
+    with pytest.raises(LaunchError, match=r"timed out after 0.05 min") as error:
+        launch(cfg, command=command, on_line=lambda line: None)
+    assert error.value.result.failed_rank is None
+    assert set(error.value.result.exit_codes) == {"sched", "0", "1"}
+    assert not processes_running(marker)
+
+
+@pytest.mark.slow
+class TestTwoCpuRanks:
+    OVERRIDES = ["launch.ranks=2", "data.num_train_samples=256", "train.epochs=2", "train.batch_size=16",
+                 "train.checkpoint_every_steps=2", "train.log_every_steps=1", "train.keep_checkpoints=5"]
+
+    def test_data_parallel_ranks_end_with_identical_weights_on_disjoint_shards(self, synthetic_data, tmp_path):
+        cfg = load_config("cpu-smoke", [*self.OVERRIDES, f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}"])
+        lines = []
+        result = launch(cfg, on_line=lines.append)
+        assert result.ok and result.exit_codes["0"] == 0 and result.exit_codes["1"] == 0
+        ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+        assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]
+        assert [(r["shard_id"], r["num_shards"]) for r in ranks] == [(0, 2), (1, 2)]
+        assert ranks[0]["batches_per_epoch"] == 8  # 256 samples / 2 shards / batch 16
+        assert any(line.startswith("[rank 1] ") and "step 16/16" in line for line in lines)
+        assert "step 16/16" in (tmp_path / "logs" / "rank-0.log").read_text()
+
+    def test_a_killed_rank_stops_the_run_and_a_relaunch_resumes(self, synthetic_data, tmp_path):
+        cfg = load_config("cpu-smoke", [*self.OVERRIDES, f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}"])
+        killed = threading.Event()
+
+        def kill_rank_1_after_a_checkpoint(line):
+            if not killed.is_set() and line.startswith("[rank 0] ") and "step 5/16" in line:
+                killed.set()
+                for process in processes_running(str(tmp_path / "config.yaml")):
+                    if process.environ().get("MS_NODE_ID") == "1":
+                        process.kill()
+
+        started = time.monotonic()
+        with pytest.raises(LaunchError, match=r"rank 1 exited with code -9") as error:
+            launch(cfg, on_line=kill_rank_1_after_a_checkpoint)
+        assert error.value.result.failed_rank == "1"
+        assert error.value.result.last_lines
+        assert time.monotonic() - started < 300
+        assert not processes_running(str(tmp_path / "config.yaml"))
+
+        result = launch(cfg, on_line=lambda line: None)
+        assert result.ok
+        resumed = json.loads((tmp_path / "result.json").read_text())
+        assert resumed["resumed_from_step"] >= 4 and resumed["steps"] == 16

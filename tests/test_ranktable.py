@@ -1,0 +1,104 @@
+"""HCCL rank tables against golden files written from the v1.0 format, not by this code."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import run_sknet
+from sknet.launch.ranktable import (
+    RankTableError, build_rank_table, merge_rank_tables, parse_devices, physical_devices, query_hccn_tool,
+    read_hccn_conf,
+)
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden(name):
+    return json.loads((GOLDEN / f"ranktable-{name}.json").read_text())
+
+
+def cli_table(tmp_path, *args):
+    out = tmp_path / "table.json"
+    run_sknet("ranktable", *args, "--out", str(out))
+    return json.loads(out.read_text())
+
+
+def test_one_server_eight_devices(tmp_path):
+    table = cli_table(tmp_path, "--hccn-conf", str(GOLDEN / "hccn-server1.conf"), "--devices", "0-7",
+                      "--server-ip", "10.0.0.1")
+    assert table == golden("1x8")
+
+
+def test_four_devices_on_4_7_seen_as_0_3(tmp_path):
+    table = cli_table(tmp_path, "--hccn-conf", str(GOLDEN / "hccn-server1.conf"), "--devices", "0-3",
+                      "--visible-devices", "4,5,6,7", "--server-ip", "10.0.0.1")
+    assert table == golden("1x4-visible-4-7")
+
+
+def test_two_servers_merged_continue_rank_ids(tmp_path):
+    first = cli_table(tmp_path, "--hccn-conf", str(GOLDEN / "hccn-server1.conf"), "--server-ip", "10.0.0.1")
+    (tmp_path / "a.json").write_text(json.dumps(first))
+    second = build_rank_table(read_hccn_conf(GOLDEN / "hccn-server2.conf"), range(8), "10.0.0.2")
+    (tmp_path / "b.json").write_text(json.dumps(second))
+    merged = cli_table(tmp_path, "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert merged == golden("2x8-merged")
+
+
+@pytest.mark.parametrize("spec", ["0-8", "3-1", "8", "a-b", "0-3,5", ""])
+def test_invalid_device_ranges_are_rejected(spec):
+    with pytest.raises(RankTableError, match=r"--devices"):
+        parse_devices(spec)
+
+
+@pytest.mark.parametrize("devices", ["2-5", "3-4", "1-6"])
+def test_ranges_crossing_the_hccs_groups_are_rejected_unless_all_eight(devices):
+    with pytest.raises(RankTableError, match="cross the HCCS groups 0-3 / 4-7"):
+        physical_devices(parse_devices(devices), list(range(8)))
+    assert physical_devices(parse_devices("0-7"), list(range(8))) == list(range(8))
+
+
+def test_a_device_beyond_the_visible_ones_is_rejected():
+    with pytest.raises(RankTableError, match="device 3 is not visible: only 2 visible devices"):
+        physical_devices([0, 1, 2, 3], [4, 5])
+
+
+def test_missing_hccn_conf_names_the_file(tmp_path):
+    with pytest.raises(RankTableError, match=rf"{tmp_path}/hccn.conf not found: expected the HCCN config"):
+        read_hccn_conf(tmp_path / "hccn.conf")
+
+
+def test_malformed_hccn_conf_names_file_and_line(tmp_path):
+    conf = tmp_path / "hccn.conf"
+    conf.write_text("address_0=192.168.1.1\naddress_1=not-an-ip\n")
+    with pytest.raises(RankTableError, match=rf"{conf}:2: 'address_1=not-an-ip' is malformed"):
+        read_hccn_conf(conf)
+
+
+def test_missing_hccn_tool_is_named(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RankTableError, match="hccn_tool not found on PATH"):
+        query_hccn_tool([0])
+
+
+def test_hccn_tool_output_is_parsed(tmp_path, monkeypatch):
+    tool = tmp_path / "hccn_tool"  # stands in for the Ascend driver's tool, which cannot run here
+    tool.write_text('#!/bin/sh\necho "ipaddr:192.168.10$2.7"\necho "netmask:255.255.255.0"\n')
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert query_hccn_tool([0, 3]) == {0: "192.168.100.7", 3: "192.168.103.7"}
+
+
+def test_merging_the_same_server_twice_is_rejected():
+    table = golden("1x8")
+    with pytest.raises(RankTableError, match="server 10.0.0.1 appears in more than one table"):
+        merge_rank_tables([table, table])
+
+
+def test_cli_reports_a_missing_conf_with_exit_2(tmp_path):
+    proc = run_sknet("ranktable", "--hccn-conf", str(tmp_path / "nope.conf"), "--out", str(tmp_path / "t.json"),
+                     check=False)
+    assert proc.returncode == 2 and "nope.conf not found" in proc.stderr
+    assert not (tmp_path / "t.json").exists()
