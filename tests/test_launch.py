@@ -107,3 +107,15 @@ class TestTwoCpuRanks:
         assert result.ok
         resumed = json.loads((tmp_path / "result.json").read_text())
         assert resumed["resumed_from_step"] >= 4 and resumed["steps"] == 16
+
+
+@pytest.mark.slow
+def test_msrun_backend_trains_two_ranks(synthetic_data, tmp_path):
+    cfg = load_config("cpu-smoke", [*TestTwoCpuRanks.OVERRIDES, "launch.backend=msrun", "train.epochs=1",
+                                    f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}"])
+    lines = []
+    result = launch(cfg, on_line=lines.append)
+    assert result.ok and result.exit_codes == {"msrun": 0}
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"] and ranks[1]["steps"] == 8
+    assert any(line.startswith("[rank 1] ") and "step 8/8" in line for line in lines)

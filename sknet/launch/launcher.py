@@ -5,7 +5,8 @@ Backends (`launch.backend`):
   plus one worker per rank, CPU collectives over `mccl`. We spawn them ourselves so that every rank is
   our child: its exit code, its output and its process group are ours to watch and to stop.
 - `ascend`: one process per NPU with DEVICE_ID, RANK_ID, RANK_SIZE and RANK_TABLE_FILE (HCCL).
-- `msrun`: MindSpore's own launcher, for one or several nodes; per-rank output is read from its logs.
+- `msrun`: MindSpore's own launcher, for one or several nodes; per-rank output is followed in its
+  `worker_N.log` files, and a failed rank is reported by msrun's exit (after its own ~35 s wait).
 
 Every line a rank prints goes to `<output_dir>/logs/rank-N.log` and, prefixed `[rank N]`, to a
 callback. The first rank to fail, or the wall-clock timeout, stops all ranks (TERM, then KILL, per
@@ -101,6 +102,7 @@ def msrun_command(cfg: Config, port: int, log_dir: Path, rank_command: Sequence[
         f"--worker_num={cfg.launch.ranks}", f"--local_worker_num={cfg.launch.ranks // nodes}",
         f"--master_addr={cfg.launch.master_addr}", f"--master_port={port}",
         f"--node_rank={cfg.launch.node_rank}", f"--log_dir={log_dir}", "--join=True",
+        "--tail_worker_log=-1",  # we tail worker_N.log ourselves, with a rank prefix
         *rank_command[1:],  # msrun runs the script with its own `python`: our venv's bin is first on PATH
     ]
 
@@ -157,6 +159,38 @@ class _Rank:
         self.log.close()
 
 
+class _LogTail:
+    """Follows a log file another process writes (msrun's worker_N.log), line by line, until stopped."""
+
+    def __init__(self, path: Path, prefix: str, on_line: Callable[[str], None]):
+        self.path, self.prefix, self.on_line = path, prefix, on_line
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        while not self.path.exists():
+            if self.done.wait(0.2):
+                return
+        with open(self.path, errors="replace") as stream:
+            pending = ""
+            while True:
+                chunk = stream.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith("\n"):
+                        self.on_line(self.prefix + pending.rstrip("\n"))
+                        pending = ""
+                elif self.done.is_set():
+                    return
+                else:
+                    time.sleep(0.1)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+
 def _stop(processes: Sequence[_Rank]) -> None:
     for rank in processes:
         rank.signal(signal.SIGTERM)
@@ -201,6 +235,11 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
         _Rank(name, cmd, {**base_env, **env}, log_dir / f"rank-{name}.log", on_line)
         for name, (cmd, env) in commands.items()
     ]
+    tails = []
+    if cfg.launch.backend == "msrun":
+        first = cfg.launch.node_rank * (cfg.launch.ranks // cfg.launch.nodes)
+        tails = [_LogTail(log_dir / f"worker_{rank}.log", f"[rank {rank}] ", on_line)
+                 for rank in range(first, first + cfg.launch.ranks // cfg.launch.nodes)]
     timeout = cfg.launch.timeout_minutes * 60 or None
     failed, reason = None, ""
     try:
@@ -226,6 +265,8 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
         _stop(processes)
         for rank in processes:
             rank.close()
+        for tail in tails:
+            tail.close()
     result = LaunchResult(
         backend=cfg.launch.backend, ranks=cfg.launch.ranks,
         exit_codes={r.name: r.process.returncode for r in processes},
