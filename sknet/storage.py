@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ class Store(Protocol):
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
-    def verify(self, key: str, size: int, sha256: str) -> None: ...
+    def verify(self, key: str, size: int, sha256: str, local: Path | None = None) -> None: ...
 
 
 def sha256_file(path: Path) -> str:
@@ -118,7 +119,7 @@ class LocalStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def verify(self, key: str, size: int, sha256: str) -> None:
+    def verify(self, key: str, size: int, sha256: str, local: Path | None = None) -> None:
         path = self._path(key)
         if not path.is_file():
             raise self._missing("verify", key)
@@ -203,21 +204,48 @@ class S3Store:
         except Exception as exc:
             raise self._fail("delete", key, exc) from None
 
-    def verify(self, key: str, size: int, sha256: str) -> None:
-        """Size from HEAD, content from S3's own SHA256 checksum (full-object or per-part composite)."""
+    def verify(self, key: str, size: int, sha256: str, local: Path | None = None) -> None:
+        """Size from HEAD, content from S3's own SHA256 checksum.
+
+        A single-part object carries the sha256 of its bytes; a multipart one carries the sha256 of
+        its parts' digests (`<b64>-<parts>`), which is recomputed from `local` when given, else only
+        the size can be checked.
+        """
+        where = f"s3://{self.bucket}/{self._key(key)}"
         head = self._head(key)
         if head is None:
-            raise StorageError(f"verify s3://{self.bucket}/{self._key(key)}: no such object")
+            raise StorageError(f"verify {where}: no such object")
         stored = head.get("ChecksumSHA256")
         if stored is None:
-            raise StorageError(f"verify s3://{self.bucket}/{self._key(key)}: the object has no SHA256 checksum")
-        expected = _s3_checksum(sha256, size) if "-" not in stored else None
-        _check(f"s3://{self.bucket}", self._key(key), head["ContentLength"], size,
-               stored if expected is not None else "composite", expected or "composite")
+            raise StorageError(f"verify {where}: the object has no SHA256 checksum")
+        stored = stored.split("-")[0]
+        parts = _multipart_parts(head)
+        if parts is None:
+            expected = base64.b64encode(bytes.fromhex(sha256)).decode()
+        elif local is not None:
+            expected = composite_sha256(Path(local), parts)
+        else:
+            expected = stored
+        _check(f"s3://{self.bucket}", self._key(key), head["ContentLength"], size, stored, expected)
 
 
-def _s3_checksum(sha256_hex: str, size: int) -> str:
-    return base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+def _multipart_parts(head: Mapping) -> int | None:
+    """Part count of a multipart object (ETag `"…-N"`, as S3, MinIO and OBS report it), else None."""
+    match = re.search(r"-(\d+)\"?$", head.get("ETag", ""))
+    return int(match.group(1)) if match else None
+
+
+def composite_sha256(path: Path, parts: int) -> str:
+    """S3's checksum of a multipart upload: base64 sha256 over the parts' sha256 digests."""
+    size = path.stat().st_size
+    part_size = CHUNK
+    while -(-size // part_size) > parts:  # boto3 grows the part size when a file needs > 10,000 parts
+        part_size *= 2
+    digests = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(part_size):
+            digests.update(hashlib.sha256(block).digest())
+    return base64.b64encode(digests.digest()).decode()
 
 
 def _check(where: str, key: str, actual_size: int, size: int, actual_digest: str, digest: str) -> None:
@@ -286,7 +314,7 @@ def publish(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapp
         if progress:
             progress(f"uploaded {name} ({entries[name]['size']:,} bytes)")
     for name, entry in entries.items():
-        store.verify(join(prefix, name), entry["size"], entry["sha256"])
+        store.verify(join(prefix, name), entry["size"], entry["sha256"], local=Path(files[name]))
     manifest = {"files": entries, **(metadata or {})}
     store.put_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode(), join(prefix, MANIFEST))
     return manifest

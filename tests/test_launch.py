@@ -87,6 +87,7 @@ class TestTwoCpuRanks:
     def test_a_killed_rank_stops_the_run_and_a_relaunch_resumes(self, synthetic_data, tmp_path):
         cfg = load_config("cpu-smoke", [*self.OVERRIDES, f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}"])
         killed = threading.Event()
+        killed_at = []
 
         def kill_rank_1_after_a_checkpoint(line):
             if not killed.is_set() and line.startswith("[rank 0] ") and "step 5/16" in line:
@@ -94,14 +95,14 @@ class TestTwoCpuRanks:
                 for process in processes_running(str(tmp_path / "config.yaml")):
                     if process.environ().get("MS_NODE_ID") == "1":
                         process.kill()
+                        killed_at.append(time.monotonic())
 
-        started = time.monotonic()
         with pytest.raises(LaunchError, match=r"rank 1 exited with code -9") as error:
             launch(cfg, on_line=kill_rank_1_after_a_checkpoint)
         assert error.value.result.failed_rank == "1"
         assert error.value.result.last_lines
-        assert time.monotonic() - started < 300
         assert not processes_running(str(tmp_path / "config.yaml"))
+        assert killed_at and time.monotonic() - killed_at[0] < 60  # every process gone within 60 s
 
         result = launch(cfg, on_line=lambda line: None)
         assert result.ok

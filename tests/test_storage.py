@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 
 import pytest
 
@@ -104,3 +105,19 @@ def test_store_from_config_uses_the_storage_section(s3_server, bucket):
     store.put_bytes(b"ok", "probe.txt")
     assert store.uri == f"s3://{bucket}/runs" and store.get_bytes("probe.txt") == b"ok"
     assert store.client.meta.config.s3["addressing_style"] == "path"
+
+
+def test_multipart_objects_are_verified_by_their_composite_checksum(s3_server, bucket, tmp_path):
+    from sknet.storage import MULTIPART_THRESHOLD
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(MULTIPART_THRESHOLD + 5 * 2**20))  # goes up in parts
+    store = S3Store(f"s3://{bucket}", endpoint_url=s3_server.endpoint)
+    manifest = publish(store, "ckpt", {"big.bin": big})
+    entry = manifest["files"]["big.bin"]
+    head = store.client.head_object(Bucket=bucket, Key="ckpt/big.bin")
+    assert head["ETag"].endswith('-9"')  # 69 MiB in 8 MiB parts
+    other = tmp_path / "other.bin"
+    other.write_bytes(big.read_bytes()[:-1] + b"\0")
+    with pytest.raises(StorageError, match=r"big\.bin: content differs from the manifest"):
+        store.verify("ckpt/big.bin", entry["size"], entry["sha256"], local=other)
