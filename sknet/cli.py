@@ -153,8 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
     )
+    from sknet.train import Preempted  # light: MindSpore is imported inside train() only
+
     try:
         result = _run(args)
+    except Preempted as exc:
+        print(f"sknet: {exc}", file=sys.stderr)
+        return 128 + 15  # the conventional status of a process ended by SIGTERM
     except SknetError as exc:
         print(f"sknet: error: {exc}", file=sys.stderr)
         return 2

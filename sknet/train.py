@@ -13,6 +13,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 from sknet.checkpoint import latest_checkpoint, load_into, save_checkpoint
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
-from sknet.errors import DataError
+from sknet.errors import DataError, SknetError
 from sknet.runtime import configure
 from sknet.schedule import learning_rates
 
@@ -28,6 +30,36 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
+
+
+class Preempted(SknetError):
+    """SIGTERM arrived: the run stopped at a step boundary after saving a checkpoint."""
+
+    def __init__(self, step: int, output_dir: Path):
+        super().__init__(f"stopped by SIGTERM at step {step}; checkpoint saved in {output_dir}/checkpoints, "
+                         "run the same command again to resume")
+        self.step = step
+
+
+class StopRequest:
+    """Turns SIGTERM (cancel, node drain, spot reclaim) into a flag the loop checks at step boundaries."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclass(frozen=True)
@@ -41,6 +73,7 @@ class TrainResult:
     seconds: float
     images_per_sec: float
     synthetic_data: bool
+    complete: bool
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,11 +95,12 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
     output_dir = Path(cfg.train.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     # amp O1/O2 and the graph compiler write scratch files into the cwd: keep them in the run dir.
-    with contextlib.chdir(output_dir):
-        return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps)
+    with contextlib.chdir(output_dir), StopRequest() as stop:
+        return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop)
 
 
-def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_after_steps: int | None):
+def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_after_steps: int | None,
+           stop: StopRequest):
     import mindspore as ms
     from mindspore import nn
 
@@ -147,6 +181,8 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
                          epoch + 1, t.epochs, step, total_steps, loss_value, rates[step - 1], speed)
             if rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
                 save_checkpoint(train_step, output_dir, step, t.keep_checkpoints)
+            if stop.requested:
+                end_step = step
             if step == end_step:
                 break
         seconds = time.perf_counter() - epoch_started
@@ -166,13 +202,15 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
         checkpoint=str(latest_checkpoint(output_dir)[1]) if rank == 0 else "",
         steps=step, epochs=t.epochs, final_loss=loss_value, resumed_from_step=start_step,
         seconds=round(elapsed, 3), images_per_sec=round(done * images_per_step / elapsed, 2) if done else 0.0,
-        synthetic_data=synthetic,
+        synthetic_data=synthetic, complete=step == total_steps,
     )
     if rank == 0:
         (output_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     rank_record = {"rank": rank, "ranks": ranks, "shard_id": rank, "num_shards": ranks, "steps": step,
                    "batches_per_epoch": steps_per_epoch, "parameters_sha256": parameters_digest(network)}
     (output_dir / f"rank-{rank}.json").write_text(json.dumps(rank_record, indent=2) + "\n")
+    if stop.requested:
+        raise Preempted(step, output_dir)
     return result
 
 

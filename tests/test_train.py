@@ -110,3 +110,24 @@ def test_too_few_samples_for_one_batch_is_an_error(synthetic_data, tmp_path):
                      "data.num_train_samples=8", f"train.output_dir={tmp_path}", check=False)
     assert proc.returncode == 2
     assert "gives no full batch of train.batch_size=32" in proc.stderr
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_a_rerun_finishes(synthetic_data, tmp_path):
+    import signal
+
+    command = [sys.executable, "-m", "sknet", "train", "--config", "cpu-smoke", "--set",
+               f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}", *SHORT, "train.checkpoint_every_steps=0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "GLOG_v": "3"})
+    for line in process.stderr:
+        if "step 3/12" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stderr.read()
+    assert process.wait(120) == 143, rest[-2000:]
+    assert "stopped by SIGTERM at step" in rest
+    stopped = json.loads((tmp_path / "result.json").read_text())
+    assert stopped["complete"] is False and 3 <= stopped["steps"] < 12
+    assert (tmp_path / "checkpoints" / f"step-{stopped['steps']:08d}.ckpt").exists()
+    finished = run_json("-q", "train", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
+                        f"train.output_dir={tmp_path}", *SHORT, "train.checkpoint_every_steps=0")
+    assert finished["complete"] is True and finished["resumed_from_step"] == stopped["steps"]
