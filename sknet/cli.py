@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(launch)
 
+    gate = commands.add_parser(
+        "gate", help="pass/fail a model on its metrics (gate.metric ≥ gate.threshold, optionally ≥ champion + margin)",
+        epilog="example: sknet eval … > metrics.json; sknet gate --config cpu-smoke --metrics metrics.json",
+    )
+    _add_config_args(gate)
+    gate.add_argument("--metrics", required=True, metavar="FILE", help="JSON written by `sknet eval`")
+    gate.add_argument("--champion", metavar="FILE", help="metrics of the current release to beat")
+
     evaluate = commands.add_parser(
         "eval", help="top-1/top-5 accuracy and loss of a checkpoint, printed as JSON",
         epilog="example: sknet eval --config cpu-smoke --set data.uri=work/data --checkpoint RUN/checkpoints/step-00000060.ckpt",
@@ -153,10 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
     )
+    from sknet.gate import GateFailed
     from sknet.train import Preempted  # light: MindSpore is imported inside train() only
 
     try:
         result = _run(args)
+    except GateFailed as exc:
+        print(f"sknet: {exc}", file=sys.stderr)
+        return 1
     except Preempted as exc:
         print(f"sknet: {exc}", file=sys.stderr)
         return 128 + 15  # the conventional status of a process ended by SIGTERM
@@ -196,6 +208,15 @@ def _run(args: argparse.Namespace) -> dict | None:
         from sknet.launch.launcher import launch
 
         return launch(cfg, on_line=lambda line: print(line, file=sys.stderr, flush=True)).to_dict()
+    if args.command == "gate":
+        from sknet.gate import enforce, gate
+
+        verdict = gate(_read_json(args.metrics), metric=cfg.gate.metric, threshold=cfg.gate.threshold,
+                       champion_metrics=_read_json(args.champion) if args.champion else None,
+                       margin=cfg.gate.margin)
+        print(json.dumps(verdict.to_dict(), indent=2))
+        enforce(verdict)
+        return None
     if args.command == "eval":
         from sknet.evaluate import evaluate
 
@@ -241,3 +262,14 @@ def _ranktable(args: argparse.Namespace) -> dict:
         table = rt.build_rank_table(ips, devices, args.server_ip or rt.default_server_ip(), visible)
     path = rt.write_rank_table(table, args.out)
     return {"out": str(path), "servers": int(table["server_count"]), "ranks": rt.rank_size(table)}
+
+
+def _read_json(path: str) -> dict:
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SknetError(f"{path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise SknetError(f"{path}: not valid JSON ({exc})") from None

@@ -1,0 +1,51 @@
+"""The lineage record published with every run and release: what was trained, on what, by which code."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from sknet.config import Config
+
+PACKAGES = ("sknet-pipeline", "mindspore", "numpy", "boto3", "prefect")
+
+
+def code_commit() -> str:
+    """The git commit of this checkout (with `+dirty` when it has changes), or "unknown"."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def lineage_record(cfg: Config, *, run_id: str, dataset_uri: str, dataset_digest: str, synthetic_data: bool,
+                   metrics: Mapping, artifacts: Mapping[str, Mapping]) -> dict:
+    """Facts linking dataset → checkpoint → model: digests, metrics, config, code and packages."""
+    return {
+        "run_id": run_id,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"uri": dataset_uri, "digest": dataset_digest, "synthetic": synthetic_data},
+        "config": {"digest": cfg.digest(), "resolved": cfg.to_dict()},
+        "metrics": dict(metrics),
+        "artifacts": {name: dict(info) for name, info in artifacts.items()},
+        "code": {"commit": code_commit(), "python": platform.python_version(), "packages": package_versions()},
+    }
