@@ -130,6 +130,13 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def override(self, overrides: Mapping[str, Any]) -> Config:
+        """A copy with dotted overrides applied and validated like `load_config`'s."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(raw, key, value)
+        return _build(Config, raw, "", _Source("config", set(overrides)))
+
 
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))

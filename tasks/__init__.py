@@ -1,0 +1,1 @@
+"""Prefect tasks: each a decorator, a logger and one call into `sknet`."""

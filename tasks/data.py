@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from sknet.config import Config
+from sknet.data.layout import TEST_FILE, layout_dir, local_dataset_path, verify_layout
+from sknet.data.stage import dataset_manifest, fetch
+from sknet.storage import store_from_config
+from tasks.retry import transient_only
+
+
+def _is_local_layout(uri: str) -> bool:
+    return not uri.startswith("s3://") and (layout_dir(local_dataset_path(uri)) / TEST_FILE).exists()
+
+
+def _dataset_key(context, parameters) -> str:
+    cfg: Config = parameters["cfg"]
+    return f"sknet-dataset-{cfg.data.uri}-{Path(parameters['cache_dir']).resolve()}"
+
+
+@task(name="fetch-dataset", task_run_name="fetch {cfg.data.uri}", retries=3, retry_delay_seconds=5,
+      retry_condition_fn=transient_only, cache_key_fn=_dataset_key, persist_result=True)
+def fetch_dataset(cfg: Config, cache_dir: str) -> dict:
+    """A verified local copy of `data.uri`: fetched into the cache if remote, verified in place if local."""
+    logger = get_run_logger()
+    uri = cfg.data.uri
+    if _is_local_layout(uri):
+        path = verify_layout(local_dataset_path(uri)).path
+        digest = dataset_manifest(path)["digest"]
+    else:  # a staged dataset: <store>/<digest>
+        store = store_from_config(cfg.storage, uri.rstrip("/").rpartition("/")[0])
+        path, digest = fetch(uri, store, Path(cache_dir))
+    synthetic = verify_layout(path).synthetic
+    logger.info("dataset %s at %s%s", digest[:12], path, " (SYNTHETIC data)" if synthetic else "")
+    return {"uri": uri, "path": str(path), "digest": digest, "synthetic": synthetic}
