@@ -218,8 +218,13 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / "config.yaml"
     config_path.write_text(cfg.to_yaml())
-    rank_command = list(command or [sys.executable, str(Path(__file__).parents[1] / "__main__.py"),
-                                    "train", "--config", str(config_path)])
+    train_args = ["train", "--config", str(config_path)]
+    if command:
+        rank_command = list(command)
+    elif cfg.launch.backend == "msrun":  # msrun runs a script path with its own `python`
+        rank_command = [sys.executable, str(Path(__file__).parents[1] / "__main__.py"), *train_args]
+    else:
+        rank_command = [sys.executable, "-m", "sknet", *train_args]
     port = cfg.launch.master_port or free_port()
     base_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                 "PYTHONUNBUFFERED": "1"}
