@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from sknet.data.layout import LAYOUT_DIR
-from sknet.data.stage import _check_file, fetch, stage
+from sknet.data.stage import _check_file, fetch, split_dataset_uri, stage
 from sknet.data.synth import write_synthetic_layout
 from sknet.storage import S3Store, join, read_manifest, s3_client, transfer_config
 from tests.s3server import S3Server
@@ -33,7 +33,7 @@ def bench_storage() -> dict:
             store = S3Store("s3://bench/datasets", endpoint_url=server.endpoint)
             write_synthetic_layout(scratch / "data")
             uri = stage(str(scratch / "data"), store)
-            digest = uri.rsplit("/", 1)[-1]
+            _, digest = split_dataset_uri(uri)
             manifest = read_manifest(store, digest)
             total = sum(e["size"] for e in manifest["files"].values())
 

@@ -242,7 +242,7 @@ def _data_storage_command(args: argparse.Namespace) -> dict:
         uri = staging.stage(args.source, store_for(args.dest), expected_md5=args.expected_md5 or TARBALL_MD5)
         return {"uri": uri}
     uri = args.uri if args.data_command == "fetch" else args.path
-    store = store_for(uri.rstrip("/").rpartition("/")[0])  # a dataset URI is <store>/<digest>
+    store = store_for(staging.split_dataset_uri(uri)[0])
     if args.data_command == "fetch":
         path, digest = staging.fetch(uri, store, Path(args.cache))
         return {"path": str(path), "digest": digest}

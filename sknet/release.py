@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from sknet.storage import IncompleteError, Store, join, publish, read_manifest
+from sknet.storage import MANIFEST, IncompleteError, Store, join, publish, read_manifest
 
 LATEST = "LATEST"
 
@@ -32,7 +32,7 @@ def publish_release(store: Store, model: str, version: str, files: Mapping[str, 
                     metadata: Mapping | None = None) -> dict:
     """Publish the release (manifest last), then point `LATEST` at it. Returns the pointer written."""
     prefix = release_prefix(model, version)
-    if store.exists(join(prefix, "manifest.json")):
+    if store.exists(join(prefix, MANIFEST)):
         raise IncompleteError(f"{store.uri}/{prefix} is already released; versions are immutable")
     manifest = publish(store, prefix, files, metadata=metadata)
     pointer = {"version": version, "uri": f"{store.uri}/{prefix}", "metrics": manifest.get("metrics", {})}

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -53,12 +53,13 @@ class Store(Protocol):
     def verify(self, key: str, size: int, sha256: str, local: Path | None = None) -> None: ...
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_hash(path: Path, algorithm: str = "sha256") -> str:
     with open(path, "rb") as stream:
-        while block := stream.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, algorithm).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return file_hash(path, "sha256")
 
 
 def join(prefix: str, key: str) -> str:
@@ -97,11 +98,7 @@ class LocalStore:
         return path.read_bytes()
 
     def put_bytes(self, data: bytes, key: str) -> None:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
-        partial.write_bytes(data)
-        os.replace(partial, target)
+        _write_atomic(self._path(key), lambda partial: partial.write_bytes(data))
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._path(prefix) if prefix else self.root
@@ -256,10 +253,15 @@ def _check(where: str, key: str, actual_size: int, size: int, actual_digest: str
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
+    _write_atomic(target, lambda partial: shutil.copyfile(source, partial))
+
+
+def _write_atomic(target: Path, write: Callable[[Path], object]) -> None:
+    """`write` fills a temporary sibling, which then replaces `target` in one rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
     try:
-        shutil.copyfile(source, partial)
+        write(partial)
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -303,13 +305,14 @@ def publish(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapp
             progress: Callable[[str], None] | None = None, file_facts: Mapping[str, dict] | None = None) -> dict:
     """Upload `files` (key under prefix → local path), verify each object, then write the manifest.
 
-    Each manifest entry holds size and sha256, plus any `file_facts[name]` (e.g. a record count).
+    Each manifest entry holds size and sha256, plus any `file_facts[name]` (e.g. a record count); a
+    sha256 already in the facts is not computed again, and the verification below checks it anyway.
     """
     entries = {}
     for name, path in sorted(files.items()):
         path = Path(path)
         facts = (file_facts or {}).get(name, {})
-        entries[name] = {**facts, "size": path.stat().st_size, "sha256": sha256_file(path)}
+        entries[name] = {**facts, "size": path.stat().st_size, "sha256": facts.get("sha256") or sha256_file(path)}
         store.put(path, join(prefix, name))
         if progress:
             progress(f"uploaded {name} ({entries[name]['size']:,} bytes)")
@@ -328,10 +331,6 @@ def read_manifest(store: Store, prefix: str) -> dict:
         return json.loads(store.get_bytes(key))
     except json.JSONDecodeError as exc:
         raise StorageError(f"{store.uri}/{key}: not valid JSON ({exc})") from None
-
-
-def iter_files(manifest: Mapping) -> Iterator[tuple[str, dict]]:
-    yield from sorted(manifest["files"].items())
 
 
 def store_from_config(storage, uri: str | None = None) -> Store:

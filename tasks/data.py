@@ -5,8 +5,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from sknet.config import Config
-from sknet.data.layout import TEST_FILE, layout_dir, local_dataset_path, verify_layout
-from sknet.data.stage import dataset_manifest, fetch
+from sknet.data.layout import TEST_FILE, is_synthetic, layout_dir, local_dataset_path
+from sknet.data.stage import dataset_manifest, fetch, split_dataset_uri
 from sknet.storage import store_from_config
 from tasks.retry import transient_only
 
@@ -27,11 +27,11 @@ def fetch_dataset(cfg: Config, cache_dir: str) -> dict:
     logger = get_run_logger()
     uri = cfg.data.uri
     if _is_local_layout(uri):
-        path = verify_layout(local_dataset_path(uri)).path
-        digest = dataset_manifest(path)["digest"]
+        path = layout_dir(local_dataset_path(uri))
+        digest = dataset_manifest(path)["digest"]  # verifies the layout
     else:  # a staged dataset: <store>/<digest>
-        store = store_from_config(cfg.storage, uri.rstrip("/").rpartition("/")[0])
-        path, digest = fetch(uri, store, Path(cache_dir))
-    synthetic = verify_layout(path).synthetic
+        store = store_from_config(cfg.storage, split_dataset_uri(uri)[0])
+        path, digest = fetch(uri, store, Path(cache_dir))  # verified against its manifest
+    synthetic = is_synthetic(path)
     logger.info("dataset %s at %s%s", digest[:12], path, " (SYNTHETIC data)" if synthetic else "")
     return {"uri": uri, "path": str(path), "digest": digest, "synthetic": synthetic}

@@ -67,6 +67,18 @@ def s3_server(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path):
+    """The same test against a file:// store and an S3 store on moto, under the module's S3_PREFIX."""
+    from sknet.storage import LocalStore, S3Store
+
+    if request.param == "file":
+        return LocalStore(tmp_path / "bucket")
+    server = request.getfixturevalue("s3_server")
+    prefix = getattr(request.module, "S3_PREFIX", "")
+    return S3Store(f"s3://{request.getfixturevalue('bucket')}/{prefix}".rstrip("/"), endpoint_url=server.endpoint)
+
+
 @pytest.fixture
 def bucket(s3_server, request):
     """A fresh bucket per test: s3://<name>."""

@@ -5,15 +5,7 @@ import pytest
 from sknet.config import load_config
 from sknet.lineage import lineage_record
 from sknet.release import latest_release, publish_release, publish_run
-from sknet.storage import IncompleteError, LocalStore, S3Store, sha256_file
-
-
-@pytest.fixture(params=["file", "s3"])
-def store(request, tmp_path):
-    if request.param == "file":
-        return LocalStore(tmp_path / "bucket")
-    server = request.getfixturevalue("s3_server")
-    return S3Store(f"s3://{request.getfixturevalue('bucket')}", endpoint_url=server.endpoint)
+from sknet.storage import IncompleteError, sha256_file
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import io
 import json
-import shutil
 import tarfile
 
 import pytest
@@ -13,12 +12,7 @@ from sknet.errors import DataError
 from sknet.storage import IncompleteError, LocalStore, S3Store
 
 
-@pytest.fixture(params=["file", "s3"])
-def store(request, tmp_path):
-    if request.param == "file":
-        return LocalStore(tmp_path / "bucket")
-    server = request.getfixturevalue("s3_server")
-    return S3Store(f"s3://{request.getfixturevalue('bucket')}/datasets/cifar10", endpoint_url=server.endpoint)
+S3_PREFIX = "datasets/cifar10"
 
 
 LOCAL_METHODS = {"GetObject": ("get", "get_bytes"), "HeadObject": ("exists", "verify"),

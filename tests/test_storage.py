@@ -1,6 +1,5 @@
 """Both stores, through the same interface; S3 over real HTTP to moto's server."""
 
-import json
 import logging
 import os
 
@@ -11,13 +10,7 @@ from sknet.storage import (
 )
 
 
-@pytest.fixture(params=["file", "s3"])
-def store(request, tmp_path):
-    if request.param == "file":
-        return LocalStore(tmp_path / "store")
-    server = request.getfixturevalue("s3_server")
-    bucket = request.getfixturevalue("bucket")
-    return S3Store(f"s3://{bucket}/some/prefix", endpoint_url=server.endpoint)
+S3_PREFIX = "some/prefix"
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Facts from the dataset's page (https://www.cs.toronto.edu/~kriz/cifar.html): eac
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,10 +95,6 @@ def read_labels(path: Path) -> np.ndarray:
 def is_synthetic(root: str | Path) -> bool:
     return (layout_dir(root) / SYNTHETIC_MARKER).exists()
 
-
-def synthetic_info(root: str | Path) -> dict | None:
-    marker = layout_dir(root) / SYNTHETIC_MARKER
-    return json.loads(marker.read_text()) if marker.exists() else None
 
 
 def local_dataset_path(uri: str) -> Path:

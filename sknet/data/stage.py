@@ -21,15 +21,21 @@ from pathlib import Path
 
 from sknet.data.layout import (
     LAYOUT_DIR, META_FILE, RECORD_BYTES, SYNTHETIC_MARKER, TARBALL_MD5, TEST_FILE, TRAIN_FILES,
-    check_batch_file, verify_layout,
+    check_batch_file, layout_dir, verify_layout,
 )
 from sknet.errors import DataError
-from sknet.storage import Store, join, publish, read_manifest, sha256_file
+from sknet.storage import MANIFEST, Store, file_hash, join, publish, read_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
 VERIFIED_MARKER = ".verified"
 FORMAT = "cifar10-binary"
+
+
+def split_dataset_uri(uri: str) -> tuple[str, str]:
+    """`<store uri>/<digest>` → (store uri, digest)."""
+    store_uri, _, digest = uri.rstrip("/").rpartition("/")
+    return store_uri, digest
 
 
 def dataset_manifest(directory: Path) -> dict:
@@ -54,11 +60,11 @@ def stage(source: str, store: Store, *, expected_md5: str = TARBALL_MD5, work_di
         manifest = dataset_manifest(directory)
         digest = manifest["digest"]
         uri = f"{store.uri}/{digest}"
-        if store.exists(join(digest, "manifest.json")):
+        if store.exists(join(digest, MANIFEST)):
             if read_manifest(store, digest).get("files") == manifest["files"]:
                 log.info("%s is already staged; nothing to upload", uri)
                 return uri
-        layout = verify_layout(directory).path
+        layout = layout_dir(directory)  # verified by dataset_manifest
         files = {name: layout / name for name in manifest["files"]}
         metadata = {k: v for k, v in manifest.items() if k != "files"}
         publish(store, digest, files, metadata=metadata, progress=log.info, file_facts=manifest["files"])
@@ -92,11 +98,7 @@ def _download(url: str, target: Path) -> None:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as stream:
-        while block := stream.read(2**20):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_hash(path, "md5")
 
 
 def _extract(tarball: Path, target: Path, expected_md5: str) -> Path:
@@ -123,7 +125,7 @@ def _extract(tarball: Path, target: Path, expected_md5: str) -> Path:
 
 def fetch(uri: str, store: Store, cache: Path, *, workers: int = 4) -> tuple[Path, str]:
     """Local verified copy of a staged dataset: (layout directory, digest). No download on a cache hit."""
-    digest = uri.rstrip("/").rsplit("/", 1)[-1]
+    _, digest = split_dataset_uri(uri)
     final = Path(cache) / digest / LAYOUT_DIR
     marker = final / VERIFIED_MARKER
     if marker.exists() and marker.read_text().strip() == digest:
@@ -152,7 +154,7 @@ def fetch(uri: str, store: Store, cache: Path, *, workers: int = 4) -> tuple[Pat
 
 def _check_listing(store: Store, digest: str, manifest: dict) -> None:
     listed = {o.key[len(digest) + 1:]: o.size for o in store.list(digest + "/")}
-    listed.pop("manifest.json", None)
+    listed.pop(MANIFEST, None)
     expected = {name: entry["size"] for name, entry in manifest["files"].items()}
     for name in sorted(set(expected) - set(listed)):
         raise DataError(f"{store.uri}/{digest}/{name}: listed in the manifest but missing from the store")
@@ -175,7 +177,7 @@ def _check_file(path: Path, name: str, entry: dict, where: str) -> None:
 
 def verify_remote(uri: str, store: Store) -> dict:
     """Check a staged dataset in place: manifest present, object set and sizes, stored checksums."""
-    digest = uri.rstrip("/").rsplit("/", 1)[-1]
+    _, digest = split_dataset_uri(uri)
     manifest = read_manifest(store, digest)
     _check_listing(store, digest, manifest)
     for name, entry in sorted(manifest["files"].items()):

@@ -231,27 +231,26 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     base_env.setdefault("GLOG_v", "3")
 
     started = time.monotonic()
+    on_line(f"launching {cfg.launch.ranks} rank(s) with the {cfg.launch.backend} backend; logs in {log_dir}")
+    tails = []
     if cfg.launch.backend == "msrun":
         commands = {"msrun": (msrun_command(cfg, port, log_dir, rank_command), {})}
+        local = cfg.launch.ranks // cfg.launch.nodes
+        tails = [_LogTail(log_dir / f"worker_{rank}.log", f"[rank {rank}] ", on_line)
+                 for rank in range(cfg.launch.node_rank * local, (cfg.launch.node_rank + 1) * local)]
     else:
         commands = {name: (rank_command, env) for name, env in rank_environments(cfg, port).items()}
-    on_line(f"launching {cfg.launch.ranks} rank(s) with the {cfg.launch.backend} backend; logs in {log_dir}")
     processes = [
         _Rank(name, cmd, {**base_env, **env}, log_dir / f"rank-{name}.log", on_line)
         for name, (cmd, env) in commands.items()
     ]
-    tails = []
-    if cfg.launch.backend == "msrun":
-        first = cfg.launch.node_rank * (cfg.launch.ranks // cfg.launch.nodes)
-        tails = [_LogTail(log_dir / f"worker_{rank}.log", f"[rank {rank}] ", on_line)
-                 for rank in range(first, first + cfg.launch.ranks // cfg.launch.nodes)]
+    workers = [r for r in processes if r.name != SCHEDULER]
     timeout = cfg.launch.timeout_minutes * 60 or None
     failed, reason = None, ""
     try:
         while True:
             codes = {r.name: r.process.poll() for r in processes}
             bad = [r for r in processes if codes[r.name] not in (None, 0)]
-            workers = [r for r in processes if r.name != SCHEDULER]
             if bad:
                 failed, reason = bad[0], f"rank {bad[0].name} exited with code {codes[bad[0].name]}"
                 break
@@ -261,9 +260,6 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
                 reason = f"timed out after {cfg.launch.timeout_minutes:g} min (launch.timeout_minutes)"
                 break
             time.sleep(0.2)
-    except BaseException:
-        _stop(processes)
-        raise
     finally:
         if failed or reason:
             on_line(f"stopping all ranks: {reason}")
