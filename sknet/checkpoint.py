@@ -1,4 +1,8 @@
-"""Checkpoint files of a run: `<run>/checkpoints/step-00000040.ckpt`, written atomically, pruned, resumed."""
+"""Checkpoint files of a run: `<run>/checkpoints/step-00000040.ckpt`, written atomically, pruned, resumed.
+
+With a mirror (`train.checkpoint_mirror`), each checkpoint and the metrics log up to it are also copied to
+object storage as they are written, so a run retried on another machine resumes from the bucket.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import re
 from pathlib import Path
 
 from sknet.errors import CheckpointError
+from sknet.storage import Store
 
 _NAME = re.compile(r"^step-(\d{8})\.ckpt$")
 
@@ -64,3 +69,41 @@ def load_into(cell, path: str | Path, *, what: str = "network") -> None:
             f"checkpoint {path} lacks {len(missing)} parameters of the {what} (first: {missing[0]}); "
             "was it trained with another model.name, model.stem or model.num_classes?"
         )
+
+
+def _step_of(key: str) -> int | None:
+    match = _NAME.match(key.rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else None
+
+
+class CheckpointMirror:
+    """A run's checkpoints (and its metrics log) under a store prefix: pushed as written, pulled to resume."""
+
+    LOG = "metrics.jsonl"
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def steps(self) -> list[int]:
+        return sorted(step for o in self.store.list() if (step := _step_of(o.key)) is not None)
+
+    def push(self, output_dir: str | Path, step: int, keep: int) -> None:
+        """Upload the checkpoint of `step`, then the metrics log; keep the newest `keep` checkpoints."""
+        self.store.put(checkpoint_path(output_dir, step), checkpoint_path("", step).name)
+        log_file = Path(output_dir) / self.LOG
+        if log_file.exists():
+            self.store.put(log_file, self.LOG)
+        for old in self.steps()[:-keep]:
+            self.store.delete(checkpoint_path("", old).name)
+
+    def pull(self, output_dir: str | Path) -> int | None:
+        """Download the newest mirrored checkpoint if it is newer than the local ones; its step, or None."""
+        steps = self.steps()
+        local = latest_checkpoint(output_dir)
+        if not steps or (local is not None and local[0] >= steps[-1]):
+            return None
+        step = steps[-1]
+        self.store.get(checkpoint_path("", step).name, checkpoint_path(output_dir, step))
+        if self.store.exists(self.LOG):
+            self.store.get(self.LOG, Path(output_dir) / self.LOG)
+        return step

@@ -72,6 +72,7 @@ class TrainConfig:
     keep_checkpoints: int = field(default=3, **_at_least(1))
     log_every_steps: int = field(default=10, **_at_least(1))
     output_dir: str = "work/runs/local"
+    checkpoint_mirror: str = ""  # storage URI: checkpoints copied there as written; resume pulls from it
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sknet.checkpoint import latest_checkpoint, load_into, save_checkpoint
+from sknet.checkpoint import CheckpointMirror, latest_checkpoint, load_into, save_checkpoint
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import DataError, SknetError
 from sknet.runtime import configure
 from sknet.schedule import learning_rates
+from sknet.storage import StorageError, store_from_config
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,18 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
     report = verify_layout(data_dir)  # cheap; never compile or train on a bad copy
     output_dir = Path(cfg.train.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    mirror = None
+    if cfg.train.checkpoint_mirror:  # also proves the bucket is reachable before any compute
+        mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))
+        if (pulled := mirror.pull(output_dir)) is not None:
+            log.info("pulled checkpoint of step %d from %s", pulled, mirror.store.uri)
     # amp O1/O2 and the graph compiler write scratch files into the cwd: keep them in the run dir.
     with contextlib.chdir(output_dir), StopRequest() as stop:
-        return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop)
+        return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop, mirror)
 
 
 def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_after_steps: int | None,
-           stop: StopRequest):
+           stop: StopRequest, mirror: CheckpointMirror | None):
     import mindspore as ms
     from mindspore import nn
 
@@ -141,6 +147,14 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
         loss_scale_manager=ms.FixedLossScaleManager(t.loss_scale, drop_overflow_update=False),
     )
 
+    def checkpoint(step: int) -> None:
+        save_checkpoint(train_step, output_dir, step, t.keep_checkpoints)
+        if mirror is not None:
+            try:
+                mirror.push(output_dir, step, t.keep_checkpoints)
+            except StorageError as exc:  # keep training: the local copy still allows a resume here
+                log.warning("checkpoint of step %d kept locally only, mirroring failed: %s", step, exc)
+
     start_step = 0
     latest = latest_checkpoint(output_dir)
     if latest is not None:
@@ -180,7 +194,7 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
                 log.info("epoch %d/%d step %d/%d loss %.4f lr %.5f %.1f img/s",
                          epoch + 1, t.epochs, step, total_steps, loss_value, rates[step - 1], speed)
             if rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
-                save_checkpoint(train_step, output_dir, step, t.keep_checkpoints)
+                checkpoint(step)
             if stop.requested:
                 end_step = step
             if step == end_step:
@@ -194,7 +208,7 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
                 "seconds": round(seconds, 3),
             })
     if rank == 0 and (latest_checkpoint(output_dir) or (None,))[0] != step:
-        save_checkpoint(train_step, output_dir, step, t.keep_checkpoints)
+        checkpoint(step)
     elapsed = time.perf_counter() - started
     done = step - start_step
     result = TrainResult(

@@ -131,3 +131,30 @@ def test_sigterm_checkpoints_at_the_next_step_and_a_rerun_finishes(synthetic_dat
     finished = run_json("-q", "train", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
                         f"train.output_dir={tmp_path}", *SHORT, "train.checkpoint_every_steps=0")
     assert finished["complete"] is True and finished["resumed_from_step"] == stopped["steps"]
+
+
+def test_a_retry_on_another_machine_resumes_from_the_mirrored_checkpoint(reference, synthetic_data, tmp_path,
+                                                                        s3_server, bucket):
+    from sknet.checkpoint import CheckpointMirror
+    from sknet.storage import S3Store
+
+    mirror = [f"train.checkpoint_mirror=s3://{bucket}/runs/r1/checkpoints",
+              f"storage.endpoint_url={s3_server.endpoint}"]
+    partial = train_until(tmp_path / "machine-a", synthetic_data, *mirror, stop_after_steps=7)
+    assert partial["steps"] == 7
+    resumed = train_until(tmp_path / "machine-b", synthetic_data, *mirror)  # nothing local there
+    assert resumed["resumed_from_step"] == 7 and resumed["complete"] is True
+    assert_same_weights(reference["checkpoint"], resumed["checkpoint"])
+    logged = [json.loads(line)["step"] for line in open(tmp_path / "machine-b" / "metrics.jsonl")
+              if json.loads(line)["event"] == "step"]
+    assert logged == list(range(1, 13))  # the log came along with the checkpoint
+    store = S3Store(f"s3://{bucket}/runs/r1/checkpoints", endpoint_url=s3_server.endpoint)
+    assert CheckpointMirror(store).steps()[-1] == 12
+
+
+def test_an_unreachable_mirror_fails_before_compiling(synthetic_data, tmp_path, s3_server):
+    proc = run_sknet("train", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
+                     f"train.output_dir={tmp_path}", "train.checkpoint_mirror=s3://no-such-bucket/ckpt",
+                     f"storage.endpoint_url={s3_server.endpoint}", check=False)
+    assert proc.returncode == 2
+    assert "s3://no-such-bucket/ckpt" in proc.stderr and "NoSuchBucket" in proc.stderr
