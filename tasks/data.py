@@ -15,15 +15,13 @@ def _is_local_layout(uri: str) -> bool:
     return not uri.startswith("s3://") and (layout_dir(local_dataset_path(uri)) / TEST_FILE).exists()
 
 
-def _dataset_key(context, parameters) -> str:
-    cfg: Config = parameters["cfg"]
-    return f"sknet-dataset-{cfg.data.uri}-{Path(parameters['cache_dir']).resolve()}"
-
-
 @task(name="fetch-dataset", task_run_name="fetch {cfg.data.uri}", retries=3, retry_delay_seconds=5,
-      retry_condition_fn=transient_only, cache_key_fn=_dataset_key, persist_result=True)
+      retry_condition_fn=transient_only, persist_result=True)
 def fetch_dataset(cfg: Config, cache_dir: str) -> dict:
-    """A verified local copy of `data.uri`: fetched into the cache if remote, verified in place if local."""
+    """A verified local copy of `data.uri`: fetched into the cache if remote, verified in place if local.
+
+    The cache is keyed on the dataset digest, so a retry or a later run finds it without downloading.
+    """
     logger = get_run_logger()
     uri = cfg.data.uri
     if _is_local_layout(uri):

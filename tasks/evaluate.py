@@ -6,7 +6,7 @@ from sknet.config import Config
 from sknet.evaluate import evaluate as evaluate_checkpoint
 
 
-@task(name="evaluate", task_run_name="evaluate {checkpoint}")
+@task(name="evaluate", task_run_name="evaluate {checkpoint}", persist_result=True)
 def evaluate(cfg: Config, checkpoint: str) -> dict:
     metrics = evaluate_checkpoint(cfg, checkpoint)
     get_run_logger().info("top-1 %.4f, top-5 %.4f on %d samples", metrics["top_1_accuracy"],

@@ -8,7 +8,7 @@ from sknet.release import latest_release
 from sknet.storage import store_from_config
 
 
-@task(name="gate", task_run_name="gate {cfg.gate.metric} ≥ {cfg.gate.threshold}")
+@task(name="gate", task_run_name="gate {cfg.gate.metric} ≥ {cfg.gate.threshold}", persist_result=True)
 def gate_model(cfg: Config, metrics: dict, model: str) -> dict:
     """Pass or raise `GateFailed` (never retried); with gate.compare_to_latest, also beat the release."""
     champion = None

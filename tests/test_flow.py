@@ -28,12 +28,23 @@ def run_flow(tmp_path, data, **params):
                        return_state=True, **params)
 
 
+def artifacts_of(state) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    return {a.key: a for a in found}
+
+
 def test_a_passing_run_releases_the_model_with_lineage(prefect_api, synthetic_data, tmp_path):
+    from sknet.checkpoint import CheckpointMirror
     from sknet.storage import LocalStore, sha256_file
 
     state = run_flow(tmp_path, synthetic_data, gate_threshold=0.3)
     assert state.is_completed(), state.message
-    pointer = state.result()
+    pointer = state.result()["release"]
     store = LocalStore(tmp_path / "bucket")
     latest = json.loads(store.get_bytes("releases/sknet-tiny/LATEST"))
     assert latest["version"] == pointer["version"]
@@ -44,6 +55,16 @@ def test_a_passing_run_releases_the_model_with_lineage(prefect_api, synthetic_da
     assert lineage["artifacts"]["model.mindir"]["sha256"] == sha256_file(tmp_path / "bucket" / prefix / "model.mindir")
     assert lineage["dataset"]["synthetic"] is True
     assert store.exists(f"runs/{latest['version']}/manifest.json")
+    assert store.exists(f"runs/{latest['version']}/curve.png")
+    mirrored = CheckpointMirror(LocalStore(tmp_path / "bucket" / "runs" / latest["version"] / "checkpoints"))
+    assert mirrored.steps()[-1] == lineage["artifacts"]["checkpoint.ckpt"]["step"] == 30
+    artifacts = artifacts_of(state)
+    assert {"sknet-run-summary", "sknet-metrics", "sknet-epochs", "sknet-training-progress", "sknet-curve",
+            "sknet-release-model", "sknet-release-lineage"} <= set(artifacts)
+    assert float(artifacts["sknet-training-progress"].data) == 100
+    assert "SYNTHETIC data" in artifacts["sknet-run-summary"].data and "PASS" in artifacts["sknet-run-summary"].data
+    assert [row["epoch"] for row in json.loads(artifacts["sknet-epochs"].data)] == [1, 2, 3]
+    assert set(state.result()["stage_seconds"]) == {"data", "train", "evaluate", "publish-run", "export", "release"}
 
 
 def test_a_gate_miss_fails_the_run_keeps_its_outputs_and_releases_nothing(prefect_api, synthetic_data, tmp_path):
@@ -57,3 +78,5 @@ def test_a_gate_miss_fails_the_run_keeps_its_outputs_and_releases_nothing(prefec
     assert not store.exists("releases/sknet-tiny/LATEST")
     runs = [o.key for o in store.list("runs/") if o.key.endswith("eval.json")]
     assert len(runs) == 1
+    summary = artifacts_of(state)["sknet-run-summary"].data
+    assert "FAIL" in summary and "< threshold 0.9990" in summary
