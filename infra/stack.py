@@ -1,0 +1,194 @@
+"""The local stack: Prefect server on 127.0.0.1 (own PREFECT_HOME), a process work pool, the deployments
+from `deployments/prefect.yaml`, and a worker that stops on SIGTERM.
+
+    python -m infra.stack up      # or `make up`;   prints the UI URL and what to run next
+    python -m infra.stack status
+    python -m infra.stack down    # or `make down`; stops the worker, then the server
+
+Server and worker run in their own sessions (not children of your shell, so TERM reaches them) with
+their PIDs and logs in the stack's home (default `work/prefect`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+POOL = "sknet-process"
+PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    home: Path
+    port: int = 4200
+    pool: str = POOL
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of every prefect command against this stack (the venv's bin first on PATH)."""
+        return {
+            **os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_CLI_PROMPT": "false",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **(extra or {}),
+        }
+
+    def prefect(self, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 300,
+                check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=self.env(extra_env),
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"prefect {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}"
+                               f"{proc.stderr[-3000:]}")
+        return proc
+
+    def _start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> int:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / f"{name}.log", "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "prefect", *args], cwd=REPO, env=self.env(extra_env),
+                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        (self.home / f"{name}.pid").write_text(str(process.pid))
+        return process.pid
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def start_server(self, timeout: float = 180) -> None:
+        if self.healthy():
+            return
+        self._start("server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if not _alive(self._pid("server")):
+                raise RuntimeError(f"prefect server exited; see {self.home / 'server.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server not healthy after {timeout:.0f} s; see {self.home / 'server.log'}")
+            time.sleep(1)
+
+    def create_pool(self) -> None:
+        if self.prefect("work-pool", "inspect", self.pool, check=False).returncode != 0:
+            self.prefect("work-pool", "create", self.pool, "--type", "process")
+
+    def deploy(self, extra_env: dict[str, str] | None = None) -> str:
+        """Apply every deployment in deployments/prefect.yaml (env values are read now, from extra_env)."""
+        return self.prefect("deploy", "--all", "--prefect-file", str(PREFECT_FILE), extra_env=extra_env).stdout
+
+    def pause_schedules(self, deployment: str) -> list[str]:
+        listing = self.prefect("deployment", "schedule", "ls", deployment).stdout
+        ids = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", listing)
+        for schedule_id in ids:
+            self.prefect("deployment", "schedule", "pause", deployment, schedule_id)
+        return ids
+
+    def start_worker(self, extra_env: dict[str, str] | None = None) -> int:
+        return self._start("worker", ["worker", "start", "--pool", self.pool, "--type", "process"], extra_env)
+
+    def up(self, extra_env: dict[str, str] | None = None, pause_nightly: bool = True) -> None:
+        self.start_server()
+        self.create_pool()
+        self.deploy(extra_env)
+        if pause_nightly:  # a laptop has no Ascend devices: run `nightly` by hand with the smoke profile
+            self.pause_schedules("sknet-train/nightly")
+        if not _alive(self._pid("worker")):
+            self.start_worker(extra_env)
+        (self.home / "stack.json").write_text(json.dumps({"api_url": self.api_url, "pool": self.pool}) + "\n")
+
+    def _pid(self, name: str) -> int | None:
+        path = self.home / f"{name}.pid"
+        return int(path.read_text()) if path.exists() else None
+
+    def down(self, timeout: float = 30) -> None:
+        """TERM the worker, then the server (each a whole process group); KILL what outlives `timeout`."""
+        for name in ("worker", "server"):
+            pid = self._pid(name)
+            if pid is not None and _alive(pid):
+                _terminate_group(pid, timeout)
+            (self.home / f"{name}.pid").unlink(missing_ok=True)
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie of ours is not alive
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def _terminate_group(pid: int, timeout: float) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--home", type=Path, default=REPO / "work" / "prefect",
+                        help="PREFECT_HOME of the stack: database, logs, PIDs (default: work/prefect)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SKNET_PREFECT_PORT", 4200)),
+                        help="API/UI port on 127.0.0.1 (default 4200, or $SKNET_PREFECT_PORT)")
+    parser.add_argument("--pool", default=POOL, help=f"process work pool (default {POOL})")
+    args = parser.parse_args(argv)
+    stack = Stack(args.home.resolve(), args.port, args.pool)
+    if args.command == "down":
+        stack.down()
+        print("local stack stopped")
+        return 0
+    if args.command == "status":
+        print(json.dumps({"api": stack.api_url, "healthy": stack.healthy(),
+                          "worker_running": _alive(stack._pid("worker"))}))
+        return 0
+    store = REPO / "work" / "store"
+    deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", f"file://{store}"),
+                  "SKNET_DATASET_URI": os.environ.get("SKNET_DATASET_URI", "")}
+    stack.up(deploy_env)
+    print(f"Prefect UI: {stack.ui_url}   (API {stack.api_url}; logs in {stack.home})")
+    print(f"export PREFECT_API_URL={stack.api_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""End to end, the way users run it: moto's S3 server, `prefect server start`, a process work pool, the
+deployments applied with `prefect deploy` from deployments/prefect.yaml, a real worker, and
+`prefect deployment run sknet-train/smoke`. Everything the tests assert is read back through the
+Prefect REST API and the bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import run_sknet
+
+pytestmark = pytest.mark.slow
+
+SMOKE = {"data.num_train_samples": 320, "data.num_eval_samples": 320, "train.epochs": 2,
+         "train.checkpoint_every_steps": 5, "train.log_every_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def site(s3_server, synthetic_data, tmp_path_factory):
+    """A bucket with the synthetic dataset staged, and the local stack deployed against it."""
+    from infra.stack import Stack, free_port
+    from sknet.storage import s3_client
+
+    bucket = "sknet-e2e"
+    s3_client(endpoint_url=s3_server.endpoint).create_bucket(Bucket=bucket)
+    staged = json.loads(run_sknet("data", "stage", "--source", str(synthetic_data), "--dest",
+                                  f"s3://{bucket}/datasets/cifar10", "--endpoint-url", s3_server.endpoint).stdout)["uri"]
+    stack = Stack(tmp_path_factory.mktemp("prefect-home"), free_port())
+    worker_env = {"AWS_ENDPOINT_URL": s3_server.endpoint, "GLOG_v": "3",
+                  "SKNET_DATASET_URI": staged, "SKNET_PUBLISH_TO": f"s3://{bucket}"}
+    try:
+        stack.up(worker_env)
+        yield {"stack": stack, "bucket": bucket, "dataset": staged, "endpoint": s3_server.endpoint,
+               "work": tmp_path_factory.mktemp("work")}
+    finally:
+        stack.down()
+
+
+def api(site, path: str, body: dict | None = None):
+    request = urllib.request.Request(f"{site['stack'].api_url}/{path}", method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def run_deployment(site, *params: str, watch: bool = True) -> str:
+    """`prefect deployment run sknet-train/smoke`; returns the flow run id."""
+    args = ["deployment", "run", "sknet-train/smoke", "--param", f"overrides={json.dumps(SMOKE)}",
+            "--param", f"work_dir={site['work']}", *params]
+    proc = site["stack"].prefect(*args, *(["--watch", "--watch-timeout", "900"] if watch else []), timeout=960,
+                                 check=False)
+    run_id = next(word for line in proc.stdout.splitlines() if "UUID" in line for word in line.split()
+                  if word.count("-") == 4)
+    return run_id
+
+
+def flow_run(site, run_id: str) -> dict:
+    return api(site, f"flow_runs/{run_id}")
+
+
+def wait_final(site, run_id: str, timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    while (run := flow_run(site, run_id))["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() < deadline, f"flow run {run_id} still {run['state']['type']}"
+        time.sleep(2)
+    return run
+
+
+def s3_store(site, prefix: str = ""):
+    from sknet.storage import S3Store
+
+    return S3Store(f"s3://{site['bucket']}/{prefix}".rstrip("/"), endpoint_url=site["endpoint"])
+
+
+def task_runs(site, run_id: str) -> list[dict]:
+    return api(site, "task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+
+
+@pytest.fixture(scope="module")
+def passed_run(site):
+    run_id = run_deployment(site)
+    return wait_final(site, run_id)
+
+
+def test_a_deployment_run_completes_and_releases_verified_objects(site, passed_run, tmp_path):
+    from sknet.storage import sha256_file
+
+    assert passed_run["state"]["type"] == "COMPLETED", passed_run["state"]
+    run_id = passed_run["id"]
+    releases = s3_store(site, "releases/sknet-tiny")
+    assert json.loads(releases.get_bytes("LATEST"))["version"] == run_id
+    manifest = json.loads(releases.get_bytes(f"{run_id}/manifest.json"))
+    assert {"model.mindir", "checkpoint.ckpt", "config.yaml", "lineage.json"} <= set(manifest["files"])
+    lineage = json.loads(releases.get_bytes(f"{run_id}/lineage.json"))
+    for name in ("model.mindir", "checkpoint.ckpt"):
+        releases.get(f"{run_id}/{name}", tmp_path / name)
+        assert lineage["artifacts"][name]["sha256"] == manifest["files"][name]["sha256"] == sha256_file(tmp_path / name)
+    assert lineage["dataset"]["uri"] == site["dataset"] and lineage["dataset"]["synthetic"] is True
+    assert lineage["dataset"]["digest"] == site["dataset"].rsplit("/", 1)[-1]
+
+
+def test_the_ui_has_the_artifacts_and_asset_lineage(site, passed_run):
+    run_id = passed_run["id"]
+    artifacts = {a["key"]: a for a in api(site, "artifacts/filter", {"flow_runs": {"id": {"any_": [run_id]}}})}
+    assert {"sknet-run-summary", "sknet-epochs", "sknet-training-progress", "sknet-curve",
+            "sknet-release-model", "sknet-release-lineage"} <= set(artifacts)
+    assert "PASS" in artifacts["sknet-run-summary"]["data"] and "SYNTHETIC" in artifacts["sknet-run-summary"]["data"]
+    assert f"s3://{site['bucket']}/runs/{run_id}/curve.png" in artifacts["sknet-curve"]["data"]
+    events = api(site, "events/filter", {"filter": {"event": {"prefix": ["prefect.asset.materialization"]},
+                                                    "related": {"id": [f"prefect.flow-run.{run_id}"]}},
+                                         "limit": 50})["events"]
+    by_key = {e["resource"]["prefect.resource.id"]: e for e in events}
+    checkpoints = f"s3://{site['bucket']}/runs/{run_id}/checkpoints"
+    mindir = f"s3://{site['bucket']}/releases/sknet-tiny/{run_id}/model.mindir"
+    assert set(by_key) == {checkpoints, mindir}
+    assert all(e["event"] == "prefect.asset.materialization.succeeded" for e in events)
+    upstream = {key: {r["prefect.resource.id"] for r in e["related"] if r.get("prefect.resource.role") == "asset"}
+                for key, e in by_key.items()}
+    assert site["dataset"] in upstream[checkpoints] and checkpoints in upstream[mindir]
+    assert by_key[mindir]["payload"]["top_1_accuracy"] > 0.3
+    assert len(by_key[checkpoints]["payload"]["sha256"]) == 64
+
+
+def test_a_gate_miss_fails_the_run_and_moves_no_release_pointer(site, passed_run):
+    run_id = run_deployment(site, "--param", "gate_threshold=0.999")
+    run = wait_final(site, run_id)
+    assert run["state"]["type"] == "FAILED"
+    assert "gate failed: top_1_accuracy" in run["state"]["message"] and "< threshold 0.9990" in run["state"]["message"]
+    assert json.loads(s3_store(site, "releases/sknet-tiny").get_bytes("LATEST"))["version"] == passed_run["id"]
+    assert not s3_store(site, f"releases/sknet-tiny/{run_id}").list()
+    assert s3_store(site, f"runs/{run_id}").exists("eval.json")  # kept for diagnosis
+
+
+def test_a_killed_rank_is_retried_and_the_retry_resumes_from_its_checkpoint(site):
+    run_id = run_deployment(site, watch=False)
+    checkpoints = Path(site["work"], "runs", run_id, "checkpoints")
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("step-*.ckpt")):
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.5)
+    rank = next(pid for pid in _pids_with(f"runs/{run_id}/config.yaml") if _is_rank(pid))
+    os.kill(rank, signal.SIGKILL)
+    run = wait_final(site, run_id)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    train = next(t for t in task_runs(site, run_id) if t["name"].startswith("train "))
+    assert train["run_count"] == 2
+    result = json.loads(Path(site["work"], "runs", run_id, "result.json").read_text())
+    assert result["complete"] is True and result["resumed_from_step"] >= 5
+
+
+def _pids_with(needle: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def _is_rank(pid: int) -> bool:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return b"MS_ROLE=MS_WORKER" in environ
