@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -139,6 +140,27 @@ def test_a_gate_miss_fails_the_run_and_moves_no_release_pointer(site, passed_run
     assert json.loads(s3_store(site, "releases/sknet-tiny").get_bytes("LATEST"))["version"] == passed_run["id"]
     assert not s3_store(site, f"releases/sknet-tiny/{run_id}").list()
     assert s3_store(site, f"runs/{run_id}").exists("eval.json")  # kept for diagnosis
+
+    # `prefect flow-run retry` on the same worker: the finished stages are not run again
+    retry(site, run_id)
+    states = {t["name"].split()[0]: t["state"]["name"] for t in task_runs(site, run_id)
+              if t["start_time"] and t["start_time"] > run["end_time"]}
+    assert {states[name] for name in ("fetch", "train", "evaluate", "publish")} == {"Cached"}, states
+
+    # …and on another machine (no run directory, no Prefect result storage): training resumes from the
+    # checkpoint mirrored in the bucket, which is already the last step, so no step is trained again
+    shutil.rmtree(Path(site["work"], "runs", run_id))
+    shutil.rmtree(site["stack"].home / "storage")
+    retry(site, run_id)
+    result = json.loads(Path(site["work"], "runs", run_id, "result.json").read_text())
+    assert result["resumed_from_step"] == result["steps"] == 20 and result["complete"] is True
+
+
+def retry(site, run_id: str) -> dict:
+    site["stack"].prefect("flow-run", "retry", run_id)
+    run = wait_final(site, run_id)
+    assert run["state"]["type"] == "FAILED" and "gate failed" in run["state"]["message"]
+    return run
 
 
 def test_a_killed_rank_is_retried_and_the_retry_resumes_from_its_checkpoint(site):
