@@ -1,10 +1,15 @@
-# sknet-pipeline: `make test` is the whole suite (what CI runs), `make bench` the benchmarks.
+# sknet-pipeline. `make run`: the sknet-train flow end to end on the embedded default (DATA=cifar10 stages
+# the real dataset first). `make test`: the whole suite (what CI runs). `make bench`: the benchmarks.
+# `make up` / `make down`: the local Prefect stack with the deployments applied.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench clean
+.PHONY: install run test bench up down clean
+
+DATA ?= auto
+RUN := GLOG_v=3 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +21,20 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+run: $(STAMP)
+	$(RUN) -m flows.run_local --data $(DATA) $(RUN_ARGS)
+
 test: $(STAMP)
-	GLOG_v=3 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(RUN) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	GLOG_v=3 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
+	$(RUN) -m bench $(BENCH_ARGS)
+
+up: $(STAMP)
+	$(RUN) -m infra.stack up
+
+down:
+	$(RUN) -m infra.stack down
 
 clean:
 	rm -rf $(VENV) work bench/results/*.json rewritten_network

@@ -71,11 +71,13 @@ def print_table(report: dict) -> None:
 def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     summary = {}
+    from bench.flow import bench_flow
     from bench.launch import bench_launch
     from bench.storage import bench_storage
 
     only = set(sys.argv[1:])  # e.g. `python -m bench storage`
-    for name, bench in {"storage": bench_storage, "launch": bench_launch, "models": bench_models}.items():
+    for name, bench in {"storage": bench_storage, "launch": bench_launch, "flow": bench_flow,
+                        "models": bench_models}.items():
         if only and name not in only:
             continue
         report = bench()

@@ -20,6 +20,7 @@ from sknet.lineage import lineage_record
 from sknet.release import release_prefix, run_prefix
 from sknet.storage import store_from_config
 from tasks.assets import asset_key
+from tasks.credentials import use_aws_credentials_block
 from tasks.data import fetch_dataset
 from tasks.evaluate import evaluate
 from tasks.export import export
@@ -38,6 +39,7 @@ def sknet_train(
     gate_threshold: float | None = None,
     publish_to: str | None = None,
     work_dir: str = "work",
+    aws_credentials_block: str | None = None,
 ) -> dict:
     """Train, check and ship an SKNet classifier; parameters are validated before any compute.
 
@@ -48,6 +50,7 @@ def sknet_train(
         gate_threshold: minimum `gate.metric` (0–1) for a release; default `gate.threshold`.
         publish_to: storage URI for runs/ and releases/; default `storage.uri`.
         work_dir: local scratch for the dataset cache and run directories.
+        aws_credentials_block: a Prefect AwsCredentials block for the bucket; default: the worker's environment.
     """
     run_id = flow_run.get_id() or "local"
     extra = {"train.output_dir": str(Path(work_dir, "runs", run_id).resolve())}
@@ -55,6 +58,8 @@ def sknet_train(
     extra |= {"gate.threshold": gate_threshold} if gate_threshold is not None else {}
     extra |= {"storage.uri": publish_to} if publish_to else {}
     cfg = load_config(config, {**(overrides or {}), **extra})
+    if aws_credentials_block:
+        use_aws_credentials_block(aws_credentials_block)
     store_uri = store_from_config(cfg.storage).uri
     checkpoints = f"{store_uri}/{run_prefix(run_id)}/checkpoints"
     cfg = cfg.override({"train.checkpoint_mirror": checkpoints})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -181,12 +182,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"api": stack.api_url, "healthy": stack.healthy(),
                           "worker_running": _alive(stack._pid("worker"))}))
         return 0
-    store = REPO / "work" / "store"
-    deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", f"file://{store}"),
+    deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", ""),
                   "SKNET_DATASET_URI": os.environ.get("SKNET_DATASET_URI", "")}
+    if not deploy_env["SKNET_PUBLISH_TO"]:  # the embedded default, as `make run` uses it
+        from sknet.data.stage import embedded_dataset
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        store = REPO / "work" / "store"
+        deploy_env["SKNET_PUBLISH_TO"] = f"file://{store}"
+        deploy_env["SKNET_DATASET_URI"] = deploy_env["SKNET_DATASET_URI"] or embedded_dataset(
+            "auto", store, REPO / "work")["uri"]
     stack.up(deploy_env)
     print(f"Prefect UI: {stack.ui_url}   (API {stack.api_url}; logs in {stack.home})")
-    print(f"export PREFECT_API_URL={stack.api_url}")
+    print(f"deployments publish to {deploy_env['SKNET_PUBLISH_TO']}, train on {deploy_env['SKNET_DATASET_URI']}")
+    print(f"next:  export PREFECT_API_URL={stack.api_url}")
+    print("       prefect deployment run sknet-train/smoke --watch")
+    print("       prefect deployment run sknet-train/nightly --param config=cpu-smoke --watch")
     return 0
 
 

@@ -160,7 +160,7 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: expected a mapping of sections, got {type(loaded).__name__}")
         raw = loaded or {}
-    parsed = _parse_overrides(overrides)
+    parsed = parse_overrides(overrides)
     for key, value in parsed.items():
         _set_dotted(raw, key, value)
     return _build(Config, raw, "", _Source(source, set(parsed)))
@@ -193,7 +193,8 @@ def _profile_path(profile: str | Path) -> Path:
     return candidate
 
 
-def _parse_overrides(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+def parse_overrides(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+    """`["train.epochs=1", …]` (values parsed as YAML scalars, str fields kept verbatim) or a mapping → dict."""
     if isinstance(overrides, Mapping):
         return dict(overrides)
     parsed: dict[str, Any] = {}

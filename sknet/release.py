@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from sknet.storage import MANIFEST, IncompleteError, Store, join, publish, read_manifest
+from sknet.storage import MANIFEST, IncompleteError, Store, join, publish, read_manifest, sha256_file
 
 LATEST = "LATEST"
 
@@ -30,11 +30,19 @@ def publish_run(store: Store, run_id: str, files: Mapping[str, Path], metadata: 
 
 def publish_release(store: Store, model: str, version: str, files: Mapping[str, Path],
                     metadata: Mapping | None = None) -> dict:
-    """Publish the release (manifest last), then point `LATEST` at it. Returns the pointer written."""
+    """Publish the release (manifest last), then point `LATEST` at it. Returns the pointer written.
+
+    Publishing the same files again (a retried task) only rewrites `LATEST`; other files under an
+    existing version are refused.
+    """
     prefix = release_prefix(model, version)
     if store.exists(join(prefix, MANIFEST)):
-        raise IncompleteError(f"{store.uri}/{prefix} is already released; versions are immutable")
-    manifest = publish(store, prefix, files, metadata=metadata)
+        manifest = read_manifest(store, prefix)
+        if {name: entry["sha256"] for name, entry in manifest["files"].items()} != {
+                name: sha256_file(Path(path)) for name, path in files.items()}:
+            raise IncompleteError(f"{store.uri}/{prefix} is already released with other files; versions are immutable")
+    else:
+        manifest = publish(store, prefix, files, metadata=metadata)
     pointer = {"version": version, "uri": f"{store.uri}/{prefix}", "metrics": manifest.get("metrics", {})}
     store.put_bytes(json.dumps(pointer, indent=2, sort_keys=True).encode(), join(release_prefix(model), LATEST))
     return pointer

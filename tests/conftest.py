@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,35 @@ def bucket(s3_server, request):
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
     s3_client(endpoint_url=s3_server.endpoint).create_bucket(Bucket=name)
     return name
+
+
+def copy_of_repo(target: Path) -> Path:
+    """The working tree's tracked and new files in `target`, with this venv linked in (nothing reinstalled)."""
+    repo = Path(__file__).resolve().parent.parent
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (repo / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, target / name)
+    (target / ".venv").symlink_to(repo / ".venv")
+    stamp = (repo / ".venv" / ".installed").stat().st_mtime
+    os.utime(target / "pyproject.toml", (stamp - 60, stamp - 60))  # make sees the install as current
+    return target
+
+
+def readme_commands(heading: str) -> list[str]:
+    """The commands of the first ```bash block under `## heading` in README.md, without comments."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    lines = [line.split(" #", 1)[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def run_shell(script: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 900):
+    """`script` in bash -euo pipefail, as a user would type it."""
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})

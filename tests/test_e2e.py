@@ -1,33 +1,36 @@
-"""End to end, the way users run it: moto's S3 server, `prefect server start`, a process work pool, the
-deployments applied with `prefect deploy` from deployments/prefect.yaml, a real worker, and
-`prefect deployment run sknet-train/smoke`. Everything the tests assert is read back through the
-Prefect REST API and the bucket.
+"""End to end, the way users run it: moto's S3 server, then the README's nightly-deployment commands as
+written (`make up`: `prefect server start` on a free loopback port, the process work pool, `prefect deploy`
+from deployments/prefect.yaml, a worker; `prefect deployment run sknet-train/nightly --param
+config=cpu-smoke --watch`; `make down`) in a temporary copy of the repository, with the deployments pointed
+at the bucket through the environment. Everything asserted is read back through the Prefect REST API and
+the bucket.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import run_sknet
+from conftest import copy_of_repo, readme_commands, run_sknet, run_shell
 
 pytestmark = pytest.mark.slow
 
 SMOKE = {"data.num_train_samples": 320, "data.num_eval_samples": 320, "train.epochs": 2,
          "train.checkpoint_every_steps": 5, "train.log_every_steps": 1}
+README_SECTION = "The nightly deployment on your machine"
 
 
 @pytest.fixture(scope="module")
 def site(s3_server, synthetic_data, tmp_path_factory):
-    """A bucket with the synthetic dataset staged, and the local stack deployed against it."""
+    """A bucket with the synthetic dataset staged; the README's `make up` run against it in a repo copy."""
     from infra.stack import Stack, free_port
     from sknet.storage import s3_client
 
@@ -35,15 +38,32 @@ def site(s3_server, synthetic_data, tmp_path_factory):
     s3_client(endpoint_url=s3_server.endpoint).create_bucket(Bucket=bucket)
     staged = json.loads(run_sknet("data", "stage", "--source", str(synthetic_data), "--dest",
                                   f"s3://{bucket}/datasets/cifar10", "--endpoint-url", s3_server.endpoint).stdout)["uri"]
-    stack = Stack(tmp_path_factory.mktemp("prefect-home"), free_port())
-    worker_env = {"AWS_ENDPOINT_URL": s3_server.endpoint, "GLOG_v": "3",
-                  "SKNET_DATASET_URI": staged, "SKNET_PUBLISH_TO": f"s3://{bucket}"}
+    clone = copy_of_repo(tmp_path_factory.mktemp("clone") / "sknet-pipeline")
+    port = free_port()
+    env = {"SKNET_PREFECT_PORT": str(port), "SKNET_PUBLISH_TO": f"s3://{bucket}", "SKNET_DATASET_URI": staged,
+           "AWS_ENDPOINT_URL": s3_server.endpoint}
+    commands = readme_commands(README_SECTION)
+    assert commands[0] == "make up" and commands[-1] == "make down"
     try:
-        stack.up(worker_env)
-        yield {"stack": stack, "bucket": bucket, "dataset": staged, "endpoint": s3_server.endpoint,
+        up = run_shell(commands[0], clone, env, timeout=600)
+        assert up.returncode == 0, (up.stdout + up.stderr)[-4000:]
+        assert f"Prefect UI: http://127.0.0.1:{port}" in up.stdout
+        yield {"stack": Stack(clone / "work" / "prefect", port), "bucket": bucket, "dataset": staged,
+               "endpoint": s3_server.endpoint, "clone": clone, "env": env, "port": port,
                "work": tmp_path_factory.mktemp("work")}
     finally:
-        stack.down()
+        run_shell(commands[-1], clone, env)
+
+
+@pytest.fixture(scope="module")
+def nightly_run(site) -> dict:
+    """The README's `prefect deployment run sknet-train/nightly --param config=cpu-smoke --watch`, as written."""
+    commands = readme_commands(README_SECTION)[1:-1]
+    script = "\n".join(commands).replace("4200", str(site["port"]))
+    proc = run_shell(script, site["clone"], site["env"], timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1)
+    return {**flow_run(site, run_id), "output": proc.stdout}
 
 
 def api(site, path: str, body: dict | None = None):
@@ -60,9 +80,7 @@ def run_deployment(site, *params: str, watch: bool = True) -> str:
             "--param", f"work_dir={site['work']}", *params]
     proc = site["stack"].prefect(*args, *(["--watch", "--watch-timeout", "900"] if watch else []), timeout=960,
                                  check=False)
-    run_id = next(word for line in proc.stdout.splitlines() if "UUID" in line for word in line.split()
-                  if word.count("-") == 4)
-    return run_id
+    return re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1)
 
 
 def flow_run(site, run_id: str) -> dict:
@@ -87,17 +105,17 @@ def task_runs(site, run_id: str) -> list[dict]:
     return api(site, "task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
 
 
-@pytest.fixture(scope="module")
-def passed_run(site):
-    run_id = run_deployment(site)
-    return wait_final(site, run_id)
+def test_the_readme_nightly_run_completes(nightly_run):
+    assert nightly_run["state"]["type"] == "COMPLETED", nightly_run["state"]
+    assert "Completed" in nightly_run["output"]
+    assert nightly_run["parameters"]["config"] == "cpu-smoke"
 
 
-def test_a_deployment_run_completes_and_releases_verified_objects(site, passed_run, tmp_path):
+def test_the_release_holds_verified_objects_and_lineage(site, nightly_run, tmp_path):
+    from sknet.checkpoint import CheckpointMirror
     from sknet.storage import sha256_file
 
-    assert passed_run["state"]["type"] == "COMPLETED", passed_run["state"]
-    run_id = passed_run["id"]
+    run_id = nightly_run["id"]
     releases = s3_store(site, "releases/sknet-tiny")
     assert json.loads(releases.get_bytes("LATEST"))["version"] == run_id
     manifest = json.loads(releases.get_bytes(f"{run_id}/manifest.json"))
@@ -108,14 +126,18 @@ def test_a_deployment_run_completes_and_releases_verified_objects(site, passed_r
         assert lineage["artifacts"][name]["sha256"] == manifest["files"][name]["sha256"] == sha256_file(tmp_path / name)
     assert lineage["dataset"]["uri"] == site["dataset"] and lineage["dataset"]["synthetic"] is True
     assert lineage["dataset"]["digest"] == site["dataset"].rsplit("/", 1)[-1]
+    assert CheckpointMirror(s3_store(site, f"runs/{run_id}/checkpoints")).steps()[-1] == 60
+    assert s3_store(site, f"runs/{run_id}").exists("curve.png")
 
 
-def test_the_ui_has_the_artifacts_and_asset_lineage(site, passed_run):
-    run_id = passed_run["id"]
+def test_the_ui_has_the_artifacts_and_asset_lineage(site, nightly_run):
+    run_id = nightly_run["id"]
     artifacts = {a["key"]: a for a in api(site, "artifacts/filter", {"flow_runs": {"id": {"any_": [run_id]}}})}
-    assert {"sknet-run-summary", "sknet-epochs", "sknet-training-progress", "sknet-curve",
-            "sknet-release-model", "sknet-release-lineage"} <= set(artifacts)
+    assert {"sknet-run-summary", "sknet-metrics", "sknet-epochs", "sknet-training-progress", "sknet-curve",
+            "sknet-release-model", "sknet-release-lineage", "sknet-release-manifest"} <= set(artifacts)
     assert "PASS" in artifacts["sknet-run-summary"]["data"] and "SYNTHETIC" in artifacts["sknet-run-summary"]["data"]
+    assert float(artifacts["sknet-training-progress"]["data"]) == 100
+    assert [row["epoch"] for row in json.loads(artifacts["sknet-epochs"]["data"])] == [1, 2, 3]
     assert f"s3://{site['bucket']}/runs/{run_id}/curve.png" in artifacts["sknet-curve"]["data"]
     events = api(site, "events/filter", {"filter": {"event": {"prefix": ["prefect.asset.materialization"]},
                                                     "related": {"id": [f"prefect.flow-run.{run_id}"]}},
@@ -132,19 +154,46 @@ def test_the_ui_has_the_artifacts_and_asset_lineage(site, passed_run):
     assert len(by_key[checkpoints]["payload"]["sha256"]) == 64
 
 
-def test_a_gate_miss_fails_the_run_and_moves_no_release_pointer(site, passed_run):
-    run_id = run_deployment(site, "--param", "gate_threshold=0.999")
-    run = wait_final(site, run_id)
-    assert run["state"]["type"] == "FAILED"
-    assert "gate failed: top_1_accuracy" in run["state"]["message"] and "< threshold 0.9990" in run["state"]["message"]
-    assert json.loads(s3_store(site, "releases/sknet-tiny").get_bytes("LATEST"))["version"] == passed_run["id"]
+@pytest.fixture(scope="module")
+def failing_run(site, nightly_run) -> dict:
+    """A smoke run with an unreachable threshold whose training rank is SIGKILLed after its first checkpoint."""
+    run_id = run_deployment(site, "--param", "gate_threshold=0.999", watch=False)
+    checkpoints = Path(site["work"], "runs", run_id, "checkpoints")
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("step-*.ckpt")):
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.5)
+    rank = next(pid for pid in _pids_with(f"runs/{run_id}/config.yaml") if _is_rank(pid))
+    os.kill(rank, signal.SIGKILL)
+    return wait_final(site, run_id)
+
+
+def test_a_killed_rank_is_retried_and_the_retry_resumes_from_its_checkpoint(site, failing_run):
+    run_id = failing_run["id"]
+    train = next(t for t in task_runs(site, run_id) if t["name"].startswith("train "))
+    assert train["state"]["type"] == "COMPLETED" and train["run_count"] == 2
+    result = json.loads(Path(site["work"], "runs", run_id, "result.json").read_text())
+    assert result["complete"] is True and result["resumed_from_step"] >= 5
+    logs = api(site, "logs/filter", {"logs": {"task_run_id": {"any_": [train["id"]]}}, "limit": 200})
+    assert any("exited with code -9" in log["message"] for log in logs)  # the first attempt's failure
+
+
+def test_a_gate_miss_fails_the_run_and_moves_no_release_pointer(site, nightly_run, failing_run):
+    run_id = failing_run["id"]
+    assert failing_run["state"]["type"] == "FAILED"
+    message = failing_run["state"]["message"]
+    assert "gate failed: top_1_accuracy" in message and "< threshold 0.9990" in message
+    assert json.loads(s3_store(site, "releases/sknet-tiny").get_bytes("LATEST"))["version"] == nightly_run["id"]
     assert not s3_store(site, f"releases/sknet-tiny/{run_id}").list()
     assert s3_store(site, f"runs/{run_id}").exists("eval.json")  # kept for diagnosis
 
+
+def test_a_flow_run_retry_skips_finished_stages_here_and_resumes_from_the_bucket_elsewhere(site, failing_run):
+    run_id = failing_run["id"]
     # `prefect flow-run retry` on the same worker: the finished stages are not run again
     retry(site, run_id)
     states = {t["name"].split()[0]: t["state"]["name"] for t in task_runs(site, run_id)
-              if t["start_time"] and t["start_time"] > run["end_time"]}
+              if t["start_time"] and t["start_time"] > failing_run["end_time"]}
     assert {states[name] for name in ("fetch", "train", "evaluate", "publish")} == {"Cached"}, states
 
     # …and on another machine (no run directory, no Prefect result storage): training resumes from the
@@ -161,23 +210,6 @@ def retry(site, run_id: str) -> dict:
     run = wait_final(site, run_id)
     assert run["state"]["type"] == "FAILED" and "gate failed" in run["state"]["message"]
     return run
-
-
-def test_a_killed_rank_is_retried_and_the_retry_resumes_from_its_checkpoint(site):
-    run_id = run_deployment(site, watch=False)
-    checkpoints = Path(site["work"], "runs", run_id, "checkpoints")
-    deadline = time.monotonic() + 600
-    while not list(checkpoints.glob("step-*.ckpt")):
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.5)
-    rank = next(pid for pid in _pids_with(f"runs/{run_id}/config.yaml") if _is_rank(pid))
-    os.kill(rank, signal.SIGKILL)
-    run = wait_final(site, run_id)
-    assert run["state"]["type"] == "COMPLETED", run["state"]
-    train = next(t for t in task_runs(site, run_id) if t["name"].startswith("train "))
-    assert train["run_count"] == 2
-    result = json.loads(Path(site["work"], "runs", run_id, "result.json").read_text())
-    assert result["complete"] is True and result["resumed_from_step"] >= 5
 
 
 def _pids_with(needle: str) -> list[int]:

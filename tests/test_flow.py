@@ -1,14 +1,39 @@
-"""The sknet-train flow under Prefect's test harness (a real temporary API), on synthetic data and a file://
-store. The gate miss, the killed rank and the deployment itself are tested end to end in test_e2e.py."""
+"""The sknet-train flow under Prefect's test harness (a real temporary API): bad input fails fast and is not
+retried. Full runs are tested where users run them: `make run` in test_readme.py (the flow in-process
+on a temporary API) and the deployments through a real server and worker in test_e2e.py."""
 
-import json
 import os
 
 import pytest
+from prefect.states import Failed
 
-pytestmark = pytest.mark.slow
+from sknet.gate import GateFailed
+from sknet.launch.launcher import LaunchError, LaunchResult
+from sknet.storage import IncompleteError, StorageError
+from tasks.retry import transient_only
 
-SMOKE = {"data.num_train_samples": 320, "data.num_eval_samples": 320, "train.epochs": 3}
+
+def failed_with(error: Exception):
+    return Failed(data=error)
+
+
+def launch_failure(failed_rank):
+    result = LaunchResult(backend="cpu", ranks=2, exit_codes={"0": 0, "1": -9}, seconds=30.0, output_dir="run",
+                          checkpoint_dir="run/checkpoints", failed_rank=failed_rank)
+    return LaunchError("rank 1 exited with code -9", result)
+
+
+@pytest.mark.parametrize("error, retried", [
+    (launch_failure("1"), True),                              # a crashed rank: resume from the checkpoint
+    (StorageError("get s3://b/k: SlowDown"), True),           # storage/network trouble
+    (ConnectionError("reset by peer"), True),
+    (launch_failure(None), False),                            # refused before start (e.g. too many ranks)
+    (IncompleteError("no manifest.json"), False),             # will not complete by waiting
+    (GateFailed("gate failed: top_1_accuracy 0.4 < threshold 0.9"), False),
+    (ValueError("data.uri: no such directory"), False),
+])
+def test_only_transient_failures_are_retried(error, retried):
+    assert transient_only(None, None, failed_with(error)) is retried
 
 
 @pytest.fixture(scope="module")
@@ -17,52 +42,43 @@ def prefect_api(tmp_path_factory):
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 
-def run_flow(tmp_path, data, **params):
-    from flows.sknet_train import sknet_train
-
-    return sknet_train(config="cpu-smoke", overrides=SMOKE, dataset_uri=str(data),
-                       publish_to=f"file://{tmp_path / 'bucket'}", work_dir=str(tmp_path / "work"),
-                       return_state=True, **params)
-
-
-def artifacts_of(state) -> dict:
+def task_runs_of(state) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(flow_run_filter=FlowRunFilter(
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    return {a.key: a for a in found}
 
 
-def test_a_passing_run_releases_the_model_with_lineage(prefect_api, synthetic_data, tmp_path):
-    from sknet.checkpoint import CheckpointMirror
-    from sknet.storage import LocalStore, sha256_file
+@pytest.mark.slow
+def test_an_invalid_threshold_fails_the_run_before_any_task(prefect_api, synthetic_data, tmp_path):
+    from flows.sknet_train import sknet_train
 
-    state = run_flow(tmp_path, synthetic_data, gate_threshold=0.3)
-    assert state.is_completed(), state.message
-    pointer = state.result()["release"]
-    store = LocalStore(tmp_path / "bucket")
-    latest = json.loads(store.get_bytes("releases/sknet-tiny/LATEST"))
-    assert latest["version"] == pointer["version"]
-    prefix = f"releases/sknet-tiny/{latest['version']}"
-    manifest = json.loads(store.get_bytes(f"{prefix}/manifest.json"))
-    assert {"model.mindir", "checkpoint.ckpt", "config.yaml", "lineage.json"} <= set(manifest["files"])
-    lineage = json.loads(store.get_bytes(f"{prefix}/lineage.json"))
-    assert lineage["artifacts"]["model.mindir"]["sha256"] == sha256_file(tmp_path / "bucket" / prefix / "model.mindir")
-    assert lineage["dataset"]["synthetic"] is True
-    assert store.exists(f"runs/{latest['version']}/manifest.json")
-    assert store.exists(f"runs/{latest['version']}/curve.png")
-    mirrored = CheckpointMirror(LocalStore(tmp_path / "bucket" / "runs" / latest["version"] / "checkpoints"))
-    assert mirrored.steps()[-1] == lineage["artifacts"]["checkpoint.ckpt"]["step"] == 30
-    artifacts = artifacts_of(state)
-    assert {"sknet-run-summary", "sknet-metrics", "sknet-epochs", "sknet-training-progress", "sknet-curve",
-            "sknet-release-model", "sknet-release-lineage"} <= set(artifacts)
-    assert float(artifacts["sknet-training-progress"].data) == 100
-    assert "SYNTHETIC data" in artifacts["sknet-run-summary"].data and "PASS" in artifacts["sknet-run-summary"].data
-    assert [row["epoch"] for row in json.loads(artifacts["sknet-epochs"].data)] == [1, 2, 3]
-    assert set(state.result()["stage_seconds"]) == {"data", "train", "evaluate", "publish-run", "export", "release"}
+    state = sknet_train(config="cpu-smoke", dataset_uri=str(synthetic_data), gate_threshold=1.5,
+                        publish_to=f"file://{tmp_path / 'bucket'}", work_dir=str(tmp_path / "work"),
+                        return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"gate\.threshold: got 1\.5, expected a number in \[0, 1\]"):
+        state.result()
+    assert task_runs_of(state) == []
+    assert not (tmp_path / "bucket").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_dataset_fails_its_task_once_and_trains_nothing(prefect_api, tmp_path):
+    from flows.sknet_train import sknet_train
+
+    missing = tmp_path / "no-such-dataset"
+    state = sknet_train(config="cpu-smoke", dataset_uri=str(missing), publish_to=f"file://{tmp_path / 'bucket'}",
+                        work_dir=str(tmp_path / "work"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=str(missing)):
+        state.result()
+    (fetch,) = task_runs_of(state)
+    assert fetch.name.startswith("fetch ") and fetch.run_count == 1  # bad input is never retried
+    assert not (tmp_path / "work" / "runs").exists() or not any((tmp_path / "work" / "runs").rglob("*.ckpt"))

@@ -27,8 +27,17 @@ def test_first_release_moves_latest_and_is_readable(store, artifacts):
 
 def test_a_release_version_is_immutable(store, artifacts):
     publish_release(store, "sknet50", "v1", artifacts)
-    with pytest.raises(IncompleteError, match="already released; versions are immutable"):
+    artifacts["model.mindir"].write_bytes(b"another model")
+    with pytest.raises(IncompleteError, match="already released with other files; versions are immutable"):
         publish_release(store, "sknet50", "v1", artifacts)
+
+
+def test_publishing_the_same_release_again_only_repoints_latest(store, artifacts):
+    publish_release(store, "sknet50", "v1", artifacts)
+    store.delete("releases/sknet50/LATEST")  # as if the first attempt died right before moving it
+    pointer = publish_release(store, "sknet50", "v1", artifacts)
+    assert pointer["version"] == "v1"
+    assert json.loads(store.get_bytes("releases/sknet50/LATEST"))["version"] == "v1"
 
 
 def test_latest_moves_only_after_the_new_release_is_complete(store, artifacts, tmp_path):

@@ -25,6 +25,7 @@ RECORDS_PER_FILE = 10_000
 FILE_BYTES = RECORDS_PER_FILE * RECORD_BYTES  # 30,730,000
 NUM_CLASSES = 10
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+TARBALL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 TARBALL_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"  # cifar-10-binary.tar.gz
 MEAN = (0.4914, 0.4822, 0.4465)  # per-channel, images scaled to [0, 1] (the zoo's values)
 STD = (0.2023, 0.1994, 0.2010)

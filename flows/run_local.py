@@ -1,0 +1,99 @@
+"""`make run`: the sknet-train flow end to end on the embedded default.
+
+The embedded default is a `file://` object store under `work/store`, CPU ranks and the `cpu-smoke`
+profile. The flow reports to the local stack's API when `make up` is running, and to a temporary local
+Prefect API otherwise. Without a real CIFAR-10 in the store it says so and trains on a synthetic layout,
+labelled SYNTHETIC everywhere; `--data cifar10` (`make run DATA=cifar10`) stages the real one first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from sknet.data.stage import embedded_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+EPILOG = """examples:
+  python -m flows.run_local                          # synthetic data unless a real CIFAR-10 is staged
+  python -m flows.run_local --data cifar10           # download and stage the official tarball first
+  python -m flows.run_local --set train.epochs=1 --gate-threshold 0.2
+"""
+
+
+def local_stack_api(work: Path) -> str | None:
+    """The API URL of `make up`'s stack if it is running."""
+    from infra.stack import Stack
+
+    record = work / "prefect" / "stack.json"
+    if not record.exists():
+        return None
+    api = json.loads(record.read_text())["api_url"]
+    port = int(api.rsplit(":", 1)[1].split("/")[0])
+    return api if Stack(work / "prefect", port).healthy() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=["auto", "cifar10", "synthetic"], default="auto",
+                        help="auto: a staged real CIFAR-10 if there is one, else synthetic (default)")
+    parser.add_argument("--config", default="cpu-smoke", help="profile or YAML path (default cpu-smoke)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
+    parser.add_argument("--gate-threshold", type=float, default=None, help="default: the profile's gate.threshold")
+    parser.add_argument("--work", type=Path, default=REPO / "work", help="work dir (default work/, git-ignored)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    work = args.work.resolve()
+    store_root = work / "store"
+
+    started = time.perf_counter()
+    dataset = embedded_dataset(args.data, store_root, work)
+    staging_seconds = round(time.perf_counter() - started, 2)
+    api = os.environ.get("PREFECT_API_URL") or local_stack_api(work)
+    if api:
+        os.environ["PREFECT_API_URL"] = api
+    else:  # a temporary server with its own database under work/, given time to migrate on small machines
+        os.environ.setdefault("PREFECT_HOME", str(work / "prefect-temporary"))
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    print(f"Prefect API: {api or 'a temporary local server'}", flush=True)
+
+    from flows.sknet_train import sknet_train
+    from sknet.config import parse_overrides
+
+    state = sknet_train(config=args.config, overrides=parse_overrides(args.set), dataset_uri=dataset["uri"],
+                        gate_threshold=args.gate_threshold, publish_to=f"file://{store_root}",
+                        work_dir=str(work), return_state=True)
+    if not state.is_completed():
+        print(f"\nsknet-train ended {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    print(summary(state.result(), dataset, staging_seconds))
+    return 0
+
+
+def summary(result: dict, dataset: dict, staging_seconds: float) -> str:
+    release = result["release"]["uri"].removeprefix("file://")
+    metrics = result["metrics"]
+    stages = {"stage dataset": staging_seconds, **result["stage_seconds"]}
+    lines = [
+        "",
+        f"sknet-train completed{' on SYNTHETIC data' if result['synthetic_data'] else ''}",
+        f"  dataset   {dataset['uri']}",
+        f"  MINDIR    {release}/model.mindir",
+        f"  lineage   {release}/lineage.json",
+        f"  metrics   {result['run_uri'].removeprefix('file://')}/eval.json  "
+        f"(top-1 {metrics['top_1_accuracy']:.4f}, top-5 {metrics['top_5_accuracy']:.4f})",
+        f"  curve     {result['run_uri'].removeprefix('file://')}/curve.png",
+        "  seconds   " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in stages.items()),
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The operations files parse and say what they must: deployments, Ascend image, worker script, k8s template."""
+
+import inspect
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from flows.sknet_train import sknet_train
+from sknet.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def deployments() -> dict[str, dict]:
+    document = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    return {d["name"]: d for d in document["deployments"]}
+
+
+def test_nightly_runs_on_a_cron_with_an_explicit_timezone_one_at_a_time():
+    nightly = deployments()["nightly"]
+    (schedule,) = nightly["schedules"]
+    assert len(schedule["cron"].split()) == 5 and schedule["timezone"] == "Asia/Shanghai"
+    assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert nightly["work_pool"]["name"] == "sknet-process"
+    assert load_config(nightly["parameters"]["config"]).launch.backend == "ascend"
+
+
+def test_every_deployment_points_at_the_flow_with_parameters_it_accepts():
+    accepted = set(inspect.signature(sknet_train.fn).parameters)
+    for name, deployment in deployments().items():
+        path, function = deployment["entrypoint"].split(":")
+        assert (REPO / path).is_file() and function == sknet_train.fn.__name__, name
+        assert set(deployment["parameters"]) <= accepted, name
+        load_config(deployment["parameters"]["config"])  # a shipped profile
+    assert load_config(deployments()["smoke"]["parameters"]["config"]).train.device_target == "CPU"
+
+
+def test_no_secret_is_written_into_the_deployments():
+    text = (REPO / "deployments" / "prefect.yaml").read_text()
+    values = re.findall(r":\s*(\S.*)$", text, flags=re.M)
+    assert not [v for v in values if re.search(r"AKIA[0-9A-Z]{16}|aws_secret|password", v, flags=re.I)]
+
+
+def test_the_ascend_image_installs_what_the_project_needs_from_files_that_exist():
+    dockerfile = (REPO / "infra" / "ascend" / "Dockerfile").read_text()
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, flags=re.M)
+    assert re.search(r"^ARG BASE_IMAGE=\S+py3\.11$", dockerfile, flags=re.M)
+    assert '"numpy>=1.26,<2"' in dockerfile and '"mindspore==2.10.*"' in dockerfile
+    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M):
+        for name in source.split():
+            assert (REPO / name).exists(), f"COPY {name}: not in the repository"
+
+
+def test_the_worker_script_mounts_devices_driver_and_hccn_conf():
+    script = REPO / "infra" / "ascend" / "run-worker.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for mount in ("/etc/hccn.conf:/etc/hccn.conf", "/usr/local/Ascend/driver:", "/dev/davinci_manager"):
+        assert mount in text
+
+
+def test_the_worker_script_refuses_a_host_without_hccn_conf():
+    if Path("/etc/hccn.conf").exists():
+        return  # an Ascend host: the check below is about machines without one
+    proc = subprocess.run(["bash", str(REPO / "infra" / "ascend" / "run-worker.sh"), "img"], capture_output=True,
+                          text=True, env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:1/api"})
+    assert proc.returncode == 2 and "/etc/hccn.conf not found" in proc.stderr
+
+
+def k8s_template() -> dict:
+    return json.loads((REPO / "infra" / "k8s" / "base-job-template.json").read_text())
+
+
+def test_the_k8s_template_requests_ascend_devices_and_mounts_the_host_driver():
+    manifest = k8s_template()["job_configuration"]["job_manifest"]
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["huawei.com/Ascend910"] == "{{ ascend_devices }}"
+    assert container["resources"]["requests"]["huawei.com/Ascend910"] == "{{ ascend_devices }}"
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/etc/hccn.conf", "/usr/local/Ascend/driver", "/dev/shm"} <= mounted
+    assert {m["name"] for m in container["volumeMounts"]} == {v["name"] for v in pod["volumes"]}
+    assert pod["restartPolicy"] == "Never" and manifest["spec"]["backoffLimit"] == 0  # Prefect retries, not k8s
+
+
+def test_every_placeholder_of_the_k8s_template_is_a_declared_variable_with_a_valid_default():
+    template = k8s_template()
+    used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template["job_configuration"])))
+    declared = template["variables"]["properties"]
+    assert used <= set(declared), used - set(declared)
+    types = {"string": str, "integer": int, "boolean": bool, "object": dict}
+    for name, spec in declared.items():
+        if "default" in spec:
+            assert isinstance(spec["default"], types[spec["type"]]), name
+    assert declared["ascend_devices"]["default"] == load_config("cifar10-ascend8").launch.ranks
+
+
+def test_a_credentials_block_without_prefect_aws_is_a_clear_error():
+    import importlib.util
+
+    import pytest
+
+    from sknet.errors import ConfigError
+    from tasks.credentials import use_aws_credentials_block
+
+    if importlib.util.find_spec("prefect_aws") is not None:
+        pytest.skip("prefect-aws is installed here")
+    with pytest.raises(ConfigError, match=r"aws_credentials_block='nightly-bucket'.*pip install prefect-aws"):
+        use_aws_credentials_block("nightly-bucket")
