@@ -9,6 +9,9 @@ STAMP  := $(VENV)/.installed
 .PHONY: install run test bench up down clean
 
 DATA ?= auto
+# two pytest workers, one test module each: a module's servers and fixtures stay in one process, and
+# compilation and server start-ups (single-threaded) overlap with training
+PYTEST_ARGS ?= -n 2 --dist loadfile
 RUN := GLOG_v=3 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python
 
 $(BIN)/python:

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("PREFECT_HOME", str(work / "prefect-temporary"))
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sknet")  # sknet's progress lines in the task logs
     print(f"Prefect API: {api or 'a temporary local server'}", flush=True)
 
     from flows.sknet_train import sknet_train

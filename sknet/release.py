@@ -8,12 +8,15 @@ uploaded and verified and the release manifest written.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from sknet.storage import MANIFEST, IncompleteError, Store, join, publish, read_manifest, sha256_file
 
 LATEST = "LATEST"
+
+log = logging.getLogger(__name__)
 
 
 def run_prefix(run_id: str) -> str:
@@ -25,7 +28,7 @@ def release_prefix(model: str, version: str | None = None) -> str:
 
 
 def publish_run(store: Store, run_id: str, files: Mapping[str, Path], metadata: Mapping | None = None) -> dict:
-    return publish(store, run_prefix(run_id), files, metadata=metadata)
+    return publish(store, run_prefix(run_id), files, metadata=metadata, progress=log.info)
 
 
 def publish_release(store: Store, model: str, version: str, files: Mapping[str, Path],
@@ -42,7 +45,7 @@ def publish_release(store: Store, model: str, version: str, files: Mapping[str, 
                 name: sha256_file(Path(path)) for name, path in files.items()}:
             raise IncompleteError(f"{store.uri}/{prefix} is already released with other files; versions are immutable")
     else:
-        manifest = publish(store, prefix, files, metadata=metadata)
+        manifest = publish(store, prefix, files, metadata=metadata, progress=log.info)
     pointer = {"version": version, "uri": f"{store.uri}/{prefix}", "metrics": manifest.get("metrics", {})}
     store.put_bytes(json.dumps(pointer, indent=2, sort_keys=True).encode(), join(release_prefix(model), LATEST))
     return pointer

@@ -139,12 +139,17 @@ def test_the_ui_has_the_artifacts_and_asset_lineage(site, nightly_run):
     assert float(artifacts["sknet-training-progress"]["data"]) == 100
     assert [row["epoch"] for row in json.loads(artifacts["sknet-epochs"]["data"])] == [1, 2, 3]
     assert f"s3://{site['bucket']}/runs/{run_id}/curve.png" in artifacts["sknet-curve"]["data"]
-    events = api(site, "events/filter", {"filter": {"event": {"prefix": ["prefect.asset.materialization"]},
-                                                    "related": {"id": [f"prefect.flow-run.{run_id}"]}},
-                                         "limit": 50})["events"]
-    by_key = {e["resource"]["prefect.resource.id"]: e for e in events}
     checkpoints = f"s3://{site['bucket']}/runs/{run_id}/checkpoints"
     mindir = f"s3://{site['bucket']}/releases/sknet-tiny/{run_id}/model.mindir"
+    deadline = time.monotonic() + 60  # events reach the server asynchronously, after the run's final state
+    while True:
+        events = api(site, "events/filter", {"filter": {"event": {"prefix": ["prefect.asset.materialization"]},
+                                                        "related": {"id": [f"prefect.flow-run.{run_id}"]}},
+                                             "limit": 50})["events"]
+        by_key = {e["resource"]["prefect.resource.id"]: e for e in events}
+        if set(by_key) == {checkpoints, mindir} or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert set(by_key) == {checkpoints, mindir}
     assert all(e["event"] == "prefect.asset.materialization.succeeded" for e in events)
     upstream = {key: {r["prefect.resource.id"] for r in e["related"] if r.get("prefect.resource.role") == "asset"}

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import tarfile
 
 import pytest
@@ -151,14 +152,33 @@ def test_tarball_with_a_link_is_refused(tmp_path):
         stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
 
 
-def test_a_real_layout_tarball_stages(synthetic_data, tmp_path):
+def test_a_tarball_downloaded_over_http_is_checked_and_staged(synthetic_data, tmp_path, caplog):
+    """The path of `make run DATA=cifar10`: download with progress, MD5 check, extract, stage."""
+    import functools
+    import http.server
+    import logging
+    import threading
+
     from sknet.data.stage import _md5
 
-    tarball = tmp_path / "cifar-10-binary.tar.gz"
+    tarball = tmp_path / "served" / "cifar-10-binary.tar.gz"
+    tarball.parent.mkdir()
     with tarfile.open(tarball, "w:gz", compresslevel=1) as archive:
         archive.add(synthetic_data / LAYOUT_DIR, arcname=LAYOUT_DIR)
-    uri = stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
-    assert uri.endswith(dataset_manifest(synthetic_data)["digest"])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tarball.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{tarball.name}"
+    try:
+        with caplog.at_level(logging.INFO, logger="sknet"):
+            uri = stage(url, LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
+        assert uri.endswith(dataset_manifest(synthetic_data)["digest"])
+        assert any(re.search(r"downloaded \d+/\d+ MB", r.getMessage()) for r in caplog.records)
+        with pytest.raises(DataError, match=rf"{re.escape(url)}: MD5 [0-9a-f]{{32}}, expected 0{{32}}"):
+            stage(url, LocalStore(tmp_path / "other"), expected_md5="0" * 32)
+        assert not (tmp_path / "other").exists() or not any((tmp_path / "other").rglob("manifest.json"))
+    finally:
+        server.shutdown()
 
 
 def test_cli_stage_verify_fetch_against_the_s3_server(s3_server, bucket, synthetic_data, tmp_path):

@@ -69,11 +69,6 @@ def test_metrics_log_has_one_record_per_logged_step_and_epoch(smoke_run):
     assert epochs[-1]["loss"] < epochs[0]["loss"]
 
 
-def test_same_seed_gives_bit_identical_weights(reference, synthetic_data, tmp_path):
-    again = train_until(tmp_path, synthetic_data)
-    assert_same_weights(reference["checkpoint"], again["checkpoint"])
-
-
 def test_a_finished_run_is_not_trained_again(reference, synthetic_data):
     again = train_until(reference["output_dir"], synthetic_data)
     assert again["resumed_from_step"] == 12 and again["steps"] == 12

@@ -115,12 +115,12 @@ def _materialize(source: str, scratch: Path, expected_md5: str) -> Path:
     if source.startswith(("http://", "https://")):
         tarball = scratch / "download.tar.gz"
         _download(source, tarball)
-        return _extract(tarball, scratch / "extracted", expected_md5)
+        return _extract(tarball, scratch / "extracted", expected_md5, source)
     path = Path(source)
     if path.is_dir():
         return path
     if path.is_file():
-        return _extract(path, scratch / "extracted", expected_md5)
+        return _extract(path, scratch / "extracted", expected_md5, source)
     raise DataError(f"--source {source}: no such file or directory; expected a URL, a tarball or a layout directory")
 
 
@@ -128,37 +128,39 @@ def _download(url: str, target: Path) -> None:
     log.info("downloading %s", url)
     with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0)
-        done = 0
+        done, reported = 0, 0
         while block := response.read(2**20):
             out.write(block)
             done += len(block)
-            if total and done % (16 * 2**20) < 2**20:
-                log.info("downloaded %d/%d MB", done // 2**20, total // 2**20)
+            if total and (tenth := 10 * done // total) > reported:  # every 10 %
+                reported = tenth
+                log.info("downloaded %d/%d MB (%d%%)", done // 2**20, total // 2**20, 100 * done // total)
+    log.info("downloaded %s: %s bytes", url, f"{done:,}")
 
 
 def _md5(path: Path) -> str:
     return file_hash(path, "md5")
 
 
-def _extract(tarball: Path, target: Path, expected_md5: str) -> Path:
+def _extract(tarball: Path, target: Path, expected_md5: str, source: str) -> Path:
     """Check the MD5, refuse links and escaping paths, extract; return the layout directory."""
     actual = _md5(tarball)
     if actual != expected_md5:
-        raise DataError(f"{tarball}: MD5 {actual}, expected {expected_md5} (corrupt download or not CIFAR-10)")
+        raise DataError(f"{source}: MD5 {actual}, expected {expected_md5} (corrupt download or not CIFAR-10)")
     target.mkdir(parents=True)
     with tarfile.open(tarball) as archive:
         for member in archive.getmembers():
             resolved = (target / member.name).resolve()
             if member.issym() or member.islnk():
-                raise DataError(f"{tarball}: member {member.name!r} is a link; refusing to extract")
+                raise DataError(f"{source}: member {member.name!r} is a link; refusing to extract")
             if not (member.isfile() or member.isdir()):
-                raise DataError(f"{tarball}: member {member.name!r} is not a regular file; refusing to extract")
+                raise DataError(f"{source}: member {member.name!r} is not a regular file; refusing to extract")
             if target.resolve() not in resolved.parents and resolved != target.resolve():
-                raise DataError(f"{tarball}: member {member.name!r} escapes the target; refusing to extract")
+                raise DataError(f"{source}: member {member.name!r} escapes the target; refusing to extract")
         archive.extractall(target, filter="data")
     candidates = [p for p in target.rglob(TEST_FILE)]
     if len(candidates) != 1:
-        raise DataError(f"{tarball}: expected one {LAYOUT_DIR}/ with {TEST_FILE}, found {len(candidates)}")
+        raise DataError(f"{source}: expected one {LAYOUT_DIR}/ with {TEST_FILE}, found {len(candidates)}")
     return candidates[0].parent
 
 
@@ -179,7 +181,7 @@ def fetch(uri: str, store: Store, cache: Path, *, workers: int = 4) -> tuple[Pat
         def get_one(name: str) -> None:
             store.get(join(digest, name), partial / name)
             _check_file(partial / name, name, manifest["files"][name], f"{store.uri}/{digest}/{name}")
-            log.info("fetched %s", name)
+            log.info("fetched %s (%s bytes)", name, f"{manifest['files'][name]['size']:,}")
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(get_one, sorted(manifest["files"])))
