@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from sknet.data.stage import embedded_dataset
@@ -48,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gate-threshold", type=float, default=None, help="default: the profile's gate.threshold")
     parser.add_argument("--work", type=Path, default=REPO / "work", help="work dir (default work/, git-ignored)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work = args.work.resolve()
     store_root = work / "store"
 
     started = time.perf_counter()
-    dataset = embedded_dataset(args.data, store_root, work)
+    with _sknet_logs_to_stderr():  # inside the flow, Prefect's handlers show them (PREFECT_LOGGING_EXTRA_LOGGERS)
+        dataset = embedded_dataset(args.data, store_root, work)
     staging_seconds = round(time.perf_counter() - started, 2)
     api = os.environ.get("PREFECT_API_URL") or local_stack_api(work)
     if api:
@@ -76,6 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(summary(state.result(), dataset, staging_seconds))
     return 0
+
+
+@contextmanager
+def _sknet_logs_to_stderr():
+    logger = logging.getLogger("sknet")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(message)s", datefmt="%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def summary(result: dict, dataset: dict, staging_seconds: float) -> str:
