@@ -53,7 +53,7 @@ class Stack:
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment of every prefect command against this stack (the venv's bin first on PATH)."""
         return {
-            **os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
+            **os.environ, "PWD": str(REPO), "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_CLI_PROMPT": "false",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             **(extra or {}),
@@ -138,11 +138,14 @@ class Stack:
 
 
 def _alive(pid: int | None) -> bool:
+    """A running prefect process of ours (a PID file that outlived a reboot may name someone else's)."""
     if pid is None:
         return False
     try:
+        if b"prefect" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError, FileNotFoundError):
         return False
     try:  # a zombie of ours is not alive
         waited, _ = os.waitpid(pid, os.WNOHANG)

@@ -15,6 +15,7 @@ from pathlib import Path
 from sknet.storage import MANIFEST, IncompleteError, Store, join, publish, read_manifest, sha256_file
 
 LATEST = "LATEST"
+LINEAGE = "lineage.json"
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,15 @@ def publish_release(store: Store, model: str, version: str, files: Mapping[str, 
                     metadata: Mapping | None = None) -> dict:
     """Publish the release (manifest last), then point `LATEST` at it. Returns the pointer written.
 
-    Publishing the same files again (a retried task) only rewrites `LATEST`; other files under an
-    existing version are refused.
+    Publishing the same files again (a retried task or flow run) only rewrites `LATEST`; other files
+    under an existing version are refused. `lineage.json` is not compared: a retry writes a new one
+    (its `created_at` differs) and the stored one stays.
     """
     prefix = release_prefix(model, version)
     if store.exists(join(prefix, MANIFEST)):
         manifest = read_manifest(store, prefix)
-        if {name: entry["sha256"] for name, entry in manifest["files"].items()} != {
-                name: sha256_file(Path(path)) for name, path in files.items()}:
+        stored = {name: entry["sha256"] for name, entry in manifest["files"].items() if name != LINEAGE}
+        if stored != {name: sha256_file(Path(path)) for name, path in files.items() if name != LINEAGE}:
             raise IncompleteError(f"{store.uri}/{prefix} is already released with other files; versions are immutable")
     else:
         manifest = publish(store, prefix, files, metadata=metadata, progress=log.info)

@@ -152,7 +152,7 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
         if mirror is not None:
             try:
                 mirror.push(output_dir, step, t.keep_checkpoints)
-            except StorageError as exc:  # keep training: the local copy still allows a resume here
+            except (StorageError, OSError) as exc:  # keep training: the local copy still allows a resume here
                 log.warning("checkpoint of step %d kept locally only, mirroring failed: %s", step, exc)
 
     start_step = 0

@@ -25,4 +25,8 @@ def use_aws_credentials_block(name: str) -> None:
         "AWS_DEFAULT_REGION": credentials.region_name,
         "AWS_ENDPOINT_URL": str(endpoint) if endpoint else None,
     }
-    os.environ.update({key: value for key, value in values.items() if value})
+    for key, value in values.items():  # the block replaces the worker's AWS settings, none are mixed in
+        if value:
+            os.environ[key] = value
+        else:
+            os.environ.pop(key, None)

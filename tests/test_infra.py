@@ -111,3 +111,17 @@ def test_a_credentials_block_without_prefect_aws_is_a_clear_error():
         pytest.skip("prefect-aws is installed here")
     with pytest.raises(ConfigError, match=r"aws_credentials_block='nightly-bucket'.*pip install prefect-aws"):
         use_aws_credentials_block("nightly-bucket")
+
+
+def test_make_down_never_signals_a_process_that_is_not_its_own(tmp_path):
+    from infra.stack import Stack
+
+    stranger = subprocess.Popen(["sleep", "60"])  # e.g. a PID reused after a reboot
+    try:
+        (tmp_path / "worker.pid").write_text(str(stranger.pid))
+        Stack(tmp_path).down(timeout=1)
+        assert stranger.poll() is None
+        assert not (tmp_path / "worker.pid").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -32,12 +32,16 @@ def test_a_release_version_is_immutable(store, artifacts):
         publish_release(store, "sknet50", "v1", artifacts)
 
 
-def test_publishing_the_same_release_again_only_repoints_latest(store, artifacts):
-    publish_release(store, "sknet50", "v1", artifacts)
+def test_publishing_the_same_release_again_only_repoints_latest(store, artifacts, tmp_path):
+    lineage = tmp_path / "lineage.json"
+    lineage.write_text('{"created_at": "01:00"}')
+    publish_release(store, "sknet50", "v1", {**artifacts, "lineage.json": lineage})
     store.delete("releases/sknet50/LATEST")  # as if the first attempt died right before moving it
-    pointer = publish_release(store, "sknet50", "v1", artifacts)
+    lineage.write_text('{"created_at": "01:20"}')  # a retried flow run writes a new lineage record
+    pointer = publish_release(store, "sknet50", "v1", {**artifacts, "lineage.json": lineage})
     assert pointer["version"] == "v1"
     assert json.loads(store.get_bytes("releases/sknet50/LATEST"))["version"] == "v1"
+    assert json.loads(store.get_bytes("releases/sknet50/v1/lineage.json"))["created_at"] == "01:00"
 
 
 def test_latest_moves_only_after_the_new_release_is_complete(store, artifacts, tmp_path):

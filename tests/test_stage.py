@@ -206,3 +206,12 @@ def test_cli_verify_names_a_corrupted_object(s3_server, bucket, synthetic_data, 
     proc = run_sknet("data", "verify", uri, "--endpoint-url", s3_server.endpoint, check=False)
     assert proc.returncode == 2
     assert f"s3://{bucket}/d/{digest}/batches.meta.txt: content differs from the manifest" in proc.stderr
+
+
+def test_an_unreachable_url_is_a_clear_error_naming_it(tmp_path):
+    from infra.stack import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/cifar-10-binary.tar.gz"
+    with pytest.raises(DataError, match=rf"{re.escape(url)}: download failed"):
+        stage(url, LocalStore(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()

@@ -92,6 +92,7 @@ def embedded_dataset(data: str, store_root: Path, work: Path) -> dict:
     and staged, with a plain warning that the run will not use real data.
     """
     datasets = LocalStore(store_root / "datasets" / "cifar10")
+    work.mkdir(parents=True, exist_ok=True)
     if data == "cifar10":
         log.info("staging the real CIFAR-10 from %s into %s", TARBALL_URL, datasets.uri)
         return {"uri": stage(TARBALL_URL, datasets, work_dir=work), "synthetic": False}
@@ -105,9 +106,9 @@ def embedded_dataset(data: str, store_root: Path, work: Path) -> dict:
     synthetic = work / "data" / "synthetic"
     try:
         verify_layout(synthetic)
-    except DataError:
-        log.info("generating the synthetic layout in %s (≈184 MB)", synthetic)
-        write_synthetic_layout(synthetic, seed=0)
+    except DataError as exc:
+        log.info("generating the synthetic layout in %s (≈184 MB): %s", synthetic, exc)
+        write_synthetic_layout(synthetic, seed=0, overwrite=True)
     return {"uri": stage(str(synthetic), datasets, work_dir=work), "synthetic": True}
 
 
@@ -126,6 +127,13 @@ def _materialize(source: str, scratch: Path, expected_md5: str) -> Path:
 
 def _download(url: str, target: Path) -> None:
     log.info("downloading %s", url)
+    try:
+        _copy_url(url, target)
+    except OSError as exc:  # HTTPError, URLError, timeouts
+        raise DataError(f"{url}: download failed ({exc}); check the URL and this machine's network access") from None
+
+
+def _copy_url(url: str, target: Path) -> None:
     with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0)
         done, reported = 0, 0
