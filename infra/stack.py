@@ -120,7 +120,7 @@ class Stack:
         self.deploy(extra_env)
         if pause_nightly:  # a laptop has no Ascend devices: run `nightly` by hand with the smoke profile
             self.pause_schedules("sknet-train/nightly")
-        if not _alive(self._pid("worker")):
+        if not _ours(self._pid("worker")):
             self.start_worker(extra_env)
         (self.home / "stack.json").write_text(json.dumps({"api_url": self.api_url, "pool": self.pool}) + "\n")
 
@@ -132,20 +132,25 @@ class Stack:
         """TERM the worker, then the server (each a whole process group); KILL what outlives `timeout`."""
         for name in ("worker", "server"):
             pid = self._pid(name)
-            if pid is not None and _alive(pid):
+            if _ours(pid):
                 _terminate_group(pid, timeout)
             (self.home / f"{name}.pid").unlink(missing_ok=True)
 
 
+def _ours(pid: int | None) -> bool:
+    """A running prefect process (a PID file that outlived a reboot may name someone else's process)."""
+    try:
+        return _alive(pid) and b"prefect" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _alive(pid: int | None) -> bool:
-    """A running prefect process of ours (a PID file that outlived a reboot may name someone else's)."""
     if pid is None:
         return False
     try:
-        if b"prefect" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return False
         os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError, FileNotFoundError):
+    except (ProcessLookupError, PermissionError):
         return False
     try:  # a zombie of ours is not alive
         waited, _ = os.waitpid(pid, os.WNOHANG)
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         print(json.dumps({"api": stack.api_url, "healthy": stack.healthy(),
-                          "worker_running": _alive(stack._pid("worker"))}))
+                          "worker_running": _ours(stack._pid("worker"))}))
         return 0
     deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", ""),
                   "SKNET_DATASET_URI": os.environ.get("SKNET_DATASET_URI", "")}
