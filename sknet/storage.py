@@ -140,7 +140,7 @@ class S3Store:
         return join(self.prefix, key)
 
     def _fail(self, op: str, key: str, exc: Exception) -> StorageError:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+        code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", type(exc).__name__)
         return StorageError(f"{op} s3://{self.bucket}/{self._key(key)}: {code}")
 
     def get(self, key: str, dest: Path) -> None:
@@ -188,7 +188,7 @@ class S3Store:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
         except Exception as exc:
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if (getattr(exc, "response", None) or {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self._fail("head", key, exc) from None
 

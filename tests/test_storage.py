@@ -114,3 +114,13 @@ def test_multipart_objects_are_verified_by_their_composite_checksum(s3_server, b
     other.write_bytes(big.read_bytes()[:-1] + b"\0")
     with pytest.raises(StorageError, match=r"big\.bin: content differs from the manifest"):
         store.verify("ckpt/big.bin", entry["size"], entry["sha256"], local=other)
+
+
+def test_an_error_without_an_s3_response_is_still_named():
+    from sknet.storage import S3Store
+
+    class ReadTimeoutError(Exception):
+        response = None  # botocore's connection errors carry no S3 error document
+
+    error = S3Store("s3://bucket/prefix", client=object())._fail("get", "data_batch_1.bin", ReadTimeoutError())
+    assert str(error) == "get s3://bucket/prefix/data_batch_1.bin: ReadTimeoutError"
