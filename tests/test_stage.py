@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from sknet.data.layout import LAYOUT_DIR, TEST_FILE
-from sknet.data.stage import VERIFIED_MARKER, dataset_manifest, fetch, stage
+from sknet.data.stage import VERIFIED_MARKER, dataset_manifest, fetch, manifest_digest, stage, verify_remote
 from sknet.errors import DataError
 from sknet.storage import IncompleteError, LocalStore, S3Store
 
@@ -114,6 +114,65 @@ def test_missing_manifest_reads_as_incomplete(store, staged, tmp_path):
     store.delete(f"{digest}/manifest.json")
     with pytest.raises(IncompleteError, match="no manifest.json"):
         fetch(uri, store, tmp_path / "cache")
+
+
+def forge_dataset(store, staged_digest, files):
+    """Publish a copy of a staged dataset under a manifest with `files` as its table (digest recomputed)."""
+    manifest = json.loads(store.get_bytes(f"{staged_digest}/manifest.json"))
+    manifest["files"] = files
+    digest = manifest_digest(files)
+    for name in files:
+        source = name if name in manifest_files(store, staged_digest) else "test_batch.bin"
+        store.put_bytes(store.get_bytes(f"{staged_digest}/{source}"), f"{digest}/{name}")
+    store.put_bytes(json.dumps(manifest).encode(), f"{digest}/manifest.json")
+    return f"{store.uri}/{digest}", digest
+
+
+def manifest_files(store, digest):
+    return json.loads(store.get_bytes(f"{digest}/manifest.json"))["files"]
+
+
+@pytest.mark.parametrize("hostile", ["../../../../../escaped.txt", "/tmp/escaped.txt", "sub/test_batch.bin", ".."])
+def test_a_manifest_naming_a_path_outside_the_layout_is_refused_and_nothing_is_written(
+        s3_server, bucket, staged_s3, tmp_path, hostile):
+    store, digest = staged_s3
+    files = manifest_files(store, digest)
+    files[hostile] = files.pop("test_batch.bin")
+    uri, forged = forge_dataset(store, digest, files)
+    cache = tmp_path / "deep" / "er" / "cache"
+    with pytest.raises(DataError, match=rf"{forged}/manifest.json: names {re.escape(repr(hostile))}, which is "
+                                        r"not a CIFAR-10 layout file"):
+        fetch(uri, store, cache)
+    with pytest.raises(DataError, match="not a CIFAR-10 layout file"):
+        verify_remote(uri, store)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.fixture
+def staged_s3(s3_server, bucket, synthetic_data):
+    """A dataset staged on the S3 server, whose keys may contain `../` literally (unlike a directory)."""
+    store = S3Store(f"s3://{bucket}/{S3_PREFIX}", endpoint_url=s3_server.endpoint)
+    return store, stage(str(synthetic_data), store).rsplit("/", 1)[-1]
+
+
+def test_a_manifest_altered_under_its_digest_is_refused(store, staged, tmp_path):
+    uri, digest = staged
+    manifest = json.loads(store.get_bytes(f"{digest}/manifest.json"))
+    manifest["files"]["test_batch.bin"]["sha256"] = "0" * 64
+    store.put_bytes(json.dumps(manifest).encode(), f"{digest}/manifest.json")
+    with pytest.raises(DataError, match=r"hashes to [0-9a-f]{64}, not to the digest in the URI"):
+        fetch(uri, store, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("suffix", ["..", ".", "", "ABC", "0" * 63, "0" * 64 + "/.."])
+def test_a_dataset_uri_without_a_digest_is_refused_before_any_cache_path_is_made(store, tmp_path, suffix):
+    (tmp_path / "sibling").mkdir()
+    (tmp_path / "sibling" / "keep.txt").write_text("precious")
+    with pytest.raises(DataError, match="expected <store>/<digest>, the digest 64 lowercase hex"):
+        fetch(f"{store.uri}/{suffix}", store, tmp_path / "cache")
+    assert (tmp_path / "sibling" / "keep.txt").read_text() == "precious"
+    assert not (tmp_path / "cache").exists()
 
 
 def make_tarball(path, members):

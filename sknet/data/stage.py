@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -31,12 +32,42 @@ log = logging.getLogger(__name__)
 
 VERIFIED_MARKER = ".verified"
 FORMAT = "cifar10-binary"
+DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
+DATASET_FILES = frozenset([*TRAIN_FILES, TEST_FILE, META_FILE, SYNTHETIC_MARKER])  # all a manifest may name
 
 
 def split_dataset_uri(uri: str) -> tuple[str, str]:
-    """`<store uri>/<digest>` → (store uri, digest)."""
+    """`<store uri>/<digest>` → (store uri, digest); the digest must be 64 lowercase hex characters."""
     store_uri, _, digest = uri.rstrip("/").rpartition("/")
+    if not store_uri or not DIGEST_PATTERN.fullmatch(digest):
+        raise DataError(f"dataset URI {uri!r}: expected <store>/<digest>, the digest 64 lowercase hex "
+                        f"characters (as printed by `sknet data stage`), got {digest!r}")
     return store_uri, digest
+
+
+def manifest_digest(files: dict) -> str:
+    """The dataset digest: sha256 of the manifest's file table in canonical JSON."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_dataset_manifest(store: Store, digest: str) -> dict:
+    """The manifest of a staged dataset, refused unless it names only layout files and hashes to `digest`.
+
+    A bucket is not trusted: a manifest naming `../x` would otherwise be written outside the cache.
+    """
+    manifest = read_manifest(store, digest)
+    where = f"{store.uri}/{digest}/{MANIFEST}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise DataError(f"{where}: no file table; expected a manifest written by `sknet data stage`")
+    for name in sorted(files):
+        if name not in DATASET_FILES:
+            raise DataError(f"{where}: names {name!r}, which is not a CIFAR-10 layout file "
+                            f"(expected only {', '.join(sorted(DATASET_FILES))}); refusing to fetch")
+    if manifest_digest(files) != digest:
+        raise DataError(f"{where}: its file table hashes to {manifest_digest(files)}, not to the digest in "
+                        f"the URI; the manifest was altered after staging")
+    return manifest
 
 
 def dataset_manifest(directory: Path) -> dict:
@@ -50,7 +81,7 @@ def dataset_manifest(directory: Path) -> dict:
         if name.endswith(".bin"):
             entry["records"] = entry["size"] // RECORD_BYTES
         files[name] = entry
-    digest = hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    digest = manifest_digest(files)
     return {"format": FORMAT, "digest": digest, "synthetic": report.synthetic, "files": files}
 
 
@@ -180,7 +211,7 @@ def fetch(uri: str, store: Store, cache: Path, *, workers: int = 4) -> tuple[Pat
     if marker.exists() and marker.read_text().strip() == digest:
         log.info("dataset %s: verified copy in cache %s", digest[:12], final)
         return final, digest
-    manifest = read_manifest(store, digest)
+    manifest = read_dataset_manifest(store, digest)
     _check_listing(store, digest, manifest)
     partial = Path(cache) / digest / f".partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -227,7 +258,7 @@ def _check_file(path: Path, name: str, entry: dict, where: str) -> None:
 def verify_remote(uri: str, store: Store) -> dict:
     """Check a staged dataset in place: manifest present, object set and sizes, stored checksums."""
     _, digest = split_dataset_uri(uri)
-    manifest = read_manifest(store, digest)
+    manifest = read_dataset_manifest(store, digest)
     _check_listing(store, digest, manifest)
     for name, entry in sorted(manifest["files"].items()):
         store.verify(join(digest, name), entry["size"], entry["sha256"])
