@@ -11,13 +11,14 @@ import re
 from pathlib import Path
 
 from sknet.errors import CheckpointError
+from sknet.run_files import CHECKPOINTS_DIR, METRICS_FILE
 from sknet.storage import Store
 
 _NAME = re.compile(r"^step-(\d{8})\.ckpt$")
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "checkpoints"
+    return Path(output_dir) / CHECKPOINTS_DIR
 
 
 def checkpoint_path(output_dir: str | Path, step: int) -> Path:
@@ -79,7 +80,7 @@ def _step_of(key: str) -> int | None:
 class CheckpointMirror:
     """A run's checkpoints (and its metrics log) under a store prefix: pushed as written, pulled to resume."""
 
-    LOG = "metrics.jsonl"
+    LOG = METRICS_FILE
 
     def __init__(self, store: Store):
         self.store = store

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from sknet.train import METRICS_FILE
+from sknet.run_files import METRICS_FILE
 
 _STEP = re.compile(r"\bstep (\d+)/(\d+) loss ([0-9.naninf]+)")
 

@@ -23,14 +23,13 @@ from sknet.checkpoint import CheckpointMirror, latest_checkpoint, load_into, sav
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import DataError, SknetError
+from sknet.run_files import METRICS_FILE, RESULT_FILE, rank_record_file
 from sknet.runtime import configure
-from sknet.schedule import learning_rates
+from sknet.lr_schedule import learning_rates
 from sknet.storage import StorageError, store_from_config
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-RESULT_FILE = "result.json"
 
 
 class Preempted(SknetError):
@@ -222,7 +221,7 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
         (output_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     rank_record = {"rank": rank, "ranks": ranks, "shard_id": rank, "num_shards": ranks, "steps": step,
                    "batches_per_epoch": steps_per_epoch, "parameters_sha256": parameters_digest(network)}
-    (output_dir / f"rank-{rank}.json").write_text(json.dumps(rank_record, indent=2) + "\n")
+    (output_dir / rank_record_file(rank)).write_text(json.dumps(rank_record, indent=2) + "\n")
     if stop.requested:
         raise Preempted(step, output_dir)
     return result

@@ -32,6 +32,7 @@ from pathlib import Path
 from sknet.checkpoint import checkpoint_dir
 from sknet.config import Config
 from sknet.errors import SknetError
+from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
 
 STOP_GRACE_SECONDS = 10
 TAIL_LINES = 20
@@ -214,9 +215,9 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     """
     check_launchable(cfg, devices)
     output_dir = Path(cfg.train.output_dir).resolve()
-    log_dir = output_dir / "logs"
+    log_dir = output_dir / LOGS_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
-    config_path = output_dir / "config.yaml"
+    config_path = output_dir / CONFIG_FILE
     config_path.write_text(cfg.to_yaml())
     train_args = ["train", "--config", str(config_path)]
     if command:
@@ -241,7 +242,7 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     else:
         commands = {name: (rank_command, env) for name, env in rank_environments(cfg, port).items()}
     processes = [
-        _Rank(name, cmd, {**base_env, **env}, log_dir / f"rank-{name}.log", on_line)
+        _Rank(name, cmd, {**base_env, **env}, log_dir / rank_log_file(name), on_line)
         for name, (cmd, env) in commands.items()
     ]
     workers = [r for r in processes if r.name != SCHEDULER]
@@ -275,7 +276,7 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
         checkpoint_dir=str(checkpoint_dir(output_dir)), failed_rank=failed.name if failed else None,
         reason=reason, last_lines=list(failed.tail) if failed else [],
     )
-    (output_dir / "launch.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    (output_dir / LAUNCH_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not result.ok:
         tail = "\n".join(result.last_lines[-10:])
         raise LaunchError(f"{reason}; last lines of its log:\n{tail}" if failed else reason, result)

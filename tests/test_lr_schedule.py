@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sknet.schedule import learning_rates
+from sknet.lr_schedule import learning_rates
 
 
 def zoo(**overrides):

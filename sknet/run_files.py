@@ -1,0 +1,31 @@
+"""The files of a run directory (`train.output_dir`), named once.
+
+    config.yaml      the resolved config the ranks were started with (launcher)
+    launch.json      the launcher's result: backend, exit codes, failed rank (launcher)
+    metrics.jsonl    one JSON record per logged step and per epoch (rank 0)
+    result.json      rank 0's training result (train)
+    rank-N.json      each rank's shard and parameter digest (train)
+    eval.json        evaluation metrics (flow)
+    curve.png        the training curve (flow)
+    checkpoints/     step-NNNNNNNN.ckpt files (checkpoint)
+    logs/            rank-N.log, one per rank (launcher)
+"""
+
+from __future__ import annotations
+
+CONFIG_FILE = "config.yaml"
+LAUNCH_FILE = "launch.json"
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+EVAL_FILE = "eval.json"
+CURVE_FILE = "curve.png"
+CHECKPOINTS_DIR = "checkpoints"
+LOGS_DIR = "logs"
+
+
+def rank_record_file(rank: int) -> str:
+    return f"rank-{rank}.json"
+
+
+def rank_log_file(rank: int | str) -> str:
+    return f"rank-{rank}.log"
