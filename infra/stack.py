@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from sknet.ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 POOL = "sknet-process"
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

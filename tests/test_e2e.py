@@ -31,7 +31,8 @@ README_SECTION = "The nightly deployment on your machine"
 @pytest.fixture(scope="module")
 def site(s3_server, synthetic_data, tmp_path_factory):
     """A bucket with the synthetic dataset staged; the README's `make up` run against it in a repo copy."""
-    from infra.stack import Stack, free_port
+    from infra.stack import Stack
+    from sknet.ports import free_port
     from sknet.storage import s3_client
 
     bucket = "sknet-e2e"

@@ -268,7 +268,7 @@ def test_cli_verify_names_a_corrupted_object(s3_server, bucket, synthetic_data, 
 
 
 def test_an_unreachable_url_is_a_clear_error_naming_it(tmp_path):
-    from infra.stack import free_port
+    from sknet.ports import free_port
 
     url = f"http://127.0.0.1:{free_port()}/cifar-10-binary.tar.gz"
     with pytest.raises(DataError, match=rf"{re.escape(url)}: download failed"):

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from sknet.checkpoint import checkpoint_dir
 from sknet.config import Config
 from sknet.errors import SknetError
+from sknet.ports import free_port
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
 
 STOP_GRACE_SECONDS = 10
@@ -65,12 +65,6 @@ class LaunchResult:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def available_devices(backend: str) -> int:
