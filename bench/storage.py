@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from infra.s3server import S3Server
 from sknet.data.layout import LAYOUT_DIR
-from sknet.data.stage import _check_file, fetch, split_dataset_uri, stage
+from sknet.data.stage import check_fetched_file, fetch, split_dataset_uri, stage
 from sknet.data.synth import write_synthetic_layout
 from sknet.storage import S3Store, join, read_manifest, s3_client, transfer_config
-from tests.s3server import S3Server
 
 
 def bench_storage() -> dict:
@@ -51,7 +51,7 @@ def bench_storage() -> dict:
 
             started = time.perf_counter()
             for name, entry in manifest["files"].items():
-                _check_file(path / name, name, entry, name)
+                check_fetched_file(path / name, name, entry, name)
             verify = time.perf_counter() - started
 
             started = time.perf_counter()

@@ -219,7 +219,7 @@ def fetch(uri: str, store: Store, cache: Path, *, workers: int = 4) -> tuple[Pat
     try:
         def get_one(name: str) -> None:
             store.get(join(digest, name), partial / name)
-            _check_file(partial / name, name, manifest["files"][name], f"{store.uri}/{digest}/{name}")
+            check_fetched_file(partial / name, name, manifest["files"][name], f"{store.uri}/{digest}/{name}")
             log.info("fetched %s (%s bytes)", name, f"{manifest['files'][name]['size']:,}")
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -245,7 +245,8 @@ def _check_listing(store: Store, digest: str, manifest: dict) -> None:
             raise DataError(f"{store.uri}/{digest}/{name}: {size:,} bytes in the store, manifest says {expected[name]:,}")
 
 
-def _check_file(path: Path, name: str, entry: dict, where: str) -> None:
+def check_fetched_file(path: Path, name: str, entry: dict, where: str) -> None:
+    """A fetched file against its manifest `entry`: size, sha256, and a .bin's records; errors name `where`."""
     size = path.stat().st_size
     if size != entry["size"]:
         raise DataError(f"{where}: {size:,} bytes fetched, manifest says {entry['size']:,}")
