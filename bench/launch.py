@@ -6,7 +6,6 @@ distributed init, graph compile). Shutdown: from the last logged step to `launch
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -14,9 +13,9 @@ from pathlib import Path
 from sknet.config import load_config
 from sknet.data.synth import write_synthetic_layout
 from sknet.launch.launcher import launch
+from sknet.train_log import parse_step_line
 
 SAMPLES = 640
-STEP_LINE = re.compile(r"step (\d+)/(\d+)")
 
 
 def timed_launch(data: Path, out: Path, ranks: int) -> dict:
@@ -28,8 +27,8 @@ def timed_launch(data: Path, out: Path, ranks: int) -> dict:
     stamps: list[tuple[float, int, int]] = []
 
     def on_line(line: str) -> None:
-        if line.startswith("[rank 0] ") and (match := STEP_LINE.search(line)):
-            stamps.append((time.monotonic(), int(match.group(1)), int(match.group(2))))
+        if line.startswith("[rank 0] ") and (found := parse_step_line(line)):
+            stamps.append((time.monotonic(), found.step, found.total_steps))
 
     started = time.monotonic()
     launch(cfg, on_line=on_line)

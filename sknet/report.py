@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from sknet.run_files import METRICS_FILE
-
-_STEP = re.compile(r"\bstep (\d+)/(\d+) loss ([0-9.naninf]+)")
+from sknet.train_log import parse_step_line
 
 
 def progress_of(line: str) -> tuple[int, int, float] | None:
     """(step, total steps, loss) from a training log line such as `epoch 1/3 step 5/60 loss 2.31 …`."""
-    match = _STEP.search(line)
-    return (int(match.group(1)), int(match.group(2)), float(match.group(3))) if match else None
+    found = parse_step_line(line)
+    return (found.step, found.total_steps, found.loss) if found else None
 
 
 def read_metrics(output_dir: str | Path) -> list[dict]:

@@ -27,6 +27,7 @@ from sknet.run_files import METRICS_FILE, RESULT_FILE, rank_record_file
 from sknet.runtime import configure
 from sknet.lr_schedule import learning_rates
 from sknet.storage import StorageError, store_from_config
+from sknet.train_log import format_step_line
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,8 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
                 record = {"event": "step", "step": step, "epoch": epoch + 1, "loss": loss_value,
                           "lr": float(rates[step - 1]), "images_per_sec": round(speed, 2)}
                 _log_metrics(output_dir, rank, record)
-                log.info("epoch %d/%d step %d/%d loss %.4f lr %.5f %.1f img/s",
-                         epoch + 1, t.epochs, step, total_steps, loss_value, rates[step - 1], speed)
+                log.info("%s", format_step_line(epoch + 1, t.epochs, step, total_steps, loss_value,
+                                                rates[step - 1], speed))
             if rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
                 checkpoint(step)
             if stop.requested:
