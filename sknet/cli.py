@@ -183,11 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> dict | None:
     if args.command == "data":
         from sknet.data import verify_layout, write_synthetic_layout
+        from sknet.storage import is_object_store_uri
 
         if args.data_command == "synth":
             path = write_synthetic_layout(args.out, seed=args.seed, overwrite=args.force)
             return {**verify_layout(path).to_dict(), "seed": args.seed}
-        if args.data_command == "verify" and "://" not in args.path:
+        if args.data_command == "verify" and not is_object_store_uri(args.path):
             return verify_layout(args.path).to_dict()
         return _data_storage_command(args)
 

@@ -24,6 +24,8 @@ from sknet.errors import SknetError
 MANIFEST = "manifest.json"
 CHUNK = 8 * 2**20  # multipart part size, and the read block for hashing
 MULTIPART_THRESHOLD = 64 * 2**20  # CIFAR-10 files (30.7 MB) go up in one part, with a full sha256 checksum
+S3_SCHEME = "s3://"
+FILE_SCHEME = "file://"
 
 
 class StorageError(SknetError):
@@ -53,6 +55,26 @@ class Store(Protocol):
     def verify(self, key: str, size: int, sha256: str, local: Path | None = None) -> None: ...
 
 
+def is_object_store_uri(uri: str) -> bool:
+    """True when `uri` has a scheme (`s3://…`, `file://…`): a store's URI, not a plain local path."""
+    return "://" in uri
+
+
+def is_s3_uri(uri: str) -> bool:
+    """True for `s3://bucket[/prefix]`."""
+    return uri.startswith(S3_SCHEME)
+
+
+def is_file_uri(uri: str) -> bool:
+    """True for `file:///path`."""
+    return uri.startswith(FILE_SCHEME)
+
+
+def file_uri_path(uri: str) -> str:
+    """The path of a `file://` URI."""
+    return uri[len(FILE_SCHEME):]
+
+
 def file_hash(path: Path, algorithm: str = "sha256") -> str:
     with open(path, "rb") as stream:
         return hashlib.file_digest(stream, algorithm).hexdigest()
@@ -71,7 +93,7 @@ class LocalStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
-        self.uri = f"file://{self.root}"
+        self.uri = f"{FILE_SCHEME}{self.root}"
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -128,7 +150,7 @@ class S3Store:
 
     def __init__(self, uri: str, *, endpoint_url: str | None = None, region: str | None = None,
                  addressing_style: str = "auto", client=None):
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        bucket, _, prefix = uri[len(S3_SCHEME):].partition("/")
         if not bucket:
             raise StorageError(f"{uri!r}: expected s3://bucket[/prefix]")
         self.bucket, self.prefix = bucket, prefix.strip("/")
@@ -292,11 +314,11 @@ def s3_client(*, endpoint_url: str | None = None, region: str | None = None, add
 def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None = None,
                addressing_style: str = "auto") -> Store:
     """`s3://bucket/prefix` → S3Store, `file:///path` (or a plain path) → LocalStore."""
-    if uri.startswith("s3://"):
+    if is_s3_uri(uri):
         return S3Store(uri, endpoint_url=endpoint_url, region=region, addressing_style=addressing_style)
-    if uri.startswith("file://"):
-        return LocalStore(uri[len("file://"):])
-    if "://" in uri:
+    if is_file_uri(uri):
+        return LocalStore(file_uri_path(uri))
+    if is_object_store_uri(uri):
         raise StorageError(f"unsupported storage URI {uri!r}: expected s3://bucket/prefix or file:///path")
     return LocalStore(uri)
 

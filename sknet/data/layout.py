@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sknet.errors import DataError
+from sknet.storage import file_uri_path, is_file_uri, is_object_store_uri
 
 LAYOUT_DIR = "cifar-10-batches-bin"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
@@ -105,8 +106,8 @@ def local_dataset_path(uri: str) -> Path:
             "data.uri is not set: point it at a CIFAR-10 binary layout directory "
             "(for a synthetic demo copy: sknet data synth --out work/data)"
         )
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
-    if "://" in uri:
+    if is_file_uri(uri):
+        return Path(file_uri_path(uri))
+    if is_object_store_uri(uri):
         raise DataError(f"data.uri={uri!r} is remote: fetch it to a local directory first")
     return Path(uri)
