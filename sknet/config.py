@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from sknet.errors import ConfigError
+from sknet.storage import S3_MAX_ATTEMPTS
 
 PROFILE_DIR = Path(__file__).parent / "configs"
 
@@ -108,6 +109,7 @@ class StorageConfig:
     endpoint_url: str | None = None  # MinIO, Huawei OBS, ...
     region: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    max_attempts: int = field(default=S3_MAX_ATTEMPTS, **_at_least(1))  # per S3 request, first try included
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from sknet.errors import SknetError
 MANIFEST = "manifest.json"
 CHUNK = 8 * 2**20  # multipart part size, and the read block for hashing
 MULTIPART_THRESHOLD = 64 * 2**20  # CIFAR-10 files (30.7 MB) go up in one part, with a full sha256 checksum
+S3_MAX_ATTEMPTS = 9  # tries per S3 request, the first included (botocore's retries={"max_attempts": 8})
 S3_SCHEME = "s3://"
 FILE_SCHEME = "file://"
 
@@ -149,14 +150,14 @@ class S3Store:
     """An S3 bucket/prefix through boto3: AWS, MinIO, Huawei OBS (`endpoint_url`), standard credentials."""
 
     def __init__(self, uri: str, *, endpoint_url: str | None = None, region: str | None = None,
-                 addressing_style: str = "auto", client=None):
+                 addressing_style: str = "auto", max_attempts: int = S3_MAX_ATTEMPTS, client=None):
         bucket, _, prefix = uri[len(S3_SCHEME):].partition("/")
         if not bucket:
             raise StorageError(f"{uri!r}: expected s3://bucket[/prefix]")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.uri = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
         self.client = client or s3_client(endpoint_url=endpoint_url, region=region,
-                                          addressing_style=addressing_style)
+                                          addressing_style=addressing_style, max_attempts=max_attempts)
 
     def _key(self, key: str) -> str:
         return join(self.prefix, key)
@@ -298,13 +299,16 @@ def transfer_config():
 
 
 def s3_client(*, endpoint_url: str | None = None, region: str | None = None, addressing_style: str = "auto",
-              max_attempts: int = 8):
-    """A boto3 S3 client with the standard credential chain and botocore's adaptive retries."""
+              max_attempts: int = S3_MAX_ATTEMPTS):
+    """A boto3 S3 client with the standard credential chain and botocore's adaptive retries.
+
+    `max_attempts` counts every try of a request, the first included (botocore's `total_max_attempts`).
+    """
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "adaptive", "max_attempts": max_attempts},
+        retries={"mode": "adaptive", "total_max_attempts": max_attempts},
         s3={"addressing_style": addressing_style},
         connect_timeout=10, read_timeout=60, max_pool_connections=16,
     )
@@ -312,10 +316,11 @@ def s3_client(*, endpoint_url: str | None = None, region: str | None = None, add
 
 
 def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None = None,
-               addressing_style: str = "auto") -> Store:
+               addressing_style: str = "auto", max_attempts: int = S3_MAX_ATTEMPTS) -> Store:
     """`s3://bucket/prefix` → S3Store, `file:///path` (or a plain path) → LocalStore."""
     if is_s3_uri(uri):
-        return S3Store(uri, endpoint_url=endpoint_url, region=region, addressing_style=addressing_style)
+        return S3Store(uri, endpoint_url=endpoint_url, region=region, addressing_style=addressing_style,
+                       max_attempts=max_attempts)
     if is_file_uri(uri):
         return LocalStore(file_uri_path(uri))
     if is_object_store_uri(uri):
@@ -356,6 +361,7 @@ def read_manifest(store: Store, prefix: str) -> dict:
 
 
 def store_from_config(storage, uri: str | None = None) -> Store:
-    """The store at `uri` (default `storage.uri`) with the endpoint, region and addressing of a StorageConfig."""
+    """The store at `uri` (default `storage.uri`) with the endpoint, region, addressing and attempts of a
+    StorageConfig."""
     return open_store(uri or storage.uri, endpoint_url=storage.endpoint_url, region=storage.region,
-                      addressing_style=storage.addressing_style)
+                      addressing_style=storage.addressing_style, max_attempts=storage.max_attempts)
