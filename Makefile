@@ -25,7 +25,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(RUN) -m flows.run_local --data $(DATA) $(RUN_ARGS)
+	$(RUN) -m infra.run_local --data $(DATA) $(RUN_ARGS)
 
 test: $(STAMP)
 	$(RUN) -m pytest $(PYTEST_ARGS)

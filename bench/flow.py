@@ -19,7 +19,7 @@ from bench.models import machine
 
 def run_twice(work: Path) -> list[dict]:
     from flows.sknet_train import sknet_train
-    from sknet.data.stage import embedded_dataset
+    from infra.run_local import embedded_dataset
 
     dataset = embedded_dataset("synthetic", work / "store", work)
     runs = []

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", ""),
                   "SKNET_DATASET_URI": os.environ.get("SKNET_DATASET_URI", "")}
     if not deploy_env["SKNET_PUBLISH_TO"]:  # the embedded default, as `make run` uses it
-        from sknet.data.stage import embedded_dataset
+        from infra.run_local import embedded_dataset
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         store = REPO / "work" / "store"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sknet.run_files import METRICS_FILE
@@ -65,3 +67,37 @@ def plot_training_curve(records: list[dict], out: str | Path, *, title: str, siz
     out = Path(out)
     image.save(out, format="PNG")
     return out
+
+
+class ProgressTracker:
+    """Passes each rank output line to `log` and calls `update(percent, description)` when training moves
+    on by a whole percent (at most 100 updates a run, whatever the log rate). Thread-safe."""
+
+    def __init__(self, log: Callable[[str], None], update: Callable[[int, str], None]):
+        self.log, self.update = log, update
+        self.percent, self._lock = 0, threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        self.log(line)
+        if (found := progress_of(line)) is None:
+            return
+        step, total, loss = found
+        percent = int(100 * step / total)
+        with self._lock:
+            if percent <= self.percent:
+                return
+            self.percent = percent
+        self.update(percent, f"step {step}/{total}, loss {loss:.4f}")
+
+
+def run_summary(cfg, dataset: Mapping, metrics: Mapping, run_uri: str, *, passed: bool, message: str) -> str:
+    """The run's summary in markdown: gate outcome, digests, metrics against the threshold, where outputs are."""
+    label = " — **SYNTHETIC data**" if dataset["synthetic"] else ""
+    return "\n".join([
+        f"# sknet-train{label}",
+        f"- gate: **{'PASS' if passed else 'FAIL'}** — {message}",
+        f"- config digest `{cfg.digest()[:12]}`, dataset digest `{dataset['digest'][:12]}` (`{dataset['uri']}`)",
+        f"- {cfg.gate.metric}: **{metrics[cfg.gate.metric]:.4f}** (threshold {cfg.gate.threshold:.4f})",
+        f"- top-5 {metrics['top_5_accuracy']:.4f}, loss {metrics['loss']:.4f}, {metrics['samples']} samples",
+        f"- run outputs: `{run_uri}`",
+    ])

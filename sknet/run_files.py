@@ -7,6 +7,7 @@
     rank-N.json      each rank's shard and parameter digest (train)
     eval.json        evaluation metrics (flow)
     curve.png        the training curve (flow)
+    model.mindir     the exported model (flow)
     checkpoints/     step-NNNNNNNN.ckpt files (checkpoint)
     logs/            rank-N.log, one per rank (launcher)
 """
@@ -19,6 +20,7 @@ METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
 EVAL_FILE = "eval.json"
 CURVE_FILE = "curve.png"
+MODEL_FILE = "model.mindir"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 

@@ -10,7 +10,7 @@ from prefect.states import Failed
 from sknet.gate import GateFailed
 from sknet.launch.launcher import LaunchError, LaunchResult
 from sknet.storage import IncompleteError, StorageError
-from tasks.retry import transient_only
+from tasks._support import transient_only
 
 
 def failed_with(error: Exception):

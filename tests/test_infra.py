@@ -105,7 +105,7 @@ def test_a_credentials_block_without_prefect_aws_is_a_clear_error():
     import pytest
 
     from sknet.errors import ConfigError
-    from tasks.credentials import use_aws_credentials_block
+    from tasks._support import use_aws_credentials_block
 
     if importlib.util.find_spec("prefect_aws") is not None:
         pytest.skip("prefect-aws is installed here")

@@ -21,12 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sknet.data.layout import (
-    LAYOUT_DIR, META_FILE, RECORD_BYTES, SYNTHETIC_MARKER, TARBALL_MD5, TARBALL_URL, TEST_FILE, TRAIN_FILES,
+    LAYOUT_DIR, META_FILE, RECORD_BYTES, SYNTHETIC_MARKER, TARBALL_MD5, TEST_FILE, TRAIN_FILES,
     check_batch_file, layout_dir, verify_layout,
 )
 from sknet.errors import DataError
-from sknet.data.synth import write_synthetic_layout
-from sknet.storage import MANIFEST, LocalStore, Store, file_hash, join, publish, read_manifest, sha256_file
+from sknet.storage import MANIFEST, Store, file_hash, join, publish, read_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -113,34 +112,6 @@ def staged_datasets(store: Store) -> list[dict]:
             manifest = read_manifest(store, digest)
             found.append({"uri": f"{store.uri}/{digest}", "digest": digest, "synthetic": bool(manifest["synthetic"])})
     return found
-
-
-def embedded_dataset(data: str, store_root: Path, work: Path) -> dict:
-    """A dataset staged in the embedded store `<store_root>/datasets/cifar10`: uri, synthetic.
-
-    `data`: "cifar10" stages the official tarball; "auto" takes a staged real CIFAR-10 if there is one;
-    otherwise (and for "synthetic") a synthetic layout is generated once under `<work>/data/synthetic`
-    and staged, with a plain warning that the run will not use real data.
-    """
-    datasets = LocalStore(store_root / "datasets" / "cifar10")
-    work.mkdir(parents=True, exist_ok=True)
-    if data == "cifar10":
-        log.info("staging the real CIFAR-10 from %s into %s", TARBALL_URL, datasets.uri)
-        return {"uri": stage(TARBALL_URL, datasets, work_dir=work), "synthetic": False}
-    real = [d for d in staged_datasets(datasets) if not d["synthetic"]]
-    if real and data == "auto":
-        log.info("using the real CIFAR-10 staged at %s", real[0]["uri"])
-        return real[0]
-    log.warning("no real CIFAR-10 is staged in %s: this run uses a SYNTHETIC layout (random images with "
-                "learnable labels; every summary says SYNTHETIC). With network access, `make run DATA=cifar10` "
-                "stages the real dataset from the official URL first.", datasets.uri)
-    synthetic = work / "data" / "synthetic"
-    try:
-        verify_layout(synthetic)
-    except DataError as exc:
-        log.info("generating the synthetic layout in %s (≈184 MB): %s", synthetic, exc)
-        write_synthetic_layout(synthetic, seed=0, overwrite=True)
-    return {"uri": stage(str(synthetic), datasets, work_dir=work), "synthetic": True}
 
 
 def _materialize(source: str, scratch: Path, expected_md5: str) -> Path:

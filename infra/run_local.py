@@ -17,14 +17,48 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from sknet.data.stage import embedded_dataset
+from sknet.data.layout import TARBALL_URL, verify_layout
+from sknet.data.stage import stage, staged_datasets
+from sknet.data.synth import write_synthetic_layout
+from sknet.errors import DataError
+from sknet.storage import LocalStore
 
 REPO = Path(__file__).resolve().parent.parent
 EPILOG = """examples:
-  python -m flows.run_local                          # synthetic data unless a real CIFAR-10 is staged
-  python -m flows.run_local --data cifar10           # download and stage the official tarball first
-  python -m flows.run_local --set train.epochs=1 --gate-threshold 0.2
+  python -m infra.run_local                          # synthetic data unless a real CIFAR-10 is staged
+  python -m infra.run_local --data cifar10           # download and stage the official tarball first
+  python -m infra.run_local --set train.epochs=1 --gate-threshold 0.2
 """
+
+log = logging.getLogger("sknet.run_local")
+
+
+def embedded_dataset(data: str, store_root: Path, work: Path) -> dict:
+    """A dataset staged in the embedded store `<store_root>/datasets/cifar10`: uri, synthetic.
+
+    `data`: "cifar10" stages the official tarball; "auto" takes a staged real CIFAR-10 if there is one;
+    otherwise (and for "synthetic") a synthetic layout is generated once under `<work>/data/synthetic`
+    and staged, with a plain warning that the run will not use real data.
+    """
+    datasets = LocalStore(store_root / "datasets" / "cifar10")
+    work.mkdir(parents=True, exist_ok=True)
+    if data == "cifar10":
+        log.info("staging the real CIFAR-10 from %s into %s", TARBALL_URL, datasets.uri)
+        return {"uri": stage(TARBALL_URL, datasets, work_dir=work), "synthetic": False}
+    real = [d for d in staged_datasets(datasets) if not d["synthetic"]]
+    if real and data == "auto":
+        log.info("using the real CIFAR-10 staged at %s", real[0]["uri"])
+        return real[0]
+    log.warning("no real CIFAR-10 is staged in %s: this run uses a SYNTHETIC layout (random images with "
+                "learnable labels; every summary says SYNTHETIC). With network access, `make run DATA=cifar10` "
+                "stages the real dataset from the official URL first.", datasets.uri)
+    synthetic = work / "data" / "synthetic"
+    try:
+        verify_layout(synthetic)
+    except DataError as exc:
+        log.info("generating the synthetic layout in %s (≈184 MB): %s", synthetic, exc)
+        write_synthetic_layout(synthetic, seed=0, overwrite=True)
+    return {"uri": stage(str(synthetic), datasets, work_dir=work), "synthetic": True}
 
 
 def local_stack_api(work: Path) -> str | None:

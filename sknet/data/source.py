@@ -1,0 +1,42 @@
+"""A run's dataset, whatever `data.uri` names: a local layout is verified in place, a staged dataset
+(`<store>/<digest>`) is fetched into the digest-keyed cache and verified against its manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sknet.config import Config
+from sknet.data.layout import TEST_FILE, is_synthetic, layout_dir, local_dataset_path
+from sknet.data.stage import dataset_manifest, fetch, split_dataset_uri
+from sknet.storage import store_from_config
+
+
+@dataclass(frozen=True)
+class Dataset:
+    uri: str  # as given in data.uri
+    path: str  # the verified local layout directory
+    digest: str
+    synthetic: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_dataset(cfg: Config, cache_dir: str | Path) -> Dataset:
+    """A verified local copy of `cfg.data.uri`; a cached copy is reused without downloading."""
+    uri = cfg.data.uri
+    local = _local_layout(uri)
+    if local is not None:
+        path, digest = local, dataset_manifest(local)["digest"]  # verifies the layout
+    else:
+        store = store_from_config(cfg.storage, split_dataset_uri(uri)[0])
+        path, digest = fetch(uri, store, Path(cache_dir))
+    return Dataset(uri=uri, path=str(path), digest=digest, synthetic=is_synthetic(path))
+
+
+def _local_layout(uri: str) -> Path | None:
+    if uri.startswith("s3://"):
+        return None
+    path = layout_dir(local_dataset_path(uri))
+    return path if (path / TEST_FILE).exists() else None

@@ -1,0 +1,78 @@
+"""What a finished stage leaves behind, gathered for the next one: the training outcome, the run's published
+outputs (`runs/<id>/`) and the release (`releases/<model>/<version>/`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from sknet.checkpoint import latest_checkpoint
+from sknet.config import Config
+from sknet.errors import CheckpointError
+from sknet.gate import Verdict, enforce, gate
+from sknet.lineage import lineage_record
+from sknet.plan import RunPlan
+from sknet.release import LINEAGE, latest_release, publish_release, publish_run
+from sknet.report import plot_training_curve, read_metrics
+from sknet.run_files import (
+    CONFIG_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE,
+)
+from sknet.storage import sha256_file, store_from_config
+
+RUN_FILES = (EVAL_FILE, CURVE_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
+
+
+def training_outcome(launched: Mapping, output_dir: str | Path) -> dict:
+    """The launcher's result plus the newest checkpoint (path, step, sha256) and the last logged loss."""
+    newest = latest_checkpoint(output_dir)
+    if newest is None:
+        raise CheckpointError(f"training finished but {output_dir}/checkpoints holds no checkpoint")
+    step, checkpoint = newest
+    losses = [r["loss"] for r in read_metrics(output_dir) if r["event"] == "step"]
+    return {**launched, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
+            "step": step, "final_loss": losses[-1] if losses else None}
+
+
+def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:
+    """Metrics, training curve, config, metrics log and rank logs to `runs/<id>/`, whatever the gate says."""
+    run = Path(plan.output_dir)
+    (run / EVAL_FILE).write_text(json.dumps(dict(metrics), indent=2) + "\n")
+    plot_training_curve(read_metrics(run), run / CURVE_FILE, title=(
+        f"{cfg.model.name}: top-1 {metrics['top_1_accuracy']:.4f}, top-5 {metrics['top_5_accuracy']:.4f}"
+        + (" (SYNTHETIC data)" if metrics.get("synthetic_data") else "")))
+    files = {name: run / name for name in RUN_FILES}
+    files.update({f"{LOGS_DIR}/{p.name}": p for p in (run / LOGS_DIR).glob("*.log")})
+    publish_run(store_from_config(cfg.storage), plan.run_id, {k: p for k, p in files.items() if p.exists()},
+                metadata={"metrics": dict(metrics)})
+    return plan.run_uri
+
+
+def gate_against_latest(cfg: Config, metrics: Mapping, model: str) -> Verdict:
+    """The gate's verdict (raises `GateFailed` on a miss); with gate.compare_to_latest, the release must be beaten."""
+    champion = None
+    if cfg.gate.compare_to_latest:
+        current = latest_release(store_from_config(cfg.storage), model)
+        champion = current.get("metrics") if current else None
+    return enforce(gate(metrics, metric=cfg.gate.metric, threshold=cfg.gate.threshold,
+                        champion_metrics=champion, margin=cfg.gate.margin))
+
+
+def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, metrics: Mapping,
+                  model: Mapping) -> tuple[dict, dict]:
+    """Publish MINDIR, checkpoint, config and lineage as version `plan.run_id`, then move LATEST.
+
+    Returns (the LATEST pointer written, the lineage record).
+    """
+    lineage = lineage_record(
+        cfg, run_id=plan.run_id, dataset_uri=dataset["uri"], dataset_digest=dataset["digest"],
+        synthetic_data=dataset["synthetic"], metrics=metrics,
+        artifacts={"model.mindir": model, "checkpoint.ckpt": {"step": run["step"], "sha256": run["checkpoint_sha256"]}},
+    )
+    lineage_path = Path(model["path"]).with_name(LINEAGE)
+    lineage_path.write_text(json.dumps(lineage, indent=2) + "\n")
+    files = {"model.mindir": Path(model["path"]), "checkpoint.ckpt": Path(run["checkpoint"]),
+             CONFIG_FILE: Path(plan.output_dir, CONFIG_FILE), LINEAGE: lineage_path}
+    pointer = publish_release(store_from_config(cfg.storage), plan.model, plan.run_id, files,
+                              metadata={"metrics": dict(metrics), "lineage_digest": lineage["config"]["digest"]})
+    return pointer, lineage

@@ -1,0 +1,74 @@
+"""What the tasks share (orchestration only): the retry preset, credentials from a Prefect block, asset keys
+and metadata for lineage events, and the live progress artifact."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.assets import add_asset_metadata
+from prefect.context import AssetContext
+
+from sknet.errors import ConfigError
+from sknet.launch.launcher import LaunchError
+from sknet.storage import IncompleteError, StorageError
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Retry transient failures (storage/network, a crashed rank), never bad input or a gate miss."""
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, IncompleteError):
+        return False  # a prefix without a manifest will not complete by itself
+    if isinstance(error, (StorageError, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(error, LaunchError) and error.result is not None and error.result.failed_rank is not None
+
+
+def retry_transient(retries: int = 3, delay_seconds: float = 5) -> dict:
+    """The retry settings of a task that talks to storage or runs ranks: `@task(**retry_transient())`."""
+    return {"retries": retries, "retry_delay_seconds": delay_seconds, "retry_condition_fn": transient_only}
+
+
+def use_aws_credentials_block(name: str) -> None:
+    """Load the prefect-aws `AwsCredentials` block `name` into this process's environment (boto3, the ranks)."""
+    try:
+        from prefect_aws import AwsCredentials
+    except ImportError:
+        raise ConfigError(f"aws_credentials_block={name!r}: the worker needs the prefect-aws package "
+                          "(pip install prefect-aws), or leave the parameter empty to use its environment") from None
+    credentials = AwsCredentials.load(name)
+    secret = credentials.aws_secret_access_key
+    endpoint = getattr(credentials.aws_client_parameters, "endpoint_url", None)
+    values = {
+        "AWS_ACCESS_KEY_ID": credentials.aws_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": secret.get_secret_value() if secret else None,
+        "AWS_SESSION_TOKEN": credentials.aws_session_token,
+        "AWS_PROFILE": credentials.profile_name,
+        "AWS_DEFAULT_REGION": credentials.region_name,
+        "AWS_ENDPOINT_URL": str(endpoint) if endpoint else None,
+    }
+    for key, value in values.items():  # the block replaces the worker's AWS settings, none are mixed in
+        if value:
+            os.environ[key] = value
+        else:
+            os.environ.pop(key, None)
+
+
+def asset_key(uri: str) -> str:
+    """A URI usable as an asset key: s3:// and file:// stay, a plain path becomes file://<absolute path>."""
+    return uri if "://" in uri else f"file://{Path(uri).resolve()}"
+
+
+def describe_assets(metadata: dict) -> None:
+    """Attach `metadata` to every asset this task run materializes; nothing outside `@materialize`."""
+    context = AssetContext.get()
+    for asset in context.downstream_assets if context else ():
+        add_asset_metadata(asset, metadata)
+
+
+def progress_artifact(key: str, description: str) -> Callable[[int, str], None]:
+    """A progress artifact in the UI, and the function that moves it: `update(percent, description)`."""
+    artifact = create_progress_artifact(0.0, key=key, description=description)
+    return lambda percent, text: update_progress_artifact(artifact, percent, description=text)
