@@ -24,8 +24,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from sknet.ports import free_port
-
 REPO = Path(__file__).resolve().parent.parent
 POOL = "sknet-process"
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
