@@ -105,35 +105,90 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
         return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop, mirror)
 
 
+@dataclass(frozen=True)
+class _Training:
+    """One rank's built training state: where it runs, what it trains, and the per-step schedule."""
+
+    cfg: Config
+    data_dir: Path
+    output_dir: Path
+    mirror: CheckpointMirror | None
+    rank: int
+    ranks: int
+    steps_per_epoch: int
+    rates: object  # numpy array: the learning rate of each global step
+    network: object  # mindspore.nn.Cell
+    train_step: object  # the network with loss, optimizer and loss scaling: one call, one step
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.train.epochs
+
+    @property
+    def images_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.ranks
+
+    def dataset(self, epoch: int):
+        """This rank's shard of the training data for `epoch`, shuffled and augmented by (seed, epoch)."""
+        return _dataset(self.cfg, self.data_dir, epoch, self.rank, self.ranks)
+
+    def checkpoint(self, step: int) -> None:
+        """Save the training state of `step` locally, then copy it to the mirror if there is one."""
+        keep = self.cfg.train.keep_checkpoints
+        save_checkpoint(self.train_step, self.output_dir, step, keep)
+        if self.mirror is not None:
+            try:
+                self.mirror.push(self.output_dir, step, keep)
+            except (StorageError, OSError) as exc:  # keep training: the local copy still allows a resume here
+                log.warning("checkpoint of step %d kept locally only, mirroring failed: %s", step, exc)
+
+
 def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_after_steps: int | None,
-           stop: StopRequest, mirror: CheckpointMirror | None):
+           stop: StopRequest, mirror: CheckpointMirror | None) -> TrainResult:
+    run = _build(cfg, data_dir, output_dir, mirror)
+    start_step = _resume(run)
+    log.info(
+        "training %s (%s stem) on %s: %d epochs × %d steps, batch %d × %d rank(s), %s",
+        cfg.model.name, cfg.model.stem, cfg.train.device_target, cfg.train.epochs, run.steps_per_epoch,
+        cfg.train.batch_size, run.ranks, "SYNTHETIC data" if synthetic else f"data {data_dir}",
+    )
+    end_step = run.total_steps if stop_after_steps is None else min(run.total_steps, stop_after_steps)
+    started = time.perf_counter()
+    step, loss = _run_epochs(run, start_step, end_step, stop)
+    return _finish(run, start_step, step, loss, started, synthetic, stop)
+
+
+def _dataset(cfg: Config, data_dir: Path, epoch: int, rank: int, ranks: int):
+    import mindspore as ms
+
+    from sknet.data.pipeline import build_dataset
+
+    ms.dataset.config.set_seed(epoch_seed(cfg.train.seed, epoch))
+    return build_dataset(
+        data_dir, train=True, batch_size=cfg.train.batch_size, image_size=cfg.data.image_size,
+        num_samples=cfg.data.num_train_samples, num_shards=ranks, shard_id=rank,
+        num_parallel_workers=cfg.data.num_parallel_workers,
+    )
+
+
+def _build(cfg: Config, data_dir: Path, output_dir: Path, mirror: CheckpointMirror | None) -> _Training:
+    """Seed the runtime, join the ranks, size the epoch, and build network, schedule and train step."""
     import mindspore as ms
     from mindspore import nn
 
-    from sknet.data.pipeline import build_dataset
     from sknet.model import build_model
 
     t = cfg.train
     configure(t.device_target, t.seed)
     rank, ranks = _init_distributed()
-
-    def dataset_for(epoch: int):
-        ms.dataset.config.set_seed(epoch_seed(t.seed, epoch))
-        return build_dataset(
-            data_dir, train=True, batch_size=t.batch_size, image_size=cfg.data.image_size,
-            num_samples=cfg.data.num_train_samples, num_shards=ranks, shard_id=rank,
-            num_parallel_workers=cfg.data.num_parallel_workers,
-        )
-
-    steps_per_epoch = dataset_for(0).get_dataset_size()
+    steps_per_epoch = _dataset(cfg, data_dir, 0, rank, ranks).get_dataset_size()
     if steps_per_epoch == 0:
         raise DataError(
             f"data.num_train_samples={cfg.data.num_train_samples} gives no full batch of "
             f"train.batch_size={t.batch_size} on each of {ranks} rank(s)"
         )
-    total_steps = steps_per_epoch * t.epochs
     rates = learning_rates(
-        t.lr_schedule, base_lr=t.base_lr, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        t.lr_schedule, base_lr=t.base_lr, total_steps=steps_per_epoch * t.epochs, steps_per_epoch=steps_per_epoch,
         warmup_epochs=t.warmup_epochs, warmup_start_lr=t.warmup_start_lr, end_lr=t.end_lr,
         poly_power=t.poly_power,
     )
@@ -146,83 +201,99 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
         network, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), level=t.amp_level,
         loss_scale_manager=ms.FixedLossScaleManager(t.loss_scale, drop_overflow_update=False),
     )
+    return _Training(cfg, data_dir, output_dir, mirror, rank, ranks, steps_per_epoch, rates, network, train_step)
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(train_step, output_dir, step, t.keep_checkpoints)
-        if mirror is not None:
-            try:
-                mirror.push(output_dir, step, t.keep_checkpoints)
-            except (StorageError, OSError) as exc:  # keep training: the local copy still allows a resume here
-                log.warning("checkpoint of step %d kept locally only, mirroring failed: %s", step, exc)
 
+def _resume(run: _Training) -> int:
+    """Load the newest checkpoint, if any, and drop metrics past it; returns the step to continue from."""
     start_step = 0
-    latest = latest_checkpoint(output_dir)
+    latest = latest_checkpoint(run.output_dir)
     if latest is not None:
         start_step, path = latest
-        load_into(train_step, path, what="training state")
-        log.info("resuming from %s (step %d of %d)", path, start_step, total_steps)
-    if rank == 0:
-        _truncate_metrics(output_dir / METRICS_FILE, after_step=start_step)
+        load_into(run.train_step, path, what="training state")
+        log.info("resuming from %s (step %d of %d)", path, start_step, run.total_steps)
+    if run.rank == 0:
+        _truncate_metrics(run.output_dir / METRICS_FILE, after_step=start_step)
+    return start_step
 
-    log.info(
-        "training %s (%s stem) on %s: %d epochs × %d steps, batch %d × %d rank(s), %s",
-        cfg.model.name, cfg.model.stem, t.device_target, t.epochs, steps_per_epoch, t.batch_size, ranks,
-        "SYNTHETIC data" if synthetic else f"data {data_dir}",
-    )
-    images_per_step = t.batch_size * ranks
-    end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
-    step, loss_value, started = start_step, float("nan"), time.perf_counter()
+
+def _run_epochs(run: _Training, step: int, end_step: int, stop: StopRequest) -> tuple[int, float]:
+    """Train from global `step` up to `end_step`, or to the step SIGTERM arrived in: (last step, its loss)."""
+    loss = float("nan")
     while step < end_step:
-        epoch = step // steps_per_epoch
-        skip = step - epoch * steps_per_epoch
-        epoch_losses, epoch_started = [], time.perf_counter()
-        window_started, window_steps = time.perf_counter(), 0
-        batches = dataset_for(epoch).create_tuple_iterator(num_epochs=1)
-        for index, (images, labels) in enumerate(batches):
-            if index < skip:
-                continue
-            loss_value = float(train_step(images, labels).asnumpy())
-            step += 1
-            window_steps += 1
-            epoch_losses.append(loss_value)
-            if step % t.log_every_steps == 0 or step == end_step:
-                speed = window_steps * images_per_step / (time.perf_counter() - window_started)
-                window_started, window_steps = time.perf_counter(), 0
-                record = {"event": "step", "step": step, "epoch": epoch + 1, "loss": loss_value,
-                          "lr": float(rates[step - 1]), "images_per_sec": round(speed, 2)}
-                _log_metrics(output_dir, rank, record)
-                log.info("%s", format_step_line(epoch + 1, t.epochs, step, total_steps, loss_value,
-                                                rates[step - 1], speed))
-            if rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
-                checkpoint(step)
-            if stop.requested:
-                end_step = step
-            if step == end_step:
-                break
-        seconds = time.perf_counter() - epoch_started
-        if step % steps_per_epoch == 0 and epoch_losses:
-            _log_metrics(output_dir, rank, {
-                "event": "epoch", "step": step, "epoch": epoch + 1,
-                "loss": sum(epoch_losses) / len(epoch_losses),
-                "images_per_sec": round(len(epoch_losses) * images_per_step / seconds, 2),
-                "seconds": round(seconds, 3),
-            })
-    if rank == 0 and (latest_checkpoint(output_dir) or (None,))[0] != step:
-        checkpoint(step)
+        step, loss, end_step = _run_epoch(run, step, end_step, stop, loss)
+    return step, loss
+
+
+def _run_epoch(run: _Training, step: int, end_step: int, stop: StopRequest,
+               loss: float) -> tuple[int, float, int]:
+    """The rest of the epoch holding global `step` (its earlier batches replayed and skipped), at most to
+    `end_step`: logs steps, checkpoints, logs the epoch if it finished. Returns (step, loss, end_step),
+    `end_step` moved back to `step` when SIGTERM arrived."""
+    t = run.cfg.train
+    epoch = step // run.steps_per_epoch
+    skip = step - epoch * run.steps_per_epoch
+    epoch_losses, epoch_started = [], time.perf_counter()
+    window_started, window_steps = time.perf_counter(), 0
+    batches = run.dataset(epoch).create_tuple_iterator(num_epochs=1)
+    for index, (images, labels) in enumerate(batches):
+        if index < skip:
+            continue
+        loss = float(run.train_step(images, labels).asnumpy())
+        step += 1
+        window_steps += 1
+        epoch_losses.append(loss)
+        if step % t.log_every_steps == 0 or step == end_step:
+            speed = window_steps * run.images_per_step / (time.perf_counter() - window_started)
+            window_started, window_steps = time.perf_counter(), 0
+            _log_step(run, epoch, step, loss, speed)
+        if run.rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
+            run.checkpoint(step)
+        if stop.requested:
+            end_step = step
+        if step == end_step:
+            break
+    seconds = time.perf_counter() - epoch_started
+    if step % run.steps_per_epoch == 0 and epoch_losses:
+        _log_metrics(run.output_dir, run.rank, {
+            "event": "epoch", "step": step, "epoch": epoch + 1, "loss": sum(epoch_losses) / len(epoch_losses),
+            "images_per_sec": round(len(epoch_losses) * run.images_per_step / seconds, 2),
+            "seconds": round(seconds, 3),
+        })
+    return step, loss, end_step
+
+
+def _log_step(run: _Training, epoch: int, step: int, loss: float, speed: float) -> None:
+    """One step's metrics record (rank 0) and its step line in the log."""
+    lr = run.rates[step - 1]
+    _log_metrics(run.output_dir, run.rank, {"event": "step", "step": step, "epoch": epoch + 1, "loss": loss,
+                                            "lr": float(lr), "images_per_sec": round(speed, 2)})
+    log.info("%s", format_step_line(epoch + 1, run.cfg.train.epochs, step, run.total_steps, loss, lr, speed))
+
+
+def _finish(run: _Training, start_step: int, step: int, loss: float, started: float, synthetic: bool,
+            stop: StopRequest) -> TrainResult:
+    """Checkpoint the last step, write result.json (rank 0) and this rank's record; raise `Preempted`
+    if SIGTERM ended the run."""
+    output_dir = run.output_dir
+    if run.rank == 0 and (latest_checkpoint(output_dir) or (None,))[0] != step:
+        run.checkpoint(step)
     elapsed = time.perf_counter() - started
     done = step - start_step
     result = TrainResult(
         output_dir=str(output_dir),
-        checkpoint=str(latest_checkpoint(output_dir)[1]) if rank == 0 else "",
-        steps=step, epochs=t.epochs, final_loss=loss_value, resumed_from_step=start_step,
-        seconds=round(elapsed, 3), images_per_sec=round(done * images_per_step / elapsed, 2) if done else 0.0,
-        synthetic_data=synthetic, complete=step == total_steps,
+        checkpoint=str(latest_checkpoint(output_dir)[1]) if run.rank == 0 else "",
+        steps=step, epochs=run.cfg.train.epochs, final_loss=loss, resumed_from_step=start_step,
+        seconds=round(elapsed, 3),
+        images_per_sec=round(done * run.images_per_step / elapsed, 2) if done else 0.0,
+        synthetic_data=synthetic, complete=step == run.total_steps,
     )
-    if rank == 0:
+    if run.rank == 0:
         (output_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    rank_record = {"rank": rank, "ranks": ranks, "shard_id": rank, "num_shards": ranks, "steps": step,
-                   "batches_per_epoch": steps_per_epoch, "parameters_sha256": parameters_digest(network)}
-    (output_dir / rank_record_file(rank)).write_text(json.dumps(rank_record, indent=2) + "\n")
+    rank_record = {"rank": run.rank, "ranks": run.ranks, "shard_id": run.rank, "num_shards": run.ranks,
+                   "steps": step, "batches_per_epoch": run.steps_per_epoch,
+                   "parameters_sha256": parameters_digest(run.network)}
+    (output_dir / rank_record_file(run.rank)).write_text(json.dumps(rank_record, indent=2) + "\n")
     if stop.requested:
         raise Preempted(step, output_dir)
     return result
