@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_data_commands(commands)
+    _add_ranktable_command(commands)
+    _add_config_command(commands)
+    _add_training_commands(commands)
+    _add_gate_command(commands)
+    _add_eval_command(commands)
+    _add_export_command(commands)
+    return parser
+
+
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    """`sknet data synth|verify|stage|fetch`: the CIFAR-10 layout, local and staged."""
     data = commands.add_parser("data", help="CIFAR-10 binary layout: synthesize, verify")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_commands.add_parser(
@@ -87,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--cache", default="work/cache", metavar="DIR", help="cache directory (default work/cache)")
     _add_storage_args(fetch)
 
+
+def _add_ranktable_command(commands: argparse._SubParsersAction) -> None:
+    """`sknet ranktable`: an HCCL rank table from device IPs, or several merged."""
     ranktable = commands.add_parser(
         "ranktable", help="write an HCCL rank table (v1.0) for Ascend devices, or merge several servers' tables",
         description="Device IPs come from --hccn-conf FILE (address_N=IP lines) or, without it, from "
@@ -105,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     ranktable.add_argument("--merge", nargs="+", metavar="TABLE", help="merge these tables; rank ids continue")
     ranktable.add_argument("--out", required=True, metavar="FILE", help="where to write the table")
 
+
+def _add_config_command(commands: argparse._SubParsersAction) -> None:
+    """`sknet config show`: the resolved config and its digest."""
     config = commands.add_parser("config", help="show the resolved config and its digest")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser(
@@ -113,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(show)
 
+
+def _add_training_commands(commands: argparse._SubParsersAction) -> None:
+    """`sknet train` (one rank) and `sknet launch` (all ranks, supervised)."""
     train = commands.add_parser(
         "train", help="train one rank (resumes from the newest checkpoint in train.output_dir)",
         epilog="example: sknet train --config cpu-smoke --set data.uri=work/data train.output_dir=work/runs/smoke",
@@ -126,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(launch)
 
+
+def _add_gate_command(commands: argparse._SubParsersAction) -> None:
+    """`sknet gate`: pass/fail on eval metrics."""
     gate = commands.add_parser(
         "gate", help="pass/fail a model on its metrics (gate.metric ≥ gate.threshold, optionally ≥ champion + margin)",
         epilog="example: sknet eval … > metrics.json; sknet gate --config cpu-smoke --metrics metrics.json",
@@ -134,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--metrics", required=True, metavar="FILE", help="JSON written by `sknet eval`")
     gate.add_argument("--champion", metavar="FILE", help="metrics of the current release to beat")
 
+
+def _add_eval_command(commands: argparse._SubParsersAction) -> None:
+    """`sknet eval`: accuracy and loss of a checkpoint."""
     evaluate = commands.add_parser(
         "eval", help="top-1/top-5 accuracy and loss of a checkpoint, printed as JSON",
         epilog="example: sknet eval --config cpu-smoke --set data.uri=work/data --checkpoint RUN/checkpoints/step-00000060.ckpt",
@@ -141,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(evaluate)
     evaluate.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .ckpt written by sknet train")
 
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    """`sknet export`: MINDIR with a round-trip check."""
     export = commands.add_parser(
         "export", help="write MINDIR and check that it round-trips",
         epilog="example: sknet export --config cpu-smoke --checkpoint CKPT --out work/model.mindir --dynamic-batch",
@@ -152,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--dynamic-batch", action="store_true", default=None,
         help="leave the batch dimension free (default: export.dynamic_batch, static export.batch_size)",
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
