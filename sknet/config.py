@@ -10,6 +10,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,7 +140,7 @@ class Config:
         raw = self.to_dict()
         for key, value in overrides.items():
             _set_dotted(raw, key, value)
-        return _build(Config, raw, "", _Source("config", set(overrides)))
+        return _check_combination(_build(Config, raw, "", _Source("config", set(overrides))))
 
 
 def available_profiles() -> list[str]:
@@ -165,7 +167,21 @@ def load_config(
     parsed = parse_overrides(overrides)
     for key, value in parsed.items():
         _set_dotted(raw, key, value)
-    return _build(Config, raw, "", _Source(source, set(parsed)))
+    return _check_combination(_build(Config, raw, "", _Source(source, set(parsed))))
+
+
+# The imagenet stem and the four stages downsample by 32: below 64 px the last stage sees a 1×1 map.
+IMAGENET_STEM_MIN_SIZE = 64
+
+
+def _check_combination(cfg: Config) -> Config:
+    """Checks that span keys, after each key was checked alone."""
+    if cfg.model.stem == "imagenet" and cfg.data.image_size < IMAGENET_STEM_MIN_SIZE:
+        raise ConfigError(
+            f"model.stem=imagenet with data.image_size={cfg.data.image_size}: the stem and stages downsample "
+            f"by 32, leaving a {max(cfg.data.image_size // 32, 1)}×{max(cfg.data.image_size // 32, 1)} map; "
+            f"use data.image_size ≥ {IMAGENET_STEM_MIN_SIZE} (the zoo resizes to 224) or model.stem=cifar")
+    return cfg
 
 
 class _Source:
@@ -291,12 +307,26 @@ def _check_value(value: Any, tp: Any, bounds: Mapping[str, Any], path: str, sour
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise fail("an integer" + _describe(bounds))
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail("a number" + _describe(bounds))
-        value = float(value)
+        number = _number(value)
+        if number is None or not math.isfinite(number):
+            raise fail("a finite number" + _describe(bounds))
+        value = number
     if not _within(value, bounds):
         raise fail(("an integer" if tp is int else "a number") + _describe(bounds))
     return value
+
+
+# YAML 1.1 (PyYAML) reads `1e9` and `1e-4` as strings; a user writing them means numbers.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a float if it is a number (or a number in exponent notation), else None."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def _within(value: float, bounds: Mapping[str, Any]) -> bool:

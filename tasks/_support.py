@@ -13,7 +13,7 @@ from prefect.context import AssetContext
 
 from sknet.errors import ConfigError
 from sknet.launch.launcher import LaunchError
-from sknet.storage import IncompleteError, StorageError
+from sknet.storage import IncompleteError, StorageError, is_object_store_uri
 
 
 def transient_only(task, task_run, state) -> bool:
@@ -58,7 +58,7 @@ def use_aws_credentials_block(name: str) -> None:
 
 def asset_key(uri: str) -> str:
     """A URI usable as an asset key: s3:// and file:// stay, a plain path becomes file://<absolute path>."""
-    return uri if "://" in uri else f"file://{Path(uri).resolve()}"
+    return uri if is_object_store_uri(uri) else f"file://{Path(uri).resolve()}"
 
 
 def describe_assets(metadata: dict) -> None:

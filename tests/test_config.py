@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from sknet.config import Config, available_profiles, load_config
@@ -61,7 +63,7 @@ def test_integers_are_accepted_for_float_fields():
 
 def test_a_yaml_path_works_like_a_profile(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("train:\n  epochs: 2\nmodel:\n  stem: imagenet\n")
+    path.write_text("train:\n  epochs: 2\nmodel:\n  stem: imagenet\ndata:\n  image_size: 224\n")
     cfg = load_config(path)
     assert (cfg.train.epochs, cfg.model.stem) == (2, "imagenet")
 
@@ -149,3 +151,35 @@ def test_digest_is_stable_and_tracks_every_value():
 
 def test_setting_a_value_to_its_default_keeps_the_digest():
     assert load_config("cpu-smoke").digest() == load_config("cpu-smoke", ["train.epochs=3"]).digest()
+
+
+@pytest.mark.parametrize("text, value", [("1e9", 1e9), ("1.0e-4", 1e-4), ("2E3", 2e3), (".5e1", 5.0)])
+def test_numbers_in_exponent_notation_are_numbers_not_strings(text, value):
+    # YAML 1.1 reads `1e9` as a string; a user writing it means a number
+    assert load_config("cpu-smoke", [f"train.base_lr={text}"]).train.base_lr == value
+
+
+def test_exponent_notation_works_in_a_yaml_file_too(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  base_lr: 1e9\n  weight_decay: 1e-4\n")
+    cfg = load_config(path)
+    assert (cfg.train.base_lr, cfg.train.weight_decay) == (1e9, 1e-4)
+
+
+@pytest.mark.parametrize("override", ["gate.threshold=.nan", "gate.threshold=nan", "train.base_lr=.inf",
+                                      "gate.margin=-.inf"])
+def test_non_finite_numbers_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: got .*, expected a finite number"):
+        load_config("cpu-smoke", [override])
+
+
+def test_a_nan_threshold_from_a_flow_parameter_is_refused():
+    with pytest.raises(ConfigError, match=r"gate\.threshold: got nan, expected a finite number in \[0, 1\]"):
+        load_config("cpu-smoke", {"gate.threshold": float("nan")})
+
+
+def test_the_imagenet_stem_needs_images_large_enough():
+    with pytest.raises(ConfigError, match=r"model\.stem=imagenet with data\.image_size=32: .* leaving a 1×1 map"):
+        load_config("cpu-smoke", ["model.stem=imagenet"])
+    assert load_config("cpu-smoke", ["model.stem=imagenet", "data.image_size=64"]).model.stem == "imagenet"

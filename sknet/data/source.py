@@ -9,7 +9,7 @@ from pathlib import Path
 from sknet.config import Config
 from sknet.data.layout import TEST_FILE, is_synthetic, layout_dir, local_dataset_path
 from sknet.data.stage import dataset_manifest, fetch, split_dataset_uri
-from sknet.storage import store_from_config
+from sknet.storage import is_s3_uri, store_from_config
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def resolve_dataset(cfg: Config, cache_dir: str | Path) -> Dataset:
 
 
 def _local_layout(uri: str) -> Path | None:
-    if uri.startswith("s3://"):
+    if is_s3_uri(uri):
         return None
     path = layout_dir(local_dataset_path(uri))
     return path if (path / TEST_FILE).exists() else None
