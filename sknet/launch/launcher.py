@@ -213,20 +213,42 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / CONFIG_FILE
     config_path.write_text(cfg.to_yaml())
+    rank_command = _rank_command(cfg, config_path, command)
+    port = cfg.launch.master_port or free_port()
+    started = time.monotonic()
+    on_line(f"launching {cfg.launch.ranks} rank(s) with the {cfg.launch.backend} backend; logs in {log_dir}")
+    processes, tails = _start(cfg, port, log_dir, rank_command, on_line)
+    failed, reason = None, ""
+    try:
+        failed, reason = _wait(cfg, processes, started)
+    finally:
+        if failed or reason:
+            on_line(f"stopping all ranks: {reason}")
+        _stop(processes)
+        for rank in processes:
+            rank.close()
+        for tail in tails:
+            tail.close()
+    return _conclude(cfg, output_dir, processes, started, failed, reason)
+
+
+def _rank_command(cfg: Config, config_path: Path, command: Sequence[str] | None) -> list[str]:
+    """What each rank runs: `command` if given, else `sknet train` on the run's saved config."""
     train_args = ["train", "--config", str(config_path)]
     if command:
-        rank_command = list(command)
-    elif cfg.launch.backend == "msrun":  # msrun runs a script path with its own `python`
-        rank_command = [sys.executable, str(Path(__file__).parents[1] / "__main__.py"), *train_args]
-    else:
-        rank_command = [sys.executable, "-m", "sknet", *train_args]
-    port = cfg.launch.master_port or free_port()
+        return list(command)
+    if cfg.launch.backend == "msrun":  # msrun runs a script path with its own `python`
+        return [sys.executable, str(Path(__file__).parents[1] / "__main__.py"), *train_args]
+    return [sys.executable, "-m", "sknet", *train_args]
+
+
+def _start(cfg: Config, port: int, log_dir: Path, rank_command: Sequence[str],
+           on_line: Callable[[str], None]) -> tuple[list[_Rank], list[_LogTail]]:
+    """Spawn the processes of the backend (all ranks, plus the cpu scheduler, or msrun and a tail of
+    each of this node's worker logs)."""
     base_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                 "PYTHONUNBUFFERED": "1"}
     base_env.setdefault("GLOG_v", "3")
-
-    started = time.monotonic()
-    on_line(f"launching {cfg.launch.ranks} rank(s) with the {cfg.launch.backend} backend; logs in {log_dir}")
     tails = []
     if cfg.launch.backend == "msrun":
         commands = {"msrun": (msrun_command(cfg, port, log_dir, rank_command), {})}
@@ -239,30 +261,28 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
         _Rank(name, cmd, {**base_env, **env}, log_dir / rank_log_file(name), on_line)
         for name, (cmd, env) in commands.items()
     ]
+    return processes, tails
+
+
+def _wait(cfg: Config, processes: Sequence[_Rank], started: float) -> tuple[_Rank | None, str]:
+    """Poll until every worker exited 0, a process failed, or the timeout passed: (failed rank, reason)."""
     workers = [r for r in processes if r.name != SCHEDULER]
     timeout = cfg.launch.timeout_minutes * 60 or None
-    failed, reason = None, ""
-    try:
-        while True:
-            codes = {r.name: r.process.poll() for r in processes}
-            bad = [r for r in processes if codes[r.name] not in (None, 0)]
-            if bad:
-                failed, reason = bad[0], f"rank {bad[0].name} exited with code {codes[bad[0].name]}"
-                break
-            if all(codes[r.name] == 0 for r in workers):
-                break
-            if timeout and time.monotonic() - started > timeout:
-                reason = f"timed out after {cfg.launch.timeout_minutes:g} min (launch.timeout_minutes)"
-                break
-            time.sleep(0.2)
-    finally:
-        if failed or reason:
-            on_line(f"stopping all ranks: {reason}")
-        _stop(processes)
-        for rank in processes:
-            rank.close()
-        for tail in tails:
-            tail.close()
+    while True:
+        codes = {r.name: r.process.poll() for r in processes}
+        bad = [r for r in processes if codes[r.name] not in (None, 0)]
+        if bad:
+            return bad[0], f"rank {bad[0].name} exited with code {codes[bad[0].name]}"
+        if all(codes[r.name] == 0 for r in workers):
+            return None, ""
+        if timeout and time.monotonic() - started > timeout:
+            return None, f"timed out after {cfg.launch.timeout_minutes:g} min (launch.timeout_minutes)"
+        time.sleep(0.2)
+
+
+def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], started: float,
+              failed: _Rank | None, reason: str) -> LaunchResult:
+    """The run's result, written to launch.json; raised inside a `LaunchError` when the run failed."""
     result = LaunchResult(
         backend=cfg.launch.backend, ranks=cfg.launch.ranks,
         exit_codes={r.name: r.process.returncode for r in processes},
