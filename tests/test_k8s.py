@@ -1,0 +1,79 @@
+"""The Kubernetes job templates rendered by the real worker library (prefect-kubernetes), as its worker does
+for every flow run: template + job variables → job configuration → manifest prepared for the flow run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """Rendering resolves block and variable references through an API: a temporary one."""
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def render(template_name: str, values: dict) -> dict:
+    """The Job manifest the Kubernetes worker would submit for a flow run with these job variables."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    template = json.loads((REPO / "infra" / "k8s" / template_name).read_text())
+    configuration = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, values))
+    configuration.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="nightly-otter"))
+    return configuration.job_manifest
+
+
+def container_of(manifest: dict) -> dict:
+    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_the_single_server_template_renders_into_an_ascend_job(prefect_api):
+    manifest = render("base-job-template.json", {"image": "registry.example/sknet:1.2",
+                                                 "env": {"AWS_ENDPOINT_URL": "https://obs.example"}})
+    pod = manifest["spec"]["template"]["spec"]
+    container = container_of(manifest)
+    assert manifest["kind"] == "Job" and manifest["metadata"]["namespace"] == "sknet"
+    assert container["image"] == "registry.example/sknet:1.2"
+    assert container["args"] == ["prefect", "flow-run", "execute"]  # the worker's command runs the flow run
+    assert container["resources"]["requests"]["huawei.com/Ascend910"] == 8
+    assert container["resources"]["limits"]["huawei.com/Ascend910"] == 8
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/etc/hccn.conf"]]["hostPath"]["path"] == "/etc/hccn.conf"
+    assert volumes[mounts["/usr/local/Ascend/driver"]]["hostPath"]["path"] == "/usr/local/Ascend/driver"
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert pod["terminationGracePeriodSeconds"] == 300  # the ranks' SIGTERM checkpoint fits in it
+    assert pod["restartPolicy"] == "Never" and manifest["spec"]["backoffLimit"] == 0
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "https://obs.example"
+    assert "PREFECT__FLOW_RUN_ID" in env
+
+
+def test_credentials_come_from_a_kubernetes_secret_never_from_plain_values(prefect_api):
+    manifest = render("base-job-template.json", {"aws_secret_name": "team-a-obs"})
+    env = {e["name"]: e for e in container_of(manifest)["env"]}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert "value" not in env[key]
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "team-a-obs", "key": key, "optional": True}
+
+
+def test_job_variables_reach_the_manifest(prefect_api):
+    manifest = render("base-job-template.json", {"ascend_devices": 4, "termination_grace_period_seconds": 600,
+                                                 "node_selector": {"pool": "910b"}})
+    pod = manifest["spec"]["template"]["spec"]
+    assert container_of(manifest)["resources"]["limits"]["huawei.com/Ascend910"] == 4
+    assert pod["terminationGracePeriodSeconds"] == 600 and pod["nodeSelector"] == {"pool": "910b"}
