@@ -102,13 +102,17 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 def _add_ranktable_command(commands: argparse._SubParsersAction) -> None:
     """`sknet ranktable`: an HCCL rank table from device IPs, or several merged."""
+    from sknet.launch.ranktable import CHIPS  # standard library only: --help stays fast
+
     ranktable = commands.add_parser(
         "ranktable", help="write an HCCL rank table (v1.0) for Ascend devices, or merge several servers' tables",
         description="Device IPs come from --hccn-conf FILE (address_N=IP lines) or, without it, from "
-        "`hccn_tool -i N -ip -g`. Devices must lie within one HCCS group (0-3 or 4-7) or be all of 0-7.",
+        "`hccn_tool -i N -ip -g`. On an Ascend 910 the devices must lie within one HCCS group (0-3 or 4-7) "
+        "or be all of 0-7; on an Atlas A2 (910B) any range is fine.",
         epilog="examples:\n"
         "  sknet ranktable --hccn-conf /etc/hccn.conf --devices 0-7 --server-ip 10.0.0.1 --out rank_table_8p.json\n"
         "  sknet ranktable --hccn-conf /etc/hccn.conf --devices 0-3 --visible-devices 4,5,6,7 --out rt.json\n"
+        "  sknet ranktable --hccn-conf /etc/hccn.conf --devices 2-5 --chip 910B --out rt.json\n"
         "  sknet ranktable --merge server1.json server2.json --out rank_table_16p.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -116,6 +120,8 @@ def _add_ranktable_command(commands: argparse._SubParsersAction) -> None:
     ranktable.add_argument("--devices", default="0-7", help="device ids the ranks use, as seen by them (default 0-7)")
     ranktable.add_argument("--visible-devices", metavar="IDS",
                            help="physical NPU behind each visible id, e.g. 4,5,6,7 (default identity)")
+    ranktable.add_argument("--chip", choices=CHIPS, default="910",
+                           help="Ascend 910 (HCCS groups 0-3 / 4-7) or 910B (no groups); default 910")
     ranktable.add_argument("--server-ip", help="this server's IP (default: resolved from the hostname)")
     ranktable.add_argument("--merge", nargs="+", metavar="TABLE", help="merge these tables; rank ids continue")
     ranktable.add_argument("--out", required=True, metavar="FILE", help="where to write the table")
@@ -287,9 +293,9 @@ def _ranktable(args: argparse.Namespace) -> dict:
     else:
         devices = rt.parse_devices(args.devices)
         visible = rt.parse_visible_devices(args.visible_devices)
-        physical = rt.physical_devices(devices, visible)
+        physical = rt.physical_devices(devices, visible, args.chip)
         ips = rt.read_hccn_conf(args.hccn_conf) if args.hccn_conf else rt.query_hccn_tool(physical)
-        table = rt.build_rank_table(ips, devices, args.server_ip or rt.default_server_ip(), visible)
+        table = rt.build_rank_table(ips, devices, args.server_ip or rt.default_server_ip(), visible, args.chip)
     path = rt.write_rank_table(table, args.out)
     return {"out": str(path), "servers": int(table["server_count"]), "ranks": rt.rank_size(table)}
 

@@ -60,6 +60,20 @@ def test_ranges_crossing_the_hccs_groups_are_rejected_unless_all_eight(devices):
     assert physical_devices(parse_devices("0-7"), list(range(8))) == list(range(8))
 
 
+@pytest.mark.parametrize("devices", ["2-5", "3-4", "1-6", "0-2"])
+def test_a_910b_server_takes_any_range_of_its_devices(devices, tmp_path):
+    table = cli_table(tmp_path, "--hccn-conf", str(GOLDEN / "hccn-server1.conf"), "--devices", devices,
+                      "--chip", "910B", "--server-ip", "10.0.0.1")
+    ids = [int(d["device_id"]) for d in table["server_list"][0]["device"]]
+    assert ids == parse_devices(devices) and [d["rank_id"] for d in table["server_list"][0]["device"]] == [
+        str(r) for r in range(len(ids))]
+
+
+def test_an_unknown_chip_is_refused():
+    with pytest.raises(RankTableError, match="--chip '310P': expected one of 910, 910B"):
+        physical_devices([0], list(range(8)), chip="310P")
+
+
 def test_a_device_beyond_the_visible_ones_is_rejected():
     with pytest.raises(RankTableError, match="device 3 is not visible: only 2 visible devices"):
         physical_devices([0, 1, 2, 3], [4, 5])

@@ -1,8 +1,9 @@
 """HCCL rank tables (format v1.0) for Ascend 910 servers.
 
 One table lists, per server, each device's id, its NIC IP (from `hccn_tool -i N -ip -g` or
-`/etc/hccn.conf` lines `address_N=IP`) and its global rank. On a 910 server the eight NPUs form two
-HCCS groups, 0-3 and 4-7: a job may use devices within one group, or all eight.
+`/etc/hccn.conf` lines `address_N=IP`) and its global rank. On an Ascend 910 (910A) server the eight NPUs
+form two HCCS groups, 0-3 and 4-7: a job may use devices within one group, or all eight. An Atlas A2
+(910B) server connects all eight: any set of its devices may form a job (CANN HCCL docs).
 Device ids in a table are the ids the processes see (DEVICE_ID); with `visible_devices` (a container
 that exposes physical NPUs 4-7 as 0-3, say) the IP is read for the physical device behind each id.
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 from sknet.errors import SknetError
 
 DEVICES_PER_SERVER = 8
-HCCS_GROUPS = (range(0, 4), range(4, 8))
+HCCS_GROUPS = (range(0, 4), range(4, 8))  # Ascend 910 (910A); the 910B has no such split
+CHIPS = ("910", "910B")
 HCCN_CONF = Path("/etc/hccn.conf")
 _ADDRESS = re.compile(r"^address_(\d+)\s*=\s*(\S+)$")
 
@@ -55,8 +57,10 @@ def parse_visible_devices(spec: str | None) -> list[int]:
     return ids
 
 
-def physical_devices(devices: Sequence[int], visible: Sequence[int]) -> list[int]:
-    """Map process-visible ids to physical NPUs, and check the HCCS grouping rule on those."""
+def physical_devices(devices: Sequence[int], visible: Sequence[int], chip: str = "910") -> list[int]:
+    """Map process-visible ids to physical NPUs, and check the chip's HCCS grouping rule on those."""
+    if chip not in CHIPS:
+        raise RankTableError(f"--chip {chip!r}: expected one of {', '.join(CHIPS)}")
     if max(devices) >= len(visible):
         raise RankTableError(
             f"device {max(devices)} is not visible: only {len(visible)} visible devices ({','.join(map(str, visible))})"
@@ -64,9 +68,10 @@ def physical_devices(devices: Sequence[int], visible: Sequence[int]) -> list[int
     physical = [visible[d] for d in devices]
     full_server = sorted(physical) == list(range(DEVICES_PER_SERVER))
     in_one_group = any(set(physical) <= set(group) for group in HCCS_GROUPS)
-    if not (full_server or in_one_group):
+    if chip == "910" and not (full_server or in_one_group):
         raise RankTableError(
-            f"physical devices {physical} cross the HCCS groups 0-3 / 4-7: use devices within one group, or all 0-7"
+            f"physical devices {physical} cross the HCCS groups 0-3 / 4-7 of an Ascend 910: use devices within "
+            "one group, or all 0-7 (an Atlas A2 / 910B server has no such groups: --chip 910B)"
         )
     return physical
 
@@ -114,10 +119,10 @@ def query_hccn_tool(devices: Sequence[int], tool: str = "hccn_tool") -> dict[int
 
 
 def build_rank_table(device_ips: Mapping[int, str], devices: Sequence[int], server_ip: str,
-                     visible: Sequence[int] | None = None) -> dict:
+                     visible: Sequence[int] | None = None, chip: str = "910") -> dict:
     """A one-server table; `device_ips` is keyed by physical device id."""
     visible = list(visible) if visible is not None else list(range(DEVICES_PER_SERVER))
-    physical = physical_devices(devices, visible)
+    physical = physical_devices(devices, visible, chip)
     missing = [p for p in physical if p not in device_ips]
     if missing:
         raise RankTableError(f"no IP for physical device(s) {missing} in the HCCN source")
