@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from sknet.errors import SknetError
 
@@ -23,10 +24,21 @@ def check_numpy() -> None:
 CPU_ISA_CAP = "AVX2"
 
 
-def configure(device_target: str = "CPU", seed: int | None = None, graph_mode: bool = True) -> None:
-    """Select the device and execution mode, and seed MindSpore's and the dataset's generators.
+def device_id_for(device_target: str, environ: Mapping[str, str] = os.environ) -> int | None:
+    """The device this process binds: `DEVICE_ID` when a rank table launched it (MindSpore would otherwise
+    take device 0 for every rank); None under msrun/dynamic cluster (`MS_ROLE` set: msrun negotiates the
+    device) and on CPU."""
+    if device_target == "CPU" or "MS_ROLE" in environ or "DEVICE_ID" not in environ:
+        return None
+    try:
+        return int(environ["DEVICE_ID"])
+    except ValueError:
+        raise SknetError(f"DEVICE_ID={environ['DEVICE_ID']!r}: expected a device number") from None
 
-    On CPU this also caps oneDNN at AVX2 unless `ONEDNN_MAX_CPU_ISA` is already set.
+
+def configure(device_target: str = "CPU", seed: int | None = None, graph_mode: bool = True) -> None:
+    """Select the device (the one `device_id_for` names) and execution mode, and seed MindSpore's and the
+    dataset's generators. On CPU this also caps oneDNN at AVX2 unless `ONEDNN_MAX_CPU_ISA` is already set.
     """
     os.environ.setdefault("GLOG_v", "3")
     if device_target == "CPU":
@@ -36,7 +48,11 @@ def configure(device_target: str = "CPU", seed: int | None = None, graph_mode: b
     import mindspore.dataset as ds
 
     try:
-        ms.set_device(device_target)
+        device_id = device_id_for(device_target)
+        if device_id is None:
+            ms.set_device(device_target)
+        else:
+            ms.set_device(device_target, device_id)
     except (RuntimeError, ValueError) as exc:
         raise SknetError(
             f"train.device_target={device_target!r} is not usable on this machine ({exc}); "
