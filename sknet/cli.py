@@ -148,10 +148,16 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
 
     launch = commands.add_parser(
         "launch", help="start and supervise all ranks of a run (launch.backend: cpu, ascend, msrun)",
-        epilog="example: sknet launch --config cpu-smoke --set launch.ranks=2 data.uri=work/data "
-        "train.output_dir=work/runs/dp2",
+        epilog="examples:\n"
+        "  sknet launch --config cpu-smoke --set launch.ranks=2 data.uri=work/data train.output_dir=work/runs/dp2\n"
+        "  sknet launch --dry-run --config cifar10-ascend8 --set launch.rank_table=rank_table_16p.json "
+        "launch.ranks=16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(launch)
+    launch.add_argument("--dry-run", action="store_true",
+                        help="print, as JSON, every process this host would start (ranks, device id, command, "
+                        "environment with secrets masked) and start nothing")
 
 
 def _add_gate_command(commands: argparse._SubParsersAction) -> None:
@@ -241,8 +247,10 @@ def _run(args: argparse.Namespace) -> dict | None:
 
         return train(cfg).to_dict()
     if args.command == "launch":
-        from sknet.launch.launcher import launch
+        from sknet.launch.launcher import dry_run, launch
 
+        if args.dry_run:
+            return dry_run(cfg)
         return launch(cfg, on_line=lambda line: print(line, file=sys.stderr, flush=True)).to_dict()
     if args.command == "gate":
         from sknet.gate import enforce, gate

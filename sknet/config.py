@@ -84,6 +84,7 @@ class LaunchConfig:
     ranks: int = field(default=1, **_at_least(1))  # in all, across nodes
     timeout_minutes: float = field(default=0.0, **_at_least(0))  # 0: no limit
     rank_table: str = ""  # HCCL rank table for the ascend backend (`sknet ranktable`)
+    server_id: str = ""  # this host's server_id in the rank table (default: the one at one of its addresses)
     nodes: int = field(default=1, **_at_least(1))  # msrun: hosts taking part
     node_rank: int = field(default=0, **_at_least(0))  # msrun: this host's index
     master_addr: str = "127.0.0.1"  # msrun: the scheduler's host

@@ -17,5 +17,13 @@ class ExportError(SknetError):
     """An exported model failed its round-trip check."""
 
 
+class LaunchError(SknetError):
+    """The run could not start, a rank failed, or it timed out; `result` (a LaunchResult) says which."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
 class CheckpointError(SknetError):
     """A checkpoint is missing or does not fit the network."""

@@ -10,6 +10,7 @@
     model.mindir     the exported model (flow)
     checkpoints/     step-NNNNNNNN.ckpt files (checkpoint)
     logs/            rank-N.log, one per rank (launcher)
+    ranks/           rank-N/: each rank's working directory (compiler and amp scratch files)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ CURVE_FILE = "curve.png"
 MODEL_FILE = "model.mindir"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
+RANKS_DIR = "ranks"
 
 
 def rank_record_file(rank: int) -> str:

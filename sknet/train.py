@@ -23,11 +23,13 @@ from sknet.checkpoint import CheckpointMirror, latest_checkpoint, load_into, sav
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import DataError, SknetError
-from sknet.run_files import METRICS_FILE, RESULT_FILE, rank_record_file
+from sknet.run_files import METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
 from sknet.runtime import configure
 from sknet.lr_schedule import learning_rates
 from sknet.storage import StorageError, store_from_config
 from sknet.train_log import format_step_line
+
+LAUNCHED_ENV = "SKNET_LAUNCHED"  # set by the launcher, which pulls the mirrored checkpoint once per node
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +100,12 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
     mirror = None
     if cfg.train.checkpoint_mirror:  # also proves the bucket is reachable before any compute
         mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))
-        if (pulled := mirror.pull(output_dir)) is not None:
-            log.info("pulled checkpoint of step %d from %s", pulled, mirror.store.uri)
-    # amp O1/O2 and the graph compiler write scratch files into the cwd: keep them in the run dir.
-    with contextlib.chdir(output_dir), StopRequest() as stop:
+        if os.environ.get(LAUNCHED_ENV) != "1" and (pulled := mirror.pull(output_dir)) is not None:
+            log.info("pulled checkpoint of step %d from %s", pulled, mirror.store.uri)  # the launcher pulls once per node
+    # amp O1/O2 and the graph compiler write scratch files into the cwd: each rank gets its own.
+    work = output_dir / RANKS_DIR / _process_name()
+    work.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(work), StopRequest() as stop:
         return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop, mirror)
 
 
@@ -156,6 +160,13 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
     started = time.perf_counter()
     step, loss = _run_epochs(run, start_step, end_step, stop)
     return _finish(run, start_step, step, loss, started, synthetic, stop)
+
+
+def _process_name() -> str:
+    """`rank-N` for a rank (RANK_ID), `scheduler` for MindSpore's scheduler process."""
+    if os.environ.get("MS_ROLE") == "MS_SCHED":
+        return "scheduler"
+    return f"rank-{os.environ.get('RANK_ID', '0')}"
 
 
 def _dataset(cfg: Config, data_dir: Path, epoch: int, rank: int, ranks: int):

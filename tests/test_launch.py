@@ -11,6 +11,8 @@ import pytest
 
 from sknet.config import load_config
 from sknet.launch.launcher import LaunchError, launch
+from sknet.launch.ranktable import build_rank_table, read_hccn_conf, write_rank_table
+from test_ranktable import GOLDEN
 
 ENV_PROBE = [sys.executable, "-c", "import os, json; print(json.dumps({k: os.environ.get(k) for k in "
              "('DEVICE_ID', 'RANK_ID', 'RANK_SIZE', 'RANK_TABLE_FILE')}))"]
@@ -29,9 +31,9 @@ def processes_running(marker: str) -> list[psutil.Process]:
 
 
 def test_ascend_backend_gives_each_rank_its_device_rank_and_table(tmp_path):
-    table = tmp_path / "rank_table.json"
-    table.write_text("{}")
-    cfg = load_config("cifar10-ascend8", ["launch.ranks=4", f"launch.rank_table={table}",
+    table = write_rank_table(build_rank_table(read_hccn_conf(GOLDEN / "hccn-server1.conf"), range(4), "10.0.0.1"),
+                             tmp_path / "rank_table.json")
+    cfg = load_config("cifar10-ascend8", ["launch.ranks=4", f"launch.rank_table={table}", "launch.server_id=10.0.0.1",
                                           f"train.output_dir={tmp_path / 'run'}"])
     lines = []
     result = launch(cfg, on_line=lines.append, command=ENV_PROBE, devices=8)

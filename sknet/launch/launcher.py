@@ -30,21 +30,17 @@ from pathlib import Path
 
 from sknet.checkpoint import checkpoint_dir
 from sknet.config import Config
-from sknet.errors import SknetError
+from sknet.errors import LaunchError
+from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.ports import free_port
+from sknet.train import LAUNCHED_ENV  # light: MindSpore is imported inside train() only
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
 
 STOP_GRACE_SECONDS = 10
 TAIL_LINES = 20
-SCHEDULER = "sched"
-
-
-class LaunchError(SknetError):
-    """The run could not start, a rank failed, or it timed out; `result` says which."""
-
-    def __init__(self, message: str, result: LaunchResult | None = None):
-        super().__init__(message)
-        self.result = result
+DRY_RUN_INHERITED = ("AWS_", "MS_", "HCCL_", "ASCEND_", "RANK_", "DEVICE_", "GLOG_")
+SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|CREDENTIAL|ACCESS_KEY", re.IGNORECASE)
+__all__ = ["LaunchError", "LaunchResult", "launch", "check_launchable", "dry_run"]
 
 
 @dataclass
@@ -58,6 +54,7 @@ class LaunchResult:
     failed_rank: str | None = None
     reason: str = ""
     last_lines: list[str] = field(default_factory=list)
+    local_ranks: list[int] = field(default_factory=list)  # the global ranks that ran on this host
 
     @property
     def ok(self) -> bool:
@@ -73,52 +70,32 @@ def available_devices(backend: str) -> int:
     return os.cpu_count() or 1
 
 
-def rank_environments(cfg: Config, port: int) -> dict[str, dict[str, str]]:
-    """The extra environment of each process, keyed by rank ('sched' for the cpu scheduler)."""
-    ranks = cfg.launch.ranks
-    if cfg.launch.backend == "cpu":
-        common = {"MS_WORKER_NUM": str(ranks), "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(port),
-                  "MS_TOPO_TIMEOUT": "120"}
-        envs = {SCHEDULER: {**common, "MS_ROLE": "MS_SCHED", "RANK_ID": "0"}}
-        for rank in range(ranks):
-            envs[str(rank)] = {**common, "MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(rank), "RANK_ID": str(rank)}
-        return envs
-    if cfg.launch.backend == "ascend":
-        table = str(Path(cfg.launch.rank_table).resolve())
-        return {str(rank): {"DEVICE_ID": str(rank), "RANK_ID": str(rank), "RANK_SIZE": str(ranks),
-                            "RANK_TABLE_FILE": table} for rank in range(ranks)}
-    raise AssertionError(cfg.launch.backend)
-
-
-def msrun_command(cfg: Config, port: int, log_dir: Path, rank_command: Sequence[str]) -> list[str]:
+def msrun_command(cfg: Config, port: int | str, log_dir: Path, rank_command: Sequence[str]) -> list[str]:
     nodes = cfg.launch.nodes
     return [
         str(Path(sys.executable).parent / "msrun"),
         f"--worker_num={cfg.launch.ranks}", f"--local_worker_num={cfg.launch.ranks // nodes}",
         f"--master_addr={cfg.launch.master_addr}", f"--master_port={port}",
         f"--node_rank={cfg.launch.node_rank}", f"--log_dir={log_dir}", "--join=True",
-        "--tail_worker_log=-1",  # we tail worker_N.log ourselves, with a rank prefix
+        # we follow worker_N.log ourselves, with a rank prefix; msrun's -1 would `tail -f` them all again,
+        # so name a worker that does not exist (msrun then tails none)
+        f"--tail_worker_log={cfg.launch.ranks}",
         *rank_command[1:],  # msrun runs the script with its own `python`: our venv's bin is first on PATH
     ]
 
 
-def check_launchable(cfg: Config, devices: int | None = None) -> None:
-    """Refuse, before spawning anything, a launch that cannot work here."""
-    launch = cfg.launch
-    if launch.backend == "msrun" and launch.ranks % launch.nodes:
-        raise LaunchError(f"launch.ranks={launch.ranks} is not divisible by launch.nodes={launch.nodes}")
-    local = launch.ranks // launch.nodes if launch.backend == "msrun" else launch.ranks
+def check_launchable(cfg: Config, devices: int | None = None, port: int | str = 0) -> list[RankProcess]:
+    """Refuse, before spawning anything, a launch that cannot work here; else the processes to start."""
+    if cfg.launch.backend == "cpu" and cfg.train.device_target != "CPU":
+        raise LaunchError(f"launch.backend=cpu runs CPU ranks; train.device_target is {cfg.train.device_target}")
+    processes = plan_processes(cfg, port)
+    local = sum(len(p.ranks) for p in processes)
     if devices is None:
         devices = available_devices("ascend" if cfg.train.device_target == "Ascend" else "cpu")
     kind = "Ascend devices (/dev/davinci*)" if cfg.train.device_target == "Ascend" else "CPU cores"
     if local > devices:
-        raise LaunchError(f"launch.ranks={launch.ranks} needs {local} local {kind}, this host has {devices}")
-    if launch.backend == "cpu" and cfg.train.device_target != "CPU":
-        raise LaunchError(f"launch.backend=cpu runs CPU ranks; train.device_target is {cfg.train.device_target}")
-    if launch.backend == "ascend" and not launch.rank_table:
-        raise LaunchError("launch.backend=ascend needs launch.rank_table (make one with `sknet ranktable`)")
-    if launch.backend == "ascend" and not Path(launch.rank_table).is_file():
-        raise LaunchError(f"launch.rank_table {launch.rank_table} does not exist")
+        raise LaunchError(f"launch.ranks={cfg.launch.ranks} needs {local} local {kind}, this host has {devices}")
+    return processes
 
 
 class _Rank:
@@ -207,17 +184,20 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     `command` replaces the per-rank `sknet train` command and `devices` the detected device count
     (stand-ins for hardware that tests do not have).
     """
-    check_launchable(cfg, devices)
+    port = cfg.launch.master_port or free_port()
+    plan = check_launchable(cfg, devices, port)
     output_dir = Path(cfg.train.output_dir).resolve()
     log_dir = output_dir / LOGS_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / CONFIG_FILE
     config_path.write_text(cfg.to_yaml())
+    _pull_mirrored_checkpoint(cfg, output_dir, on_line)
     rank_command = _rank_command(cfg, config_path, command)
-    port = cfg.launch.master_port or free_port()
     started = time.monotonic()
-    on_line(f"launching {cfg.launch.ranks} rank(s) with the {cfg.launch.backend} backend; logs in {log_dir}")
-    processes, tails = _start(cfg, port, log_dir, rank_command, on_line)
+    local_ranks = sorted(r for p in plan for r in p.ranks)
+    on_line(f"launching rank(s) {_span(local_ranks)} of {cfg.launch.ranks} with the {cfg.launch.backend} "
+            f"backend; logs in {log_dir}")
+    processes, tails = _start(cfg, plan, port, log_dir, rank_command, on_line)
     failed, reason = None, ""
     try:
         failed, reason = _wait(cfg, processes, started)
@@ -229,7 +209,47 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
             rank.close()
         for tail in tails:
             tail.close()
-    return _conclude(cfg, output_dir, processes, started, failed, reason)
+    return _conclude(cfg, output_dir, processes, local_ranks, started, failed, reason)
+
+
+def dry_run(cfg: Config, *, devices: int | None = None) -> dict:
+    """What `launch` would start on this host, without starting it: each process's ranks, device,
+    command and the environment it adds (secret-looking values masked). Nothing is written."""
+    port = cfg.launch.master_port or "<free port>"
+    plan = check_launchable(cfg, devices, port)
+    output_dir = Path(cfg.train.output_dir).resolve()
+    rank_command = _rank_command(cfg, output_dir / CONFIG_FILE, None)
+    inherited = {k: v for k, v in os.environ.items() if k.startswith(DRY_RUN_INHERITED)}
+    return {"backend": cfg.launch.backend, "ranks": cfg.launch.ranks, "output_dir": str(output_dir),
+            "processes": [{"name": p.name, "ranks": list(p.ranks), "device_id": p.device_id,
+                           "command": _command_of(cfg, p, port, output_dir / LOGS_DIR, rank_command),
+                           "env": _masked({**inherited, **p.env})} for p in plan]}
+
+
+def _command_of(cfg: Config, process: RankProcess, port: int | str, log_dir: Path,
+                rank_command: Sequence[str]) -> list[str]:
+    return msrun_command(cfg, port, log_dir, rank_command) if process.name == MSRUN else list(rank_command)
+
+
+def _masked(env: dict[str, str]) -> dict[str, str]:
+    return {k: "***" if SECRET_NAME.search(k) else v for k, v in sorted(env.items())}
+
+
+def _span(ranks: Sequence[int]) -> str:
+    return f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
+
+
+def _pull_mirrored_checkpoint(cfg: Config, output_dir: Path, on_line: Callable[[str], None]) -> None:
+    """Once per node, before any rank starts: the newest mirrored checkpoint if it is newer than ours (the
+    ranks, started with SKNET_LAUNCHED=1, do not pull themselves)."""
+    if not cfg.train.checkpoint_mirror:
+        return
+    from sknet.checkpoint import CheckpointMirror
+    from sknet.storage import store_from_config
+
+    mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))
+    if (step := mirror.pull(output_dir)) is not None:
+        on_line(f"pulled the checkpoint of step {step} from {mirror.store.uri}")
 
 
 def _rank_command(cfg: Config, config_path: Path, command: Sequence[str] | None) -> list[str]:
@@ -242,24 +262,19 @@ def _rank_command(cfg: Config, config_path: Path, command: Sequence[str] | None)
     return [sys.executable, "-m", "sknet", *train_args]
 
 
-def _start(cfg: Config, port: int, log_dir: Path, rank_command: Sequence[str],
+def _start(cfg: Config, plan: Sequence[RankProcess], port: int, log_dir: Path, rank_command: Sequence[str],
            on_line: Callable[[str], None]) -> tuple[list[_Rank], list[_LogTail]]:
-    """Spawn the processes of the backend (all ranks, plus the cpu scheduler, or msrun and a tail of
+    """Spawn the planned processes (this host's ranks, plus the cpu scheduler; or msrun, with a tail of
     each of this node's worker logs)."""
     base_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                "PYTHONUNBUFFERED": "1"}
+                "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: "1"}
     base_env.setdefault("GLOG_v", "3")
-    tails = []
-    if cfg.launch.backend == "msrun":
-        commands = {"msrun": (msrun_command(cfg, port, log_dir, rank_command), {})}
-        local = cfg.launch.ranks // cfg.launch.nodes
-        tails = [_LogTail(log_dir / f"worker_{rank}.log", f"[rank {rank}] ", on_line)
-                 for rank in range(cfg.launch.node_rank * local, (cfg.launch.node_rank + 1) * local)]
-    else:
-        commands = {name: (rank_command, env) for name, env in rank_environments(cfg, port).items()}
+    tails = [_LogTail(log_dir / f"worker_{rank}.log", f"[rank {rank}] ", on_line)
+             for p in plan if p.name == MSRUN for rank in p.ranks]
     processes = [
-        _Rank(name, cmd, {**base_env, **env}, log_dir / rank_log_file(name), on_line)
-        for name, (cmd, env) in commands.items()
+        _Rank(p.name, _command_of(cfg, p, port, log_dir, rank_command), {**base_env, **p.env},
+              log_dir / rank_log_file(p.name), on_line)
+        for p in plan
     ]
     return processes, tails
 
@@ -280,7 +295,7 @@ def _wait(cfg: Config, processes: Sequence[_Rank], started: float) -> tuple[_Ran
         time.sleep(0.2)
 
 
-def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], started: float,
+def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], local_ranks: list[int], started: float,
               failed: _Rank | None, reason: str) -> LaunchResult:
     """The run's result, written to launch.json; raised inside a `LaunchError` when the run failed."""
     result = LaunchResult(
@@ -288,7 +303,7 @@ def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], started
         exit_codes={r.name: r.process.returncode for r in processes},
         seconds=round(time.monotonic() - started, 2), output_dir=str(output_dir),
         checkpoint_dir=str(checkpoint_dir(output_dir)), failed_rank=failed.name if failed else None,
-        reason=reason, last_lines=list(failed.tail) if failed else [],
+        reason=reason, last_lines=list(failed.tail) if failed else [], local_ranks=local_ranks,
     )
     (output_dir / LAUNCH_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not result.ok:

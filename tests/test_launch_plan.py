@@ -1,0 +1,117 @@
+"""What `sknet launch` starts on this host, checked with `--dry-run` (no device needed): rank-table ranks
+bind the table's devices, a merged table starts only this host's ranks, bad settings fail before anything."""
+
+import json
+
+import pytest
+
+from conftest import run_sknet
+from sknet.config import load_config
+from sknet.launch.launcher import LaunchError, dry_run
+from sknet.launch.ranktable import build_rank_table, merge_rank_tables, read_hccn_conf, write_rank_table
+from test_ranktable import GOLDEN
+
+
+def ascend_cfg(tmp_path, table: dict, *overrides: str):
+    path = write_rank_table(table, tmp_path / "rank_table.json")
+    return load_config("cifar10-ascend8", [f"launch.rank_table={path}", f"train.output_dir={tmp_path / 'run'}",
+                                           *overrides])
+
+
+def by_rank(plan: dict) -> dict[int, dict]:
+    return {p["ranks"][0]: p for p in plan["processes"]}
+
+
+def table_for(server_ip: str, devices, visible=None, conf="hccn-server1.conf") -> dict:
+    return build_rank_table(read_hccn_conf(GOLDEN / conf), list(devices), server_ip, visible)
+
+
+def test_ranks_bind_the_devices_the_rank_table_gives_them(tmp_path):
+    cfg = ascend_cfg(tmp_path, table_for("10.0.0.1", range(4, 8)), "launch.ranks=4", "launch.server_id=10.0.0.1")
+    ranks = by_rank(dry_run(cfg, devices=8))
+    assert sorted(ranks) == [0, 1, 2, 3]
+    for rank, process in ranks.items():
+        assert process["device_id"] == 4 + rank
+        assert process["env"]["DEVICE_ID"] == str(4 + rank) and process["env"]["RANK_ID"] == str(rank)
+        assert process["env"]["RANK_SIZE"] == "4"
+        assert process["env"]["RANK_TABLE_FILE"] == str(tmp_path / "rank_table.json")
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_visible_device_remapping_gives_the_ids_the_processes_see(tmp_path):
+    table = table_for("10.0.0.1", range(4), visible=[4, 5, 6, 7])
+    cfg = ascend_cfg(tmp_path, table, "launch.ranks=4", "launch.server_id=10.0.0.1")
+    ranks = by_rank(dry_run(cfg, devices=4))
+    assert [ranks[r]["env"]["DEVICE_ID"] for r in range(4)] == ["0", "1", "2", "3"]
+    ips = [d["device_ip"] for d in table["server_list"][0]["device"]]
+    assert ips == [read_hccn_conf(GOLDEN / "hccn-server1.conf")[p] for p in (4, 5, 6, 7)]
+
+
+def test_a_merged_table_starts_only_this_hosts_ranks_with_their_global_ids(tmp_path):
+    merged = merge_rank_tables([table_for("10.0.0.1", range(8)),
+                                table_for("10.0.0.2", range(8), conf="hccn-server2.conf")])
+    cfg = ascend_cfg(tmp_path, merged, "launch.ranks=16", "launch.server_id=10.0.0.2")
+    ranks = by_rank(dry_run(cfg, devices=8))
+    assert sorted(ranks) == list(range(8, 16))
+    assert [ranks[r]["env"]["DEVICE_ID"] for r in range(8, 16)] == [str(d) for d in range(8)]
+    assert {ranks[r]["env"]["RANK_SIZE"] for r in ranks} == {"16"}
+
+
+def test_this_host_is_found_in_the_table_by_its_addresses(tmp_path):
+    cfg = ascend_cfg(tmp_path, table_for("127.0.0.1", range(8)), "launch.ranks=8")
+    assert sorted(by_rank(dry_run(cfg, devices=8))) == list(range(8))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["launch.ranks=8", "launch.server_id=10.0.0.1"], r"launch\.ranks=8, but rank table .* lists 4 devices"),
+    (["launch.ranks=4"], r"this host \(.*\) is not in rank table .* \(servers: 10\.0\.0\.1\)"),
+    (["launch.ranks=4", "launch.server_id=10.9.9.9"], r"launch\.server_id=10\.9\.9\.9 is not in rank table"),
+])
+def test_a_rank_table_that_does_not_fit_is_refused_before_anything_starts(tmp_path, overrides, message):
+    cfg = ascend_cfg(tmp_path, table_for("10.0.0.1", range(4)), *overrides)
+    with pytest.raises(LaunchError, match=message):
+        dry_run(cfg, devices=8)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["launch.master_addr=127.0.0.1", "launch.master_port=8118"], r"set the address of node 0 .* \(not loopback\)"),
+    (["launch.master_addr=localhost", "launch.master_port=8118"], r"not loopback"),
+    (["launch.master_addr=10.1.0.1"], r"needs a fixed launch\.master_port"),
+    (["launch.master_addr=10.1.0.1", "launch.master_port=8118", "launch.node_rank=2"],
+     r"launch\.node_rank=2: expected 0 … 1"),
+    (["launch.master_addr=10.1.0.1", "launch.master_port=8118", "launch.ranks=3"], r"not divisible"),
+    (["launch.master_addr=10.1.0.1", "launch.master_port=8118", "launch.backend=cpu"],
+     r"launch\.nodes=2 needs launch\.backend=msrun"),
+])
+def test_several_nodes_need_a_reachable_master_on_a_fixed_port(tmp_path, overrides, message):
+    cfg = load_config("cpu-smoke", ["launch.backend=msrun", "launch.nodes=2", "launch.ranks=2",
+                                    f"train.output_dir={tmp_path / 'run'}", *overrides])
+    with pytest.raises(LaunchError, match=message):
+        dry_run(cfg)
+
+
+def test_an_msrun_node_starts_its_own_ranks_against_the_shared_master(tmp_path):
+    cfg = load_config("cpu-smoke", ["launch.backend=msrun", "launch.nodes=2", "launch.ranks=4",
+                                    "launch.node_rank=1", "launch.master_addr=10.1.0.1", "launch.master_port=8118",
+                                    f"train.output_dir={tmp_path / 'run'}"])
+    (process,) = dry_run(cfg)["processes"]
+    assert process["name"] == "msrun" and process["ranks"] == [2, 3]
+    command = process["command"]
+    assert {"--worker_num=4", "--local_worker_num=2", "--node_rank=1", "--master_addr=10.1.0.1",
+            "--master_port=8118", "--join=True"} <= set(command)
+    assert "--tail_worker_log=-1" not in command  # we follow the worker logs ourselves: no double lines
+
+
+def test_the_cli_dry_run_prints_json_masks_secrets_and_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-secret-value")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    proc = run_sknet("launch", "--dry-run", "--config", "cpu-smoke",
+                     "--set", "launch.ranks=2", f"train.output_dir={tmp_path / 'run'}")
+    plan = json.loads(proc.stdout)
+    assert [p["name"] for p in plan["processes"]] == ["sched", "0", "1"]
+    assert "canary-secret-value" not in proc.stdout + proc.stderr
+    env = plan["processes"][1]["env"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == "***" and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    assert env["MS_ROLE"] == "MS_WORKER" and env["RANK_ID"] == "0"
+    assert not (tmp_path / "run").exists()
