@@ -203,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
     )
     from sknet.gate import GateFailed
-    from sknet.train import Preempted  # light: MindSpore is imported inside train() only
+    from sknet.jsonio import dumps
+    from sknet.train import DIVERGED_EXIT_CODE, Diverged, Preempted  # light: MindSpore is imported in train()
 
     try:
         result = _run(args)
@@ -213,11 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as exc:
         print(f"sknet: {exc}", file=sys.stderr)
         return 128 + 15  # the conventional status of a process ended by SIGTERM
+    except Diverged as exc:
+        print(f"sknet: error: {exc}", file=sys.stderr)
+        return DIVERGED_EXIT_CODE
     except SknetError as exc:
         print(f"sknet: error: {exc}", file=sys.stderr)
         return 2
     if result is not None:
-        print(json.dumps(result, indent=2))
+        print(dumps(result, indent=2))
     return 0
 
 

@@ -74,6 +74,8 @@ class TrainConfig:
     checkpoint_every_steps: int = field(default=500, **_at_least(0))  # 0: only at the end
     keep_checkpoints: int = field(default=3, **_at_least(1))
     log_every_steps: int = field(default=10, **_at_least(1))
+    divergence_patience: int = field(default=5, **_at_least(1))  # bad losses in a row that stop the run
+    max_loss: float | None = field(default=None, metadata=_bounds(0.0, low_open=True))  # None: only non-finite is bad
     output_dir: str = "work/runs/local"
     checkpoint_mirror: str = ""  # storage URI: checkpoints copied there as written; resume pulls from it
 

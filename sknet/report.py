@@ -27,7 +27,7 @@ def read_metrics(output_dir: str | Path) -> list[dict]:
 
 def epoch_rows(records: list[dict]) -> list[dict]:
     """One row per finished epoch: epoch, last step, mean loss, images/s, seconds."""
-    return [{"epoch": r["epoch"], "step": r["step"], "mean_loss": round(r["loss"], 4),
+    return [{"epoch": r["epoch"], "step": r["step"], "mean_loss": None if r["loss"] is None else round(r["loss"], 4),
              "images_per_sec": r["images_per_sec"], "seconds": r["seconds"]}
             for r in records if r["event"] == "epoch"]
 
@@ -36,8 +36,9 @@ def plot_training_curve(records: list[dict], out: str | Path, *, title: str, siz
     """Loss per logged step (line) and per epoch (dots) as a PNG, with `title` (e.g. eval accuracy) on top."""
     from PIL import Image, ImageDraw
 
-    steps = [(r["step"], r["loss"]) for r in records if r["event"] == "step"]
-    epochs = [(r["step"], r["loss"]) for r in records if r["event"] == "epoch"]
+    finite = [r for r in records if r["loss"] is not None]  # a diverged step's loss is logged as null
+    steps = [(r["step"], r["loss"]) for r in finite if r["event"] == "step"]
+    epochs = [(r["step"], r["loss"]) for r in finite if r["event"] == "epoch"]
     width, height = size
     left, right, top, bottom = 60, 20, 40, 40
     image = Image.new("RGB", size, "white")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -27,6 +28,7 @@ from sknet.run_files import METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_fi
 from sknet.runtime import configure
 from sknet.lr_schedule import learning_rates
 from sknet.storage import StorageError, store_from_config
+from sknet.jsonio import dumps, json_safe
 from sknet.train_log import format_step_line
 
 LAUNCHED_ENV = "SKNET_LAUNCHED"  # set by the launcher, which pulls the mirrored checkpoint once per node
@@ -42,6 +44,48 @@ class Preempted(SknetError):
         super().__init__(f"stopped by SIGTERM at step {step}; checkpoint saved in {output_dir}/checkpoints, "
                          "run the same command again to resume")
         self.step = step
+
+
+DIVERGED_MARKER = "training stopped on a bad loss"  # in every divergence message (msrun hides exit codes)
+
+
+class Diverged(SknetError):
+    """The loss went non-finite (or above train.max_loss) for train.divergence_patience steps in a row."""
+
+    def __init__(self, step: int, loss: float, reason: str, checkpoint: Path | None):
+        kept = (f"the last finite checkpoint is {checkpoint} (resume from it with another recipe)" if checkpoint
+                else "no checkpoint was kept")
+        super().__init__(f"loss is {reason} at step {step} (loss {loss}); {DIVERGED_MARKER}, {kept}. Lower "
+                         "train.base_lr or check the data")
+        self.step = step
+
+
+DIVERGED_EXIT_CODE = 3  # `sknet train` exits with it; the launcher and the flow do not retry it
+
+
+class DivergenceGuard:
+    """Counts consecutive bad losses (non-finite, or above `max_loss` when set); `bad` says whether the
+    current one is bad, `check` raises `Diverged` once `patience` are bad in a row."""
+
+    def __init__(self, patience: int, max_loss: float | None):
+        self.patience, self.max_loss, self.in_a_row, self.bad = patience, max_loss, 0, False
+
+    def reason(self, loss: float) -> str | None:
+        if not math.isfinite(loss):
+            return "non-finite"
+        if self.max_loss is not None and loss > self.max_loss:
+            return f"above train.max_loss={self.max_loss:g}"
+        return None
+
+    def check(self, step: int, loss: float, last_checkpoint: Path | None) -> None:
+        reason = self.reason(loss)
+        self.bad = reason is not None
+        self.in_a_row = self.in_a_row + 1 if self.bad else 0
+        if self.bad:
+            log.warning("step %d: loss is %s (%s); %d of train.divergence_patience=%d", step, reason, loss,
+                        self.in_a_row, self.patience)
+        if self.in_a_row >= self.patience:
+            raise Diverged(step, loss, reason, last_checkpoint)
 
 
 class StopRequest:
@@ -71,7 +115,7 @@ class TrainResult:
     checkpoint: str
     steps: int
     epochs: int
-    final_loss: float
+    final_loss: float | None  # None when the last loss was non-finite
     resumed_from_step: int
     seconds: float
     images_per_sec: float
@@ -79,7 +123,7 @@ class TrainResult:
     complete: bool
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return json_safe(asdict(self))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -123,6 +167,7 @@ class _Training:
     rates: object  # numpy array: the learning rate of each global step
     network: object  # mindspore.nn.Cell
     train_step: object  # the network with loss, optimizer and loss scaling: one call, one step
+    guard: DivergenceGuard
 
     @property
     def total_steps(self) -> int:
@@ -137,7 +182,11 @@ class _Training:
         return _dataset(self.cfg, self.data_dir, epoch, self.rank, self.ranks)
 
     def checkpoint(self, step: int) -> None:
-        """Save the training state of `step` locally, then copy it to the mirror if there is one."""
+        """Save the training state of `step` locally, then copy it to the mirror if there is one; never a
+        state with a bad loss or a non-finite parameter (it would be resumed from, or released)."""
+        if self.guard.bad or not _finite_parameters(self.network):
+            log.warning("step %d: not checkpointed, the loss or a parameter is not finite", step)
+            return
         keep = self.cfg.train.keep_checkpoints
         save_checkpoint(self.train_step, self.output_dir, step, keep)
         if self.mirror is not None:
@@ -158,8 +207,17 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
     )
     end_step = run.total_steps if stop_after_steps is None else min(run.total_steps, stop_after_steps)
     started = time.perf_counter()
-    step, loss = _run_epochs(run, start_step, end_step, stop)
-    return _finish(run, start_step, step, loss, started, synthetic, stop)
+    try:
+        step, loss = _run_epochs(run, start_step, end_step, stop)
+    except Diverged as exc:
+        _record(run, start_step, exc.step, float("nan"), started, synthetic)
+        raise
+    if run.rank == 0 and (latest_checkpoint(output_dir) or (None,))[0] != step:
+        run.checkpoint(step)
+    result = _record(run, start_step, step, loss, started, synthetic)
+    if stop.requested:
+        raise Preempted(step, output_dir)
+    return result
 
 
 def _process_name() -> str:
@@ -212,7 +270,8 @@ def _build(cfg: Config, data_dir: Path, output_dir: Path, mirror: CheckpointMirr
         network, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), level=t.amp_level,
         loss_scale_manager=ms.FixedLossScaleManager(t.loss_scale, drop_overflow_update=False),
     )
-    return _Training(cfg, data_dir, output_dir, mirror, rank, ranks, steps_per_epoch, rates, network, train_step)
+    return _Training(cfg, data_dir, output_dir, mirror, rank, ranks, steps_per_epoch, rates, network, train_step,
+                     DivergenceGuard(t.divergence_patience, t.max_loss))
 
 
 def _resume(run: _Training) -> int:
@@ -258,6 +317,7 @@ def _run_epoch(run: _Training, step: int, end_step: int, stop: StopRequest,
             speed = window_steps * run.images_per_step / (time.perf_counter() - window_started)
             window_started, window_steps = time.perf_counter(), 0
             _log_step(run, epoch, step, loss, speed)
+        run.guard.check(step, loss, (latest_checkpoint(run.output_dir) or (None, None))[1])
         if run.rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
             run.checkpoint(step)
         if stop.requested:
@@ -282,32 +342,34 @@ def _log_step(run: _Training, epoch: int, step: int, loss: float, speed: float) 
     log.info("%s", format_step_line(epoch + 1, run.cfg.train.epochs, step, run.total_steps, loss, lr, speed))
 
 
-def _finish(run: _Training, start_step: int, step: int, loss: float, started: float, synthetic: bool,
-            stop: StopRequest) -> TrainResult:
-    """Checkpoint the last step, write result.json (rank 0) and this rank's record; raise `Preempted`
-    if SIGTERM ended the run."""
+def _record(run: _Training, start_step: int, step: int, loss: float, started: float,
+            synthetic: bool) -> TrainResult:
+    """Write result.json (rank 0) and this rank's record (shard, parameter digest); return the result."""
     output_dir = run.output_dir
-    if run.rank == 0 and (latest_checkpoint(output_dir) or (None,))[0] != step:
-        run.checkpoint(step)
     elapsed = time.perf_counter() - started
     done = step - start_step
+    newest = latest_checkpoint(output_dir)
     result = TrainResult(
         output_dir=str(output_dir),
-        checkpoint=str(latest_checkpoint(output_dir)[1]) if run.rank == 0 else "",
+        checkpoint=str(newest[1]) if run.rank == 0 and newest else "",
         steps=step, epochs=run.cfg.train.epochs, final_loss=loss, resumed_from_step=start_step,
         seconds=round(elapsed, 3),
         images_per_sec=round(done * run.images_per_step / elapsed, 2) if done else 0.0,
-        synthetic_data=synthetic, complete=step == run.total_steps,
+        synthetic_data=synthetic, complete=step == run.total_steps and not run.guard.bad,
     )
     if run.rank == 0:
-        (output_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        (output_dir / RESULT_FILE).write_text(dumps(result.to_dict(), indent=2) + "\n")
     rank_record = {"rank": run.rank, "ranks": run.ranks, "shard_id": run.rank, "num_shards": run.ranks,
                    "steps": step, "batches_per_epoch": run.steps_per_epoch,
                    "parameters_sha256": parameters_digest(run.network)}
-    (output_dir / rank_record_file(run.rank)).write_text(json.dumps(rank_record, indent=2) + "\n")
-    if stop.requested:
-        raise Preempted(step, output_dir)
+    (output_dir / rank_record_file(run.rank)).write_text(dumps(rank_record, indent=2) + "\n")
     return result
+
+
+def _finite_parameters(network) -> bool:
+    import numpy as np
+
+    return all(np.isfinite(p.asnumpy()).all() for p in network.trainable_params())
 
 
 def parameters_digest(network) -> str:
@@ -350,7 +412,7 @@ def _log_metrics(output_dir: Path, rank: int, record: dict) -> None:
         return
     record = {**record, "time": round(time.time(), 3)}
     with open(output_dir / METRICS_FILE, "a") as stream:
-        stream.write(json.dumps(record) + "\n")
+        stream.write(dumps(record) + "\n")
 
 
 def _truncate_metrics(path: Path, after_step: int) -> None:

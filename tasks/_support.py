@@ -23,7 +23,8 @@ def transient_only(task, task_run, state) -> bool:
         return False  # a prefix without a manifest will not complete by itself
     if isinstance(error, (StorageError, ConnectionError, TimeoutError)):
         return True
-    return isinstance(error, LaunchError) and error.result is not None and error.result.failed_rank is not None
+    return (isinstance(error, LaunchError) and error.result is not None and error.result.failed_rank is not None
+            and not error.result.diverged)  # the same recipe would diverge again
 
 
 def retry_transient(retries: int = 3, delay_seconds: float = 5) -> dict:

@@ -17,9 +17,9 @@ def failed_with(error: Exception):
     return Failed(data=error)
 
 
-def launch_failure(failed_rank):
+def launch_failure(failed_rank, diverged=False):
     result = LaunchResult(backend="cpu", ranks=2, exit_codes={"0": 0, "1": -9}, seconds=30.0, output_dir="run",
-                          checkpoint_dir="run/checkpoints", failed_rank=failed_rank)
+                          checkpoint_dir="run/checkpoints", failed_rank=failed_rank, diverged=diverged)
     return LaunchError("rank 1 exited with code -9", result)
 
 
@@ -28,6 +28,7 @@ def launch_failure(failed_rank):
     (StorageError("get s3://b/k: SlowDown"), True),           # storage/network trouble
     (ConnectionError("reset by peer"), True),
     (launch_failure(None), False),                            # refused before start (e.g. too many ranks)
+    (launch_failure("0", diverged=True), False),              # the same recipe would diverge again
     (IncompleteError("no manifest.json"), False),             # will not complete by waiting
     (GateFailed("gate failed: top_1_accuracy 0.4 < threshold 0.9"), False),
     (ValueError("data.uri: no such directory"), False),
@@ -82,3 +83,18 @@ def test_a_missing_dataset_fails_its_task_once_and_trains_nothing(prefect_api, t
     (fetch,) = task_runs_of(state)
     assert fetch.name.startswith("fetch ") and fetch.run_count == 1  # bad input is never retried
     assert not (tmp_path / "work" / "runs").exists() or not any((tmp_path / "work" / "runs").rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_a_diverging_run_fails_its_train_task_once_and_releases_nothing(prefect_api, synthetic_data, tmp_path):
+    from flows.sknet_train import sknet_train
+
+    state = sknet_train(config="cpu-smoke", overrides={"train.base_lr": 1e9}, dataset_uri=str(synthetic_data),
+                        publish_to=f"file://{tmp_path / 'bucket'}", work_dir=str(tmp_path / "work"),
+                        return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"rank 0 diverged"):
+        state.result()
+    runs = {run.name.split(" ")[0]: run for run in task_runs_of(state)}
+    assert set(runs) == {"fetch", "train"} and runs["train"].run_count == 1  # never retried
+    assert not (tmp_path / "bucket" / "releases").exists()

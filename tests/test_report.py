@@ -29,3 +29,10 @@ def test_epoch_rows_and_curve_come_from_the_metrics_log(smoke_run, tmp_path):
 def test_a_curve_without_records_is_an_empty_chart_not_an_error(tmp_path):
     assert read_metrics(tmp_path) == []
     assert plot_training_curve([], tmp_path / "empty.png", title="no steps yet").stat().st_size > 0
+
+
+def test_a_diverged_loss_logged_as_null_is_shown_not_crashed_on(tmp_path):
+    records = [{"event": "step", "step": 5, "loss": 2.3}, {"event": "step", "step": 10, "loss": None},
+               {"event": "epoch", "epoch": 1, "step": 10, "loss": None, "images_per_sec": 60.0, "seconds": 5.0}]
+    assert epoch_rows(records)[0]["mean_loss"] is None
+    assert plot_training_curve(records, tmp_path / "c.png", title="diverged").stat().st_size > 0

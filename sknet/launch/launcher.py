@@ -15,7 +15,6 @@ process group). A relaunch of the same run resumes from its newest checkpoint (s
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -31,9 +30,10 @@ from pathlib import Path
 from sknet.checkpoint import checkpoint_dir
 from sknet.config import Config
 from sknet.errors import LaunchError
+from sknet.jsonio import dumps
 from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.ports import free_port
-from sknet.train import LAUNCHED_ENV  # light: MindSpore is imported inside train() only
+from sknet.train import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV  # light: MindSpore is imported inside train() only
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
 
 STOP_GRACE_SECONDS = 10
@@ -55,6 +55,7 @@ class LaunchResult:
     reason: str = ""
     last_lines: list[str] = field(default_factory=list)
     local_ranks: list[int] = field(default_factory=list)  # the global ranks that ran on this host
+    diverged: bool = False  # a rank stopped on a bad loss: retrying the same recipe would do the same
 
     @property
     def ok(self) -> bool:
@@ -287,12 +288,23 @@ def _wait(cfg: Config, processes: Sequence[_Rank], started: float) -> tuple[_Ran
         codes = {r.name: r.process.poll() for r in processes}
         bad = [r for r in processes if codes[r.name] not in (None, 0)]
         if bad:
-            return bad[0], f"rank {bad[0].name} exited with code {codes[bad[0].name]}"
+            code = codes[bad[0].name]
+            how = "diverged (its loss went non-finite or too large)" if code == DIVERGED_EXIT_CODE else \
+                f"exited with code {code}"
+            return bad[0], f"rank {bad[0].name} {how}"
         if all(codes[r.name] == 0 for r in workers):
             return None, ""
         if timeout and time.monotonic() - started > timeout:
             return None, f"timed out after {cfg.launch.timeout_minutes:g} min (launch.timeout_minutes)"
         time.sleep(0.2)
+
+
+def _diverged(failed: _Rank, log_dir: Path) -> bool:
+    """A rank exited with the divergence code (msrun hides it: its workers' logs say so)."""
+    if failed.process.returncode == DIVERGED_EXIT_CODE:
+        return True
+    return failed.name == MSRUN and any(DIVERGED_MARKER in p.read_text(errors="replace")
+                                        for p in log_dir.glob("worker_*.log"))
 
 
 def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], local_ranks: list[int], started: float,
@@ -304,8 +316,9 @@ def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], local_r
         seconds=round(time.monotonic() - started, 2), output_dir=str(output_dir),
         checkpoint_dir=str(checkpoint_dir(output_dir)), failed_rank=failed.name if failed else None,
         reason=reason, last_lines=list(failed.tail) if failed else [], local_ranks=local_ranks,
+        diverged=failed is not None and _diverged(failed, output_dir / LOGS_DIR),
     )
-    (output_dir / LAUNCH_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    (output_dir / LAUNCH_FILE).write_text(dumps(result.to_dict(), indent=2) + "\n")
     if not result.ok:
         tail = "\n".join(result.last_lines[-10:])
         raise LaunchError(f"{reason}; last lines of its log:\n{tail}" if failed else reason, result)
