@@ -34,6 +34,7 @@ def sknet_train(
     publish_to: str | None = None,
     work_dir: str = "work",
     aws_credentials_block: str | None = None,
+    run_id: str | None = None,
 ) -> dict:
     """Train, check and ship an SKNet classifier; parameters are validated before any compute.
 
@@ -45,8 +46,10 @@ def sknet_train(
         publish_to: storage URI for runs/ and releases/; default `storage.uri`.
         work_dir: local scratch for the dataset cache and run directories.
         aws_credentials_block: a Prefect AwsCredentials block for the bucket; default: the worker's environment.
+        run_id: names the run's directory, checkpoint mirror and release version; default: this flow run's id.
+            Several nodes of one job (launch.nodes > 1) must share it: one flow run per node, same run_id.
     """
-    cfg, plan = plan_run(config, overrides, run_id=flow_run.get_id() or "local", work_dir=work_dir,
+    cfg, plan = plan_run(config, overrides, run_id=run_id or flow_run.get_id() or "local", work_dir=work_dir,
                          dataset_uri=dataset_uri, gate_threshold=gate_threshold, publish_to=publish_to)
     if aws_credentials_block:
         use_aws_credentials_block(aws_credentials_block)
@@ -61,6 +64,9 @@ def sknet_train(
     with _timed(seconds, "train"):
         run = train.with_options(assets=[plan.checkpoint_mirror], asset_deps=[asset_key(dataset["uri"])])(
             cfg, dataset["digest"])
+    if not run["holds_rank_zero"]:  # another node of this job holds rank 0: it evaluates and releases
+        return {"release": None, "run_uri": plan.run_uri, "metrics": None, "synthetic_data": dataset["synthetic"],
+                "stage_seconds": seconds, "local_ranks": run["local_ranks"]}
     with _timed(seconds, "evaluate"):
         metrics = evaluate(cfg, run["checkpoint"])
     with _timed(seconds, "publish-run"):

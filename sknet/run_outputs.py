@@ -24,14 +24,21 @@ RUN_FILES = (EVAL_FILE, CURVE_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
 
 
 def training_outcome(launched: Mapping, output_dir: str | Path) -> dict:
-    """The launcher's result plus the newest checkpoint (path, step, sha256) and the last logged loss."""
+    """The launcher's result plus the newest checkpoint (path, step, sha256) and the last logged loss.
+
+    On a node without rank 0 (several nodes, one job) there is no checkpoint: `holds_rank_zero` is False
+    and the node's part is done.
+    """
+    if 0 not in launched.get("local_ranks", [0]):
+        return {**launched, "holds_rank_zero": False, "checkpoint": None, "checkpoint_sha256": None,
+                "step": None, "final_loss": None}
     newest = latest_checkpoint(output_dir)
     if newest is None:
         raise CheckpointError(f"training finished but {output_dir}/checkpoints holds no checkpoint")
     step, checkpoint = newest
     losses = [r["loss"] for r in read_metrics(output_dir) if r["event"] == "step"]
-    return {**launched, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
-            "step": step, "final_loss": losses[-1] if losses else None}
+    return {**launched, "holds_rank_zero": True, "checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha256_file(checkpoint), "step": step, "final_loss": losses[-1] if losses else None}
 
 
 def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:
