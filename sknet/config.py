@@ -69,7 +69,9 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata=_bounds(0.0, 1.0, high_open=True))
     weight_decay: float = field(default=1e-4, **_at_least(0))
     label_smoothing: float = field(default=0.0, metadata=_bounds(0.0, 1.0, high_open=True))
-    loss_scale: float = field(default=1024.0, **_at_least(1))
+    loss_scale: float = field(default=1024.0, **_at_least(1))  # the fixed scale, or the dynamic one's start
+    loss_scale_mode: Literal["fixed", "dynamic"] = "fixed"  # dynamic: Ascend/GPU only, skips overflowed steps
+    sink_size: int = field(default=0, **_at_least(0))  # steps per device sink on Ascend/GPU; 0: log_every_steps
     amp_level: Literal["O0", "O1", "O2", "O3"] = "O0"
     checkpoint_every_steps: int = field(default=500, **_at_least(0))  # 0: only at the end
     keep_checkpoints: int = field(default=3, **_at_least(1))
@@ -179,6 +181,9 @@ IMAGENET_STEM_MIN_SIZE = 64
 
 def _check_combination(cfg: Config) -> Config:
     """Checks that span keys, after each key was checked alone."""
+    if cfg.train.loss_scale_mode == "dynamic" and cfg.train.device_target == "CPU":
+        raise ConfigError("train.loss_scale_mode=dynamic needs Ascend or GPU (MindSpore refuses a dynamic or "
+                          "overflow-dropping loss scale on CPU); use train.loss_scale_mode=fixed")
     if cfg.model.stem == "imagenet" and cfg.data.image_size < IMAGENET_STEM_MIN_SIZE:
         raise ConfigError(
             f"model.stem=imagenet with data.image_size={cfg.data.image_size}: the stem and stages downsample "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
@@ -62,3 +63,36 @@ def configure(device_target: str = "CPU", seed: int | None = None, graph_mode: b
     if seed is not None:
         ms.set_seed(seed)
         ds.config.set_seed(seed)
+
+
+def loss_scaling(train) -> tuple[object, float]:
+    """(loss-scale manager, the optimizer's loss_scale) for `train.loss_scale_mode`.
+
+    `fixed`: MindSpore's FixedLossScaleManager without dropping overflowed updates (the only kind MindSpore
+    runs on CPU); the optimizer divides by the same scale. `dynamic`: DynamicLossScaleManager starting at
+    `train.loss_scale`, halving on an overflow (whose update is skipped) and doubling after 1000 clean steps;
+    the optimizer then sees unscaled gradients. Ascend and GPU only.
+    """
+    import mindspore as ms
+
+    if train.loss_scale_mode == "dynamic":
+        return ms.DynamicLossScaleManager(init_loss_scale=train.loss_scale, scale_factor=2,
+                                          scale_window=DYNAMIC_SCALE_WINDOW), 1.0
+    return ms.FixedLossScaleManager(train.loss_scale, drop_overflow_update=False), train.loss_scale
+
+
+DYNAMIC_SCALE_WINDOW = 1000  # clean steps before a dynamic loss scale doubles
+
+
+def sink_size(train, steps_per_epoch: int) -> int:
+    """Steps per device sink (1: no sink, the host feeds every step).
+
+    CPU: 1, MindSpore has no dataset sink there. Ascend/GPU: `train.sink_size` (0: `train.log_every_steps`),
+    lowered to divide the epoch and the logging and checkpoint cadence, so that logging, checkpoints,
+    resume and SIGTERM still fall on sink boundaries.
+    """
+    if train.device_target == "CPU":
+        return 1
+    wanted = train.sink_size or train.log_every_steps
+    cadence = math.gcd(steps_per_epoch, train.log_every_steps, train.checkpoint_every_steps)
+    return max(d for d in range(1, wanted + 1) if cadence % d == 0)

@@ -25,7 +25,7 @@ from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import DataError, SknetError
 from sknet.run_files import METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
-from sknet.runtime import configure
+from sknet.runtime import configure, loss_scaling, sink_size
 from sknet.lr_schedule import learning_rates
 from sknet.storage import StorageError, store_from_config
 from sknet.jsonio import dumps, json_safe
@@ -168,6 +168,7 @@ class _Training:
     network: object  # mindspore.nn.Cell
     train_step: object  # the network with loss, optimizer and loss scaling: one call, one step
     guard: DivergenceGuard
+    sink: int  # steps per device sink; 1: the host feeds (and syncs) every step
 
     @property
     def total_steps(self) -> int:
@@ -262,16 +263,17 @@ def _build(cfg: Config, data_dir: Path, output_dir: Path, mirror: CheckpointMirr
         poly_power=t.poly_power,
     )
     network = build_model(cfg.model.name, cfg.model.num_classes, cfg.model.stem)
+    manager, optimizer_loss_scale = loss_scaling(t)
     optimizer = nn.Momentum(
         _parameter_groups(network, t.weight_decay), learning_rate=ms.Tensor(rates),
-        momentum=t.momentum, loss_scale=t.loss_scale,
+        momentum=t.momentum, loss_scale=optimizer_loss_scale,
     )
     train_step = ms.amp.build_train_network(
         network, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), level=t.amp_level,
-        loss_scale_manager=ms.FixedLossScaleManager(t.loss_scale, drop_overflow_update=False),
+        loss_scale_manager=manager,
     )
     return _Training(cfg, data_dir, output_dir, mirror, rank, ranks, steps_per_epoch, rates, network, train_step,
-                     DivergenceGuard(t.divergence_patience, t.max_loss))
+                     DivergenceGuard(t.divergence_patience, t.max_loss), sink_size(t, steps_per_epoch))
 
 
 def _resume(run: _Training) -> int:
@@ -300,6 +302,8 @@ def _run_epoch(run: _Training, step: int, end_step: int, stop: StopRequest,
     """The rest of the epoch holding global `step` (its earlier batches replayed and skipped), at most to
     `end_step`: logs steps, checkpoints, logs the epoch if it finished. Returns (step, loss, end_step),
     `end_step` moved back to `step` when SIGTERM arrived."""
+    if run.sink > 1:
+        return _run_sunk_epoch(run, step, end_step, stop)
     t = run.cfg.train
     epoch = step // run.steps_per_epoch
     skip = step - epoch * run.steps_per_epoch
@@ -324,14 +328,48 @@ def _run_epoch(run: _Training, step: int, end_step: int, stop: StopRequest,
             end_step = step
         if step == end_step:
             break
-    seconds = time.perf_counter() - epoch_started
     if step % run.steps_per_epoch == 0 and epoch_losses:
-        _log_metrics(run.output_dir, run.rank, {
-            "event": "epoch", "step": step, "epoch": epoch + 1, "loss": sum(epoch_losses) / len(epoch_losses),
-            "images_per_sec": round(len(epoch_losses) * run.images_per_step / seconds, 2),
-            "seconds": round(seconds, 3),
-        })
+        _log_epoch(run, epoch, step, epoch_losses, len(epoch_losses), time.perf_counter() - epoch_started)
     return step, loss, end_step
+
+
+def _run_sunk_epoch(run: _Training, step: int, end_step: int, stop: StopRequest) -> tuple[int, float, int]:
+    """`_run_epoch` with dataset sink (Ascend/GPU): `run.sink` steps run on the device per call and the host
+    sees the last one's loss. Logging, the divergence guard, checkpoints and SIGTERM act at sink boundaries
+    (`sink_size` divides the epoch and both cadences). Not yet run on an NPU: CPU has no sink."""
+    import mindspore as ms
+
+    t = run.cfg.train
+    epoch = step // run.steps_per_epoch
+    dataset = run.dataset(epoch)
+    if skip := step - epoch * run.steps_per_epoch:
+        dataset = dataset.skip(skip)
+    sunk = ms.data_sink(run.train_step, dataset, sink_size=run.sink, jit_config=ms.JitConfig())
+    last = min((epoch + 1) * run.steps_per_epoch, end_step)
+    losses, epoch_started, loss = [], time.perf_counter(), float("nan")
+    while step < last:
+        sink_started = time.perf_counter()
+        loss = float(sunk().asnumpy())
+        step += run.sink
+        losses.append(loss)
+        if step % t.log_every_steps == 0 or step >= last:
+            _log_step(run, epoch, step, loss, run.sink * run.images_per_step / (time.perf_counter() - sink_started))
+        run.guard.check(step, loss, (latest_checkpoint(run.output_dir) or (None, None))[1])
+        if run.rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
+            run.checkpoint(step)
+        if stop.requested:
+            return step, loss, step
+    if step % run.steps_per_epoch == 0:
+        _log_epoch(run, epoch, step, losses, step - epoch * run.steps_per_epoch, time.perf_counter() - epoch_started)
+    return step, loss, end_step
+
+
+def _log_epoch(run: _Training, epoch: int, step: int, losses: list[float], steps: int, seconds: float) -> None:
+    """The epoch's record: mean of the losses the host saw, images/s over its `steps`."""
+    _log_metrics(run.output_dir, run.rank, {
+        "event": "epoch", "step": step, "epoch": epoch + 1, "loss": sum(losses) / len(losses),
+        "images_per_sec": round(steps * run.images_per_step / seconds, 2), "seconds": round(seconds, 3),
+    })
 
 
 def _log_step(run: _Training, epoch: int, step: int, loss: float, speed: float) -> None:
