@@ -6,13 +6,19 @@ object storage as they are written, so a run retried on another machine resumes 
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import re
+import shutil
+import threading
 from pathlib import Path
 
 from sknet.errors import CheckpointError
-from sknet.run_files import CHECKPOINTS_DIR, METRICS_FILE
-from sknet.storage import Store
+from sknet.run_files import CHECKPOINTS_DIR, METRICS_FILE, MIRROR_SPOOL_DIR
+from sknet.storage import Store, StorageError
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{8})\.ckpt$")
 
@@ -88,10 +94,12 @@ class CheckpointMirror:
     def steps(self) -> list[int]:
         return sorted(step for o in self.store.list() if (step := _step_of(o.key)) is not None)
 
-    def push(self, output_dir: str | Path, step: int, keep: int) -> None:
-        """Upload the checkpoint of `step`, then the metrics log; keep the newest `keep` checkpoints."""
-        self.store.put(checkpoint_path(output_dir, step), checkpoint_path("", step).name)
-        log_file = Path(output_dir) / self.LOG
+    def push(self, output_dir: str | Path, step: int, keep: int, *, checkpoint: Path | None = None,
+             metrics: Path | None = None) -> None:
+        """Upload the checkpoint of `step`, then the metrics log; keep the newest `keep` checkpoints.
+        `checkpoint`/`metrics` are snapshots to upload instead of the run directory's files."""
+        self.store.put(checkpoint or checkpoint_path(output_dir, step), checkpoint_path("", step).name)
+        log_file = metrics or Path(output_dir) / self.LOG
         if log_file.exists():
             self.store.put(log_file, self.LOG)
         for old in self.steps()[:-keep]:
@@ -108,3 +116,55 @@ class CheckpointMirror:
         if self.store.exists(self.LOG):
             self.store.get(self.LOG, Path(output_dir) / self.LOG)
         return step
+
+
+class BackgroundUploads:
+    """Mirror pushes off the training thread: `submit` snapshots a checkpoint (a hard link, so pruning cannot
+    take it away) and the metrics log, and returns; a worker thread uploads. At most `pending` uploads wait
+    (then `submit` blocks: backpressure rather than a growing queue), a step is never uploaded twice, a
+    failed upload is a warning (the local checkpoint still allows a resume), and `close` drains the queue."""
+
+    def __init__(self, mirror: CheckpointMirror, output_dir: str | Path, keep: int, pending: int = 1):
+        self.mirror, self.output_dir, self.keep = mirror, Path(output_dir), keep
+        self.spool = self.output_dir / MIRROR_SPOOL_DIR
+        self.queue: queue.Queue = queue.Queue(maxsize=pending)
+        self.submitted: set[int] = set()
+        self.worker = threading.Thread(target=self._work, name="checkpoint-mirror", daemon=True)
+        self.worker.start()
+
+    def submit(self, step: int) -> None:
+        if step in self.submitted:
+            return
+        self.submitted.add(step)
+        self.spool.mkdir(exist_ok=True)
+        snapshot = self.spool / checkpoint_path("", step).name
+        snapshot.unlink(missing_ok=True)
+        os.link(checkpoint_path(self.output_dir, step), snapshot)
+        metrics = self.spool / f"{METRICS_FILE}.{step}"
+        if (self.output_dir / METRICS_FILE).exists():
+            shutil.copyfile(self.output_dir / METRICS_FILE, metrics)
+        self.queue.put((step, snapshot, metrics))
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            step, snapshot, metrics = item
+            try:
+                self.mirror.push(self.output_dir, step, self.keep, checkpoint=snapshot, metrics=metrics)
+                log.info("mirrored the checkpoint of step %d to %s", step, self.mirror.store.uri)
+            except (StorageError, OSError) as exc:
+                log.warning("checkpoint of step %d kept locally only, mirroring failed: %s", step, exc)
+            finally:
+                snapshot.unlink(missing_ok=True)
+                metrics.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Wait for every submitted upload to finish (or fail), then stop the worker."""
+        self.queue.put(None)
+        self.worker.join()
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+    def __enter__(self) -> BackgroundUploads:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -11,6 +11,7 @@
     checkpoints/     step-NNNNNNNN.ckpt files (checkpoint)
     logs/            rank-N.log, one per rank (launcher)
     ranks/           rank-N/: each rank's working directory (compiler and amp scratch files)
+    .mirror-spool/   checkpoints waiting for their background upload to train.checkpoint_mirror
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ MODEL_FILE = "model.mindir"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 RANKS_DIR = "ranks"
+MIRROR_SPOOL_DIR = ".mirror-spool"  # checkpoint snapshots waiting for their upload
 
 
 def rank_record_file(rank: int) -> str:

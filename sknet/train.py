@@ -20,14 +20,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sknet.checkpoint import CheckpointMirror, latest_checkpoint, load_into, save_checkpoint
+from sknet.checkpoint import BackgroundUploads, CheckpointMirror, latest_checkpoint, load_into, save_checkpoint
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import DataError, SknetError
 from sknet.run_files import METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
 from sknet.runtime import configure, loss_scaling, sink_size
 from sknet.lr_schedule import learning_rates
-from sknet.storage import StorageError, store_from_config
+from sknet.storage import store_from_config
 from sknet.jsonio import dumps, json_safe
 from sknet.train_log import format_step_line
 
@@ -149,8 +149,12 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
     # amp O1/O2 and the graph compiler write scratch files into the cwd: each rank gets its own.
     work = output_dir / RANKS_DIR / _process_name()
     work.mkdir(parents=True, exist_ok=True)
-    with contextlib.chdir(work), StopRequest() as stop:
-        return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop, mirror)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.chdir(work))
+        stop = stack.enter_context(StopRequest())
+        uploads = None if mirror is None else stack.enter_context(
+            BackgroundUploads(mirror, output_dir, cfg.train.keep_checkpoints))  # drained before returning
+        return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop, uploads)
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ class _Training:
     cfg: Config
     data_dir: Path
     output_dir: Path
-    mirror: CheckpointMirror | None
+    uploads: BackgroundUploads | None  # copies checkpoints to train.checkpoint_mirror off this thread
     rank: int
     ranks: int
     steps_per_epoch: int
@@ -188,18 +192,14 @@ class _Training:
         if self.guard.bad or not _finite_parameters(self.network):
             log.warning("step %d: not checkpointed, the loss or a parameter is not finite", step)
             return
-        keep = self.cfg.train.keep_checkpoints
-        save_checkpoint(self.train_step, self.output_dir, step, keep)
-        if self.mirror is not None:
-            try:
-                self.mirror.push(self.output_dir, step, keep)
-            except (StorageError, OSError) as exc:  # keep training: the local copy still allows a resume here
-                log.warning("checkpoint of step %d kept locally only, mirroring failed: %s", step, exc)
+        save_checkpoint(self.train_step, self.output_dir, step, self.cfg.train.keep_checkpoints)
+        if self.uploads is not None:
+            self.uploads.submit(step)
 
 
 def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_after_steps: int | None,
-           stop: StopRequest, mirror: CheckpointMirror | None) -> TrainResult:
-    run = _build(cfg, data_dir, output_dir, mirror)
+           stop: StopRequest, uploads: BackgroundUploads | None) -> TrainResult:
+    run = _build(cfg, data_dir, output_dir, uploads)
     start_step = _resume(run)
     log.info(
         "training %s (%s stem) on %s: %d epochs × %d steps, batch %d × %d rank(s), %s",
@@ -241,7 +241,7 @@ def _dataset(cfg: Config, data_dir: Path, epoch: int, rank: int, ranks: int):
     )
 
 
-def _build(cfg: Config, data_dir: Path, output_dir: Path, mirror: CheckpointMirror | None) -> _Training:
+def _build(cfg: Config, data_dir: Path, output_dir: Path, uploads: BackgroundUploads | None) -> _Training:
     """Seed the runtime, join the ranks, size the epoch, and build network, schedule and train step."""
     import mindspore as ms
     from mindspore import nn
@@ -272,7 +272,7 @@ def _build(cfg: Config, data_dir: Path, output_dir: Path, mirror: CheckpointMirr
         network, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), level=t.amp_level,
         loss_scale_manager=manager,
     )
-    return _Training(cfg, data_dir, output_dir, mirror, rank, ranks, steps_per_epoch, rates, network, train_step,
+    return _Training(cfg, data_dir, output_dir, uploads, rank, ranks, steps_per_epoch, rates, network, train_step,
                      DivergenceGuard(t.divergence_patience, t.max_loss), sink_size(t, steps_per_epoch))
 
 

@@ -122,3 +122,19 @@ def test_msrun_backend_trains_two_ranks(synthetic_data, tmp_path):
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"] and ranks[1]["steps"] == 8
     assert any(line.startswith("[rank 1] ") and "step 8/8" in line for line in lines)
+
+
+NOISY = [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'bad byte \\xff here\\n'); "
+         "[print('x' * 200) for _ in range(2000)]; print('done', flush=True)"]
+
+
+def test_undecodable_output_and_a_failing_callback_never_stall_a_rank(tmp_path):
+    cfg = load_config("cpu-smoke", ["launch.ranks=1", "launch.timeout_minutes=1", f"train.output_dir={tmp_path}"])
+
+    def broken_callback(line):
+        raise ConnectionError("Prefect API unreachable")
+
+    result = launch(cfg, on_line=broken_callback, command=NOISY)  # 400 kB through the pipe, past its buffer
+    assert result.ok and result.exit_codes["0"] == 0
+    logged = (tmp_path / "logs" / "rank-0.log").read_text()
+    assert "bad byte \ufffd here" in logged and logged.rstrip().endswith("done")

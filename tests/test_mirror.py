@@ -42,3 +42,42 @@ def test_nothing_is_pulled_when_the_local_checkpoint_is_as_new(store, tmp_path):
 def test_an_empty_mirror_pulls_nothing(store, tmp_path):
     assert CheckpointMirror(store).pull(tmp_path / "run") is None
     assert latest_checkpoint(tmp_path / "run") is None
+
+
+def test_background_uploads_return_at_once_and_are_all_done_after_close(store, tmp_path):
+    from sknet.checkpoint import BackgroundUploads
+
+    run = tmp_path / "run"
+    uploaded = []
+    mirror = CheckpointMirror(store)
+    original = mirror.push
+    mirror.push = lambda *args, **kwargs: (uploaded.append(args[1]), original(*args, **kwargs))
+    with BackgroundUploads(mirror, run, keep=2) as uploads:
+        for step in (10, 20, 30):
+            write_checkpoint(run, step)
+            uploads.submit(step)
+            uploads.submit(step)  # a second submit of one step uploads nothing more
+            for old in (10, 20, 30):  # pruning right after the submit cannot take the upload away
+                if old < step:
+                    checkpoint_path(run, old).unlink(missing_ok=True)
+    assert uploaded == [10, 20, 30]
+    assert mirror.steps() == [20, 30]
+    assert store.get_bytes("step-00000030.ckpt") == b"weights of step 30"
+    assert store.get_bytes("metrics.jsonl") == b'{"step": 30}\n'
+    assert not (run / ".mirror-spool").exists()
+
+
+def test_a_failed_background_upload_is_a_warning_and_training_goes_on(tmp_path, caplog):
+    from sknet.checkpoint import BackgroundUploads
+    from sknet.storage import LocalStore, StorageError
+
+    class Unreachable(LocalStore):
+        def put(self, src, key):
+            raise StorageError(f"put s3://gone/{key}: endpoint unreachable")
+
+    run = tmp_path / "run"
+    with BackgroundUploads(CheckpointMirror(Unreachable(tmp_path / "bucket")), run, keep=2) as uploads:
+        write_checkpoint(run, 10)
+        uploads.submit(10)
+    assert "checkpoint of step 10 kept locally only, mirroring failed: put s3://gone/step-00000010.ckpt" in caplog.text
+    assert latest_checkpoint(run)[0] == 10

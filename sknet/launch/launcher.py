@@ -15,6 +15,7 @@ process group). A relaunch of the same run resumes from its newest checkpoint (s
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -35,6 +36,8 @@ from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.ports import free_port
 from sknet.train import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV  # light: MindSpore is imported inside train() only
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
+
+log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 10
 TAIL_LINES = 20
@@ -106,20 +109,20 @@ class _Rank:
                  on_line: Callable[[str], None]):
         self.name, self.tail = name, deque(maxlen=TAIL_LINES)
         self.log = open(log_path, "a", buffering=1)
-        self.process = subprocess.Popen(
-            list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True, bufsize=1,
+        self.process = subprocess.Popen(  # bytes: one undecodable byte must not stop the reader
+            list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
         prefix = f"[rank {name}] " if name != SCHEDULER else "[scheduler] "
         self.pump = threading.Thread(target=self._pump, args=(prefix, on_line), daemon=True)
         self.pump.start()
 
     def _pump(self, prefix: str, on_line: Callable[[str], None]) -> None:
-        for line in self.process.stdout:
-            line = line.rstrip("\n")
+        """Read to the end whatever comes: a reader that stopped would leave the rank blocked on a full pipe."""
+        for raw in self.process.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             self.log.write(line + "\n")
             self.tail.append(line)
-            on_line(prefix + line)
+            on_line(prefix + line)  # never raises: see _never_raising
 
     def signal(self, sig: int) -> None:
         try:
@@ -185,6 +188,7 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     `command` replaces the per-rank `sknet train` command and `devices` the detected device count
     (stand-ins for hardware that tests do not have).
     """
+    on_line = _never_raising(on_line)
     port = cfg.launch.master_port or free_port()
     plan = check_launchable(cfg, devices, port)
     output_dir = Path(cfg.train.output_dir).resolve()
@@ -211,6 +215,23 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
         for tail in tails:
             tail.close()
     return _conclude(cfg, output_dir, processes, local_ranks, started, failed, reason)
+
+
+def _never_raising(on_line: Callable[[str], None]) -> Callable[[str], None]:
+    """`on_line` with its exceptions (e.g. the progress artifact's API call failing) logged once, not raised:
+    a callback must never stop a reader or the launch."""
+    failed = threading.Event()
+
+    def call(line: str) -> None:
+        try:
+            on_line(line)
+        except Exception as exc:
+            if not failed.is_set():
+                failed.set()
+                log.warning("the output callback failed (%s: %s); rank logs are still written under logs/",
+                            type(exc).__name__, exc)
+
+    return call
 
 
 def dry_run(cfg: Config, *, devices: int | None = None) -> dict:
