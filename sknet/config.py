@@ -87,6 +87,7 @@ class LaunchConfig:
     backend: Literal["cpu", "ascend", "msrun"] = "cpu"
     ranks: int = field(default=1, **_at_least(1))  # in all, across nodes
     timeout_minutes: float = field(default=0.0, **_at_least(0))  # 0: no limit
+    stop_grace_seconds: float = field(default=60.0, **_at_least(0))  # SIGTERM → KILL; within k8s's grace
     rank_table: str = ""  # HCCL rank table for the ascend backend (`sknet ranktable`)
     server_id: str = ""  # this host's server_id in the rank table (default: the one at one of its addresses)
     nodes: int = field(default=1, **_at_least(1))  # msrun: hosts taking part

@@ -89,11 +89,29 @@ class DivergenceGuard:
 
 
 class StopRequest:
-    """Turns SIGTERM (cancel, node drain, spot reclaim) into a flag the loop checks at step boundaries."""
+    """Turns SIGTERM (cancel, node drain, spot reclaim) into a flag the loop checks at step boundaries.
+
+    With several ranks the signal reaches them a moment apart, possibly a step apart: `agreed` sums the
+    flags over all ranks (one tiny all-reduce per step boundary), so every rank stops after the same step
+    and none is left waiting in the next step's gradient all-reduce.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._all_reduce = None
+
+    def agreed(self, ranks: int) -> bool:
+        """Whether any rank was asked to stop (every rank gets the same answer); call on every rank at once."""
+        if ranks == 1:
+            return self.requested
+        import numpy as np
+        from mindspore import Tensor, ops
+
+        if self._all_reduce is None:
+            self._all_reduce = ops.AllReduce(ops.ReduceOp.SUM)  # CPU collectives have SUM only
+        flags = self._all_reduce(Tensor(np.array([float(self.requested)], np.float32)))
+        return bool(flags.asnumpy()[0] > 0)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -216,7 +234,7 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
     if run.rank == 0 and (latest_checkpoint(output_dir) or (None,))[0] != step:
         run.checkpoint(step)
     result = _record(run, start_step, step, loss, started, synthetic)
-    if stop.requested:
+    if step < end_step:  # stopped early: SIGTERM reached this rank or another one
         raise Preempted(step, output_dir)
     return result
 
@@ -324,7 +342,7 @@ def _run_epoch(run: _Training, step: int, end_step: int, stop: StopRequest,
         run.guard.check(step, loss, (latest_checkpoint(run.output_dir) or (None, None))[1])
         if run.rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
             run.checkpoint(step)
-        if stop.requested:
+        if stop.agreed(run.ranks):
             end_step = step
         if step == end_step:
             break
@@ -357,7 +375,7 @@ def _run_sunk_epoch(run: _Training, step: int, end_step: int, stop: StopRequest)
         run.guard.check(step, loss, (latest_checkpoint(run.output_dir) or (None, None))[1])
         if run.rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
             run.checkpoint(step)
-        if stop.requested:
+        if stop.agreed(run.ranks):
             return step, loss, step
     if step % run.steps_per_epoch == 0:
         _log_epoch(run, epoch, step, losses, step - epoch * run.steps_per_epoch, time.perf_counter() - epoch_started)

@@ -125,3 +125,8 @@ def test_make_down_never_signals_a_process_that_is_not_its_own(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_the_ranks_stop_grace_fits_inside_the_k8s_termination_grace_period():
+    pod_grace = k8s_template()["variables"]["properties"]["termination_grace_period_seconds"]["default"]
+    assert load_config("cifar10-ascend8").launch.stop_grace_seconds < pod_grace

@@ -111,6 +111,31 @@ class TestTwoCpuRanks:
         resumed = json.loads((tmp_path / "result.json").read_text())
         assert resumed["resumed_from_step"] >= 4 and resumed["steps"] == 16
 
+    def test_sigterm_to_the_launcher_stops_every_rank_after_the_same_step_with_a_checkpoint(self, synthetic_data,
+                                                                                           tmp_path):
+        import signal
+        import subprocess
+
+        command = [sys.executable, "-m", "sknet", "launch", "--config", "cpu-smoke", "--set",
+                   *self.OVERRIDES, f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}",
+                   "train.checkpoint_every_steps=0"]
+        launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in launcher.stderr:
+            if line.startswith("[rank 1] ") and " step 3/16 " in line:
+                launcher.send_signal(signal.SIGTERM)  # as a cancelled flow run or a drained node would
+                break
+        rest = launcher.stderr.read()
+        assert launcher.wait(120) == -signal.SIGTERM  # it ends as it was asked to, after its ranks
+        records = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+        assert records[0]["steps"] == records[1]["steps"] < 16  # both stopped after the same step
+        assert records[0]["parameters_sha256"] == records[1]["parameters_sha256"]
+        step = records[0]["steps"]
+        assert (tmp_path / "checkpoints" / f"step-{step:08d}.ckpt").exists()
+        launched = json.loads((tmp_path / "launch.json").read_text())
+        assert launched["reason"].startswith("SIGTERM") and set(launched["exit_codes"].values()) <= {143, 0}
+        assert "stopped by SIGTERM at step" in rest
+        assert not processes_running(str(tmp_path / "config.yaml"))
+
 
 @pytest.mark.slow
 def test_msrun_backend_trains_two_ranks(synthetic_data, tmp_path):

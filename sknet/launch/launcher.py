@@ -167,10 +167,33 @@ class _LogTail:
         self.thread.join(timeout=5)
 
 
-def _stop(processes: Sequence[_Rank]) -> None:
+class _SigtermWatch:
+    """SIGTERM to the launcher (a cancelled flow run, a drained node, a spot reclaim) becomes a graceful stop
+    of its ranks; afterwards the signal goes again to whoever handled it before (Prefect's handler, or the
+    default: exit 143), so the launcher is stopped as it was asked to be."""
+
+    def __init__(self):
+        self.received = threading.Event()
+        self._previous = None
+
+    def __enter__(self) -> _SigtermWatch:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.received.set())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is None:
+            return
+        signal.signal(signal.SIGTERM, self._previous)
+        if self.received.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop(processes: Sequence[_Rank], grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+    """TERM to every process group, KILL to whatever still runs `grace_seconds` later."""
     for rank in processes:
         rank.signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    deadline = time.monotonic() + grace_seconds
     for rank in processes:
         try:
             rank.process.wait(max(0.1, deadline - time.monotonic()))
@@ -202,19 +225,21 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     local_ranks = sorted(r for p in plan for r in p.ranks)
     on_line(f"launching rank(s) {_span(local_ranks)} of {cfg.launch.ranks} with the {cfg.launch.backend} "
             f"backend; logs in {log_dir}")
-    processes, tails = _start(cfg, plan, port, log_dir, rank_command, on_line)
-    failed, reason = None, ""
-    try:
-        failed, reason = _wait(cfg, processes, started)
-    finally:
-        if failed or reason:
-            on_line(f"stopping all ranks: {reason}")
-        _stop(processes)
-        for rank in processes:
-            rank.close()
-        for tail in tails:
-            tail.close()
-    return _conclude(cfg, output_dir, processes, local_ranks, started, failed, reason)
+    with _SigtermWatch() as sigterm:
+        processes, tails = _start(cfg, plan, port, log_dir, rank_command, on_line)
+        failed, reason = None, ""
+        try:
+            failed, reason = _wait(cfg, processes, started, sigterm.received)
+        finally:
+            if failed or reason:
+                on_line(f"stopping all ranks: {reason}")
+            preempted = sigterm.received.is_set() and failed is None
+            _stop(processes, cfg.launch.stop_grace_seconds if preempted else STOP_GRACE_SECONDS)
+            for rank in processes:
+                rank.close()
+            for tail in tails:
+                tail.close()
+        return _conclude(cfg, output_dir, processes, local_ranks, started, failed, reason)
 
 
 def _never_raising(on_line: Callable[[str], None]) -> Callable[[str], None]:
@@ -301,8 +326,10 @@ def _start(cfg: Config, plan: Sequence[RankProcess], port: int, log_dir: Path, r
     return processes, tails
 
 
-def _wait(cfg: Config, processes: Sequence[_Rank], started: float) -> tuple[_Rank | None, str]:
-    """Poll until every worker exited 0, a process failed, or the timeout passed: (failed rank, reason)."""
+def _wait(cfg: Config, processes: Sequence[_Rank], started: float,
+          sigterm: threading.Event) -> tuple[_Rank | None, str]:
+    """Poll until every worker exited 0, a process failed, the timeout passed or SIGTERM came:
+    (failed rank, reason)."""
     workers = [r for r in processes if r.name != SCHEDULER]
     timeout = cfg.launch.timeout_minutes * 60 or None
     while True:
@@ -317,6 +344,9 @@ def _wait(cfg: Config, processes: Sequence[_Rank], started: float) -> tuple[_Ran
             return None, ""
         if timeout and time.monotonic() - started > timeout:
             return None, f"timed out after {cfg.launch.timeout_minutes:g} min (launch.timeout_minutes)"
+        if sigterm.is_set():
+            return None, (f"SIGTERM: the ranks checkpoint at their next step boundary (within "
+                          f"launch.stop_grace_seconds={cfg.launch.stop_grace_seconds:g}) and stop")
         time.sleep(0.2)
 
 
