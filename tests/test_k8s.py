@@ -77,3 +77,40 @@ def test_job_variables_reach_the_manifest(prefect_api):
     pod = manifest["spec"]["template"]["spec"]
     assert container_of(manifest)["resources"]["limits"]["huawei.com/Ascend910"] == 4
     assert pod["terminationGracePeriodSeconds"] == 600 and pod["nodeSelector"] == {"pool": "910b"}
+
+
+def test_the_multi_server_template_is_generated_from_the_single_server_one():
+    from infra.k8s_templates import BASE, MULTI, multi_server_template
+
+    assert json.loads(MULTI.read_text()) == multi_server_template(json.loads(BASE.read_text()))
+
+
+def test_each_node_of_a_multi_server_job_gets_a_stable_name_under_the_headless_service(prefect_api):
+    import yaml
+
+    manifests = {rank: render("multi-server-job-template.json", {"job_group": "n20261129", "node_rank": str(rank)})
+                 for rank in (0, 1)}
+    service = yaml.safe_load((REPO / "infra" / "k8s" / "nodes-service.yaml").read_text())
+    for rank, manifest in manifests.items():
+        pod_template = manifest["spec"]["template"]
+        pod = pod_template["spec"]
+        assert pod["hostname"] == f"n20261129-{rank}" and pod["subdomain"] == service["metadata"]["name"]
+        assert "hostNetwork" not in pod  # hostname/subdomain DNS needs the pod network
+        assert service["spec"]["selector"].items() <= pod_template["metadata"]["labels"].items()
+        assert pod_template["metadata"]["labels"]["sknet.io/job-group"] == "n20261129"
+        assert container_of(manifest)["resources"]["limits"]["huawei.com/Ascend910"] == 8
+        assert pod["terminationGracePeriodSeconds"] == 300
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert {p["port"] for p in service["spec"]["ports"]} == {8118}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"node_rank": "1"}, "'job_group' is a required property"),
+    ({"job_group": "Nightly_29", "node_rank": "1"}, "does not match"),  # not a DNS label
+])
+def test_job_variables_a_multi_server_job_cannot_run_with_are_refused(values, message):
+    import jsonschema  # what the Prefect server checks job variables with, when a flow run is created
+
+    schema = json.loads((REPO / "infra" / "k8s" / "multi-server-job-template.json").read_text())["variables"]
+    with pytest.raises(jsonschema.ValidationError, match=message):
+        jsonschema.validate(values, schema)
