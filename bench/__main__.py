@@ -73,10 +73,11 @@ def main() -> None:
     summary = {}
     from bench.flow import bench_flow
     from bench.launch import bench_launch
+    from bench.mirror import bench_mirror
     from bench.storage import bench_storage
 
     only = set(sys.argv[1:])  # e.g. `python -m bench storage`
-    for name, bench in {"storage": bench_storage, "launch": bench_launch, "flow": bench_flow,
+    for name, bench in {"storage": bench_storage, "mirror": bench_mirror, "launch": bench_launch, "flow": bench_flow,
                         "models": bench_models}.items():
         if only and name not in only:
             continue
