@@ -1,11 +1,18 @@
 """Checkpoint files of a run: `<run>/checkpoints/step-00000040.ckpt`, written atomically, pruned, resumed.
 
+Each checkpoint has a record beside it, `step-00000040.ckpt.sha256` (JSON: step, bytes, sha256), written
+before the checkpoint gets its final name. It is checked on resume (the newest checkpoint that verifies is
+taken, damaged ones are named and skipped), on pull from the mirror (before anything local is replaced),
+before eval and export, and before a release. A sha256 rather than MindSpore's own CRC: it can be checked
+without MindSpore, on any copy (the bucket's included), and it is the digest the lineage records.
+
 With a mirror (`train.checkpoint_mirror`), each checkpoint and the metrics log up to it are also copied to
 object storage as they are written, so a run retried on another machine resumes from the bucket.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -16,11 +23,15 @@ from pathlib import Path
 
 from sknet.errors import CheckpointError
 from sknet.run_files import CHECKPOINTS_DIR, METRICS_FILE, MIRROR_SPOOL_DIR
-from sknet.storage import Store, StorageError
+from sknet.storage import Store, StorageError, sha256_file
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{8})\.ckpt$")
+RECORD_SUFFIX = ".sha256"
+# Saved with the optimizer but rebuilt from the config on every start: the per-step learning rates (their
+# length is the run's total steps, which may grow when train.epochs does).
+RECOMPUTED = ("learning_rate",)
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -41,8 +52,71 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(output_dir: str | Path) -> tuple[int, Path] | None:
+    """The newest complete checkpoint by name (not verified: see `latest_verified_checkpoint`)."""
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def record_path(checkpoint: str | Path) -> Path:
+    """The integrity record beside a checkpoint: `<name>.sha256`."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + RECORD_SUFFIX)
+
+
+def write_record(checkpoint: Path, step: int, name: Path | None = None) -> dict:
+    """Hash `checkpoint` and write its record (for the file that will be called `name`)."""
+    record = {"step": step, "bytes": checkpoint.stat().st_size, "sha256": sha256_file(checkpoint)}
+    target = record_path(name or checkpoint)
+    partial = target.with_name(f".partial-{target.name}")
+    partial.write_text(json.dumps(record) + "\n")
+    os.replace(partial, target)
+    return record
+
+
+def read_record(path: str | Path) -> dict:
+    """A checkpoint's integrity record as written (not checked against the file: see `verify_checkpoint`)."""
+    try:
+        return json.loads(record_path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} has no integrity record {record_path(path).name}; "
+                              "it was not written by `sknet train`, or its writing was cut off") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint record {record_path(path)} is not valid JSON ({exc})") from None
+
+
+def verify_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's record, after checking the file against it; `CheckpointError` names what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    record = read_record(path)
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise CheckpointError(f"checkpoint {path} is damaged: {size:,} bytes, {record['bytes']:,} when written")
+    if sha256_file(path) != record["sha256"]:
+        raise CheckpointError(f"checkpoint {path} is damaged: its sha256 differs from the one recorded when "
+                              "it was written")
+    return record
+
+
+def latest_verified_checkpoint(output_dir: str | Path) -> tuple[int, Path] | None:
+    """The newest checkpoint that verifies; damaged ones are named in a warning and skipped.
+
+    None when there is no checkpoint; `CheckpointError` when there are some and none verifies.
+    """
+    found = list_checkpoints(output_dir)
+    problems = []
+    for step, path in reversed(found):
+        try:
+            verify_checkpoint(path)
+            return step, path
+        except CheckpointError as exc:
+            log.warning("skipping a checkpoint: %s", exc)
+            problems.append(str(exc))
+    if found:
+        raise CheckpointError(f"none of the {len(found)} checkpoint(s) in {checkpoint_dir(output_dir)} verifies: "
+                              + "; ".join(problems) + ". Start over with another train.output_dir (or --fresh)")
+    return None
 
 
 def save_checkpoint(cell, output_dir: str | Path, step: int, keep: int) -> Path:
@@ -53,9 +127,11 @@ def save_checkpoint(cell, output_dir: str | Path, step: int, keep: int) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(f".partial-{final.name}")
     ms.save_checkpoint(cell, str(partial))
+    write_record(partial, step, name=final)
     os.replace(partial, final)
     for _, old in list_checkpoints(output_dir)[:-keep]:
         old.unlink(missing_ok=True)
+        record_path(old).unlink(missing_ok=True)
     return final
 
 
@@ -64,13 +140,19 @@ def load_into(cell, path: str | Path, *, what: str = "network") -> None:
     import mindspore as ms
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    if record_path(path).exists() or not path.is_file():
+        verify_checkpoint(path)
+    else:
+        log.warning("checkpoint %s has no integrity record (not written by `sknet train`): loading it unverified",
+                    path)
     try:
         params = ms.load_checkpoint(str(path))
+        for name in RECOMPUTED:
+            params.pop(name, None)
         missing, _ = ms.load_param_into_net(cell, params)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit the {what}: {exc}") from None
+    missing = [name for name in missing if name not in RECOMPUTED]
     if missing:
         raise CheckpointError(
             f"checkpoint {path} lacks {len(missing)} parameters of the {what} (first: {missing[0]}); "
@@ -96,26 +178,45 @@ class CheckpointMirror:
 
     def push(self, output_dir: str | Path, step: int, keep: int, *, checkpoint: Path | None = None,
              metrics: Path | None = None) -> None:
-        """Upload the checkpoint of `step`, then the metrics log; keep the newest `keep` checkpoints.
-        `checkpoint`/`metrics` are snapshots to upload instead of the run directory's files."""
-        self.store.put(checkpoint or checkpoint_path(output_dir, step), checkpoint_path("", step).name)
+        """Upload the checkpoint of `step`, its integrity record, then the metrics log; keep the newest `keep`.
+        `checkpoint`/`metrics` are snapshots (the record beside the snapshot) to upload instead of the run
+        directory's files."""
+        source = checkpoint or checkpoint_path(output_dir, step)
+        name = checkpoint_path("", step).name
+        self.store.put(source, name)
+        self.store.put(record_path(source), record_path(name).name)  # last: a checkpoint without it is unfinished
         log_file = metrics or Path(output_dir) / self.LOG
         if log_file.exists():
             self.store.put(log_file, self.LOG)
         for old in self.steps()[:-keep]:
             self.store.delete(checkpoint_path("", old).name)
+            self.store.delete(record_path(checkpoint_path("", old)).name)
 
     def pull(self, output_dir: str | Path) -> int | None:
-        """Download the newest mirrored checkpoint if it is newer than the local ones; its step, or None."""
-        steps = self.steps()
+        """Download the newest mirrored checkpoint that verifies, if it is newer than the local ones; its step,
+        or None. A copy is checked against its record before it replaces anything local."""
         local = latest_checkpoint(output_dir)
-        if not steps or (local is not None and local[0] >= steps[-1]):
-            return None
-        step = steps[-1]
-        self.store.get(checkpoint_path("", step).name, checkpoint_path(output_dir, step))
-        if self.store.exists(self.LOG):
-            self.store.get(self.LOG, Path(output_dir) / self.LOG)
-        return step
+        for step in reversed(self.steps()):
+            if local is not None and local[0] >= step:
+                return None
+            final = checkpoint_path(output_dir, step)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial = final.with_name(f".partial-pull-{final.name}")
+            try:
+                self.store.get(checkpoint_path("", step).name, partial)
+                self.store.get(record_path(checkpoint_path("", step)).name, record_path(partial))
+                verify_checkpoint(partial)
+            except (CheckpointError, StorageError) as exc:
+                log.warning("mirrored checkpoint of step %d in %s not used: %s", step, self.store.uri, exc)
+                partial.unlink(missing_ok=True)
+                record_path(partial).unlink(missing_ok=True)
+                continue
+            os.replace(record_path(partial), record_path(final))  # the record first, as when saving
+            os.replace(partial, final)
+            if self.store.exists(self.LOG):
+                self.store.get(self.LOG, Path(output_dir) / self.LOG)
+            return step
+        return None
 
 
 class BackgroundUploads:
@@ -140,6 +241,7 @@ class BackgroundUploads:
         snapshot = self.spool / checkpoint_path("", step).name
         snapshot.unlink(missing_ok=True)
         os.link(checkpoint_path(self.output_dir, step), snapshot)
+        shutil.copyfile(record_path(checkpoint_path(self.output_dir, step)), record_path(snapshot))
         metrics = self.spool / f"{METRICS_FILE}.{step}"
         if (self.output_dir / METRICS_FILE).exists():
             shutil.copyfile(self.output_dir / METRICS_FILE, metrics)
@@ -154,8 +256,8 @@ class BackgroundUploads:
             except (StorageError, OSError) as exc:
                 log.warning("checkpoint of step %d kept locally only, mirroring failed: %s", step, exc)
             finally:
-                snapshot.unlink(missing_ok=True)
-                metrics.unlink(missing_ok=True)
+                for spooled in (snapshot, record_path(snapshot), metrics):
+                    spooled.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Wait for every submitted upload to finish (or fail), then stop the worker."""

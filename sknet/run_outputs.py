@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from sknet.checkpoint import latest_checkpoint
+from sknet.checkpoint import latest_verified_checkpoint, read_record
 from sknet.config import Config
 from sknet.errors import CheckpointError
 from sknet.gate import Verdict, enforce, gate
@@ -18,7 +18,7 @@ from sknet.report import plot_training_curve, read_metrics
 from sknet.run_files import (
     CONFIG_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE,
 )
-from sknet.storage import sha256_file, store_from_config
+from sknet.storage import store_from_config
 
 RUN_FILES = (EVAL_FILE, CURVE_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
 
@@ -32,13 +32,14 @@ def training_outcome(launched: Mapping, output_dir: str | Path) -> dict:
     if 0 not in launched.get("local_ranks", [0]):
         return {**launched, "holds_rank_zero": False, "checkpoint": None, "checkpoint_sha256": None,
                 "step": None, "final_loss": None}
-    newest = latest_checkpoint(output_dir)
+    newest = latest_verified_checkpoint(output_dir)
     if newest is None:
         raise CheckpointError(f"training finished but {output_dir}/checkpoints holds no checkpoint")
     step, checkpoint = newest
     losses = [r["loss"] for r in read_metrics(output_dir) if r["event"] == "step"]
     return {**launched, "holds_rank_zero": True, "checkpoint": str(checkpoint),
-            "checkpoint_sha256": sha256_file(checkpoint), "step": step, "final_loss": losses[-1] if losses else None}
+            "checkpoint_sha256": read_record(checkpoint)["sha256"], "step": step,  # just verified
+            "final_loss": losses[-1] if losses else None}
 
 
 def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:

@@ -20,7 +20,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sknet.checkpoint import BackgroundUploads, CheckpointMirror, latest_checkpoint, load_into, save_checkpoint
+from sknet.checkpoint import (
+    BackgroundUploads, CheckpointMirror, latest_checkpoint, latest_verified_checkpoint, load_into, save_checkpoint,
+)
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import DataError, SknetError
@@ -295,9 +297,10 @@ def _build(cfg: Config, data_dir: Path, output_dir: Path, uploads: BackgroundUpl
 
 
 def _resume(run: _Training) -> int:
-    """Load the newest checkpoint, if any, and drop metrics past it; returns the step to continue from."""
+    """Load the newest checkpoint that verifies, if any (damaged ones are named and skipped), and drop metrics
+    past it; returns the step to continue from."""
     start_step = 0
-    latest = latest_checkpoint(run.output_dir)
+    latest = latest_verified_checkpoint(run.output_dir)
     if latest is not None:
         start_step, path = latest
         load_into(run.train_step, path, what="training state")

@@ -1,6 +1,6 @@
 """Checkpoint mirroring to object storage, with stand-in checkpoint files (no MindSpore needed)."""
 
-from sknet.checkpoint import CheckpointMirror, checkpoint_path, latest_checkpoint
+from sknet.checkpoint import CheckpointMirror, checkpoint_path, latest_checkpoint, write_record
 
 S3_PREFIX = "runs/r1/checkpoints"
 
@@ -9,6 +9,7 @@ def write_checkpoint(run, step):
     path = checkpoint_path(run, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(f"weights of step {step}".encode())
+    write_record(path, step)
     (run / "metrics.jsonl").write_text(f'{{"step": {step}}}\n')
 
 
