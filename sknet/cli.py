@@ -35,6 +35,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fresh_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: move an existing train.output_dir aside to <dir>.replaced-<time> "
+                        "(kept, never deleted) instead of resuming from it")
+
+
 def _add_storage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", default=None, metavar="URL",
                         help="S3 endpoint for MinIO / Huawei OBS (default: AWS, or AWS_ENDPOINT_URL)")
@@ -145,6 +151,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
         epilog="example: sknet train --config cpu-smoke --set data.uri=work/data train.output_dir=work/runs/smoke",
     )
     _add_config_args(train)
+    _add_fresh_arg(train)
 
     launch = commands.add_parser(
         "launch", help="start and supervise all ranks of a run (launch.backend: cpu, ascend, msrun)",
@@ -155,6 +162,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(launch)
+    _add_fresh_arg(launch)
     launch.add_argument("--dry-run", action="store_true",
                         help="print, as JSON, every process this host would start (ranks, device id, command, "
                         "environment with secrets masked) and start nothing")
@@ -246,6 +254,11 @@ def _run(args: argparse.Namespace) -> dict | None:
     if args.command == "config":
         print(f"# digest: {cfg.digest()}\n{cfg.to_yaml()}", end="")
         return None
+    if args.command in ("train", "launch") and args.fresh and not getattr(args, "dry_run", False):
+        from sknet.run_record import move_aside
+
+        if (moved := move_aside(cfg.train.output_dir)) is not None:
+            logging.getLogger("sknet").warning("--fresh: the previous run is kept in %s", moved)
     if args.command == "train":
         from sknet.train import train
 

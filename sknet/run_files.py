@@ -1,5 +1,6 @@
 """The files of a run directory (`train.output_dir`), named once.
 
+    run.json         the training-relevant settings of the run this directory holds (run_record)
     config.yaml      the resolved config the ranks were started with (launcher)
     launch.json      the launcher's result: backend, exit codes, failed rank (launcher)
     metrics.jsonl    one JSON record per logged step and per epoch (rank 0)
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+RUN_RECORD_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 LAUNCH_FILE = "launch.json"
 METRICS_FILE = "metrics.jsonl"

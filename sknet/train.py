@@ -26,6 +26,7 @@ from sknet.checkpoint import (
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import DataError, SknetError
+from sknet.run_record import check_run_dir
 from sknet.run_files import METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
 from sknet.runtime import configure, loss_scaling, sink_size
 from sknet.lr_schedule import learning_rates
@@ -160,7 +161,7 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
     data_dir = local_dataset_path(cfg.data.uri).resolve()
     report = verify_layout(data_dir)  # cheap; never compile or train on a bad copy
     output_dir = Path(cfg.train.output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(cfg, output_dir)  # a directory holding another run is refused before anything compiles
     mirror = None
     if cfg.train.checkpoint_mirror:  # also proves the bucket is reachable before any compute
         mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))

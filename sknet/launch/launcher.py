@@ -34,6 +34,7 @@ from sknet.errors import LaunchError
 from sknet.jsonio import dumps
 from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.ports import free_port
+from sknet.run_record import check_run_dir
 from sknet.train import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV  # light: MindSpore is imported inside train() only
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
 
@@ -215,6 +216,7 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     port = cfg.launch.master_port or free_port()
     plan = check_launchable(cfg, devices, port)
     output_dir = Path(cfg.train.output_dir).resolve()
+    check_run_dir(cfg, output_dir)
     log_dir = output_dir / LOGS_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / CONFIG_FILE
