@@ -35,6 +35,45 @@ from sknet.jsonio import dumps, json_safe
 from sknet.train_log import format_step_line
 
 LAUNCHED_ENV = "SKNET_LAUNCHED"  # set by the launcher, which pulls the mirrored checkpoint once per node
+LAUNCHER_ENV = "SKNET_LAUNCHER"  # "<pid>:<start time>" of the launcher: a rank outliving it stops itself
+WATCHDOG_SECONDS = 1.0
+
+
+def launcher_identity() -> dict[str, str]:
+    """The environment that tells a rank which launcher it belongs to (PID and start time: PIDs are reused)."""
+    import psutil
+
+    me = psutil.Process()
+    return {LAUNCHER_ENV: f"{me.pid}:{me.create_time()}"}
+
+
+def watch_launcher(grace_seconds: float) -> None:
+    """If this rank's launcher dies (SIGKILLed, OOM-killed), stop as on SIGTERM — a checkpoint at the next step
+    boundary — and exit outright `grace_seconds` later if that cannot happen (a peer is gone mid-all-reduce).
+    An orphan must never keep the devices or write checkpoints beside a retry."""
+    identity = os.environ.get(LAUNCHER_ENV)
+    if not identity:
+        return
+    pid, started = identity.split(":")
+
+    def alive() -> bool:
+        import psutil
+
+        try:
+            return abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.01
+        except psutil.NoSuchProcess:
+            return False
+
+    def watch() -> None:
+        while alive():
+            time.sleep(WATCHDOG_SECONDS)
+        log.warning("the launcher (pid %s) is gone: stopping at the next step boundary", pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_seconds)
+        log.error("could not stop within %g s of losing the launcher: exiting", grace_seconds)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +201,7 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
     report = verify_layout(data_dir)  # cheap; never compile or train on a bad copy
     output_dir = Path(cfg.train.output_dir).resolve()
     check_run_dir(cfg, output_dir)  # a directory holding another run is refused before anything compiles
+    watch_launcher(cfg.launch.stop_grace_seconds)
     mirror = None
     if cfg.train.checkpoint_mirror:  # also proves the bucket is reachable before any compute
         mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))

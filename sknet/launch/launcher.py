@@ -15,6 +15,7 @@ process group). A relaunch of the same run resumes from its newest checkpoint (s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -35,7 +36,7 @@ from sknet.jsonio import dumps
 from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.ports import free_port
 from sknet.run_record import check_run_dir
-from sknet.train import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV  # light: MindSpore is imported inside train() only
+from sknet.train import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV, launcher_identity  # light: MindSpore is imported inside train() only
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,16 @@ class _Rank:
         except ProcessLookupError:
             pass
 
+    def descendants(self) -> list:
+        """Every process this one started, its own sessions included (msrun starts its workers in new ones,
+        beyond the reach of our process-group signals)."""
+        import psutil
+
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
     def close(self) -> None:
         self.pump.join(timeout=5)
         self.log.close()
@@ -191,18 +202,31 @@ class _SigtermWatch:
 
 
 def _stop(processes: Sequence[_Rank], grace_seconds: float = STOP_GRACE_SECONDS) -> None:
-    """TERM to every process group, KILL to whatever still runs `grace_seconds` later."""
+    """TERM to every process group and every descendant, KILL to whatever still runs `grace_seconds` later.
+
+    Descendants are collected first: once their parent exits they are no longer found through it.
+    """
+    import psutil
+
+    descendants = [child for rank in processes for child in rank.descendants()]
     for rank in processes:
         rank.signal(signal.SIGTERM)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()  # psutil checks the PID still names the same process
     deadline = time.monotonic() + grace_seconds
     for rank in processes:
         try:
             rank.process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
+    psutil.wait_procs(descendants, timeout=max(0.1, deadline - time.monotonic()))
     for rank in processes:
         rank.signal(signal.SIGKILL)  # the whole group: nothing the rank started outlives it
         rank.process.wait()
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
@@ -316,7 +340,7 @@ def _start(cfg: Config, plan: Sequence[RankProcess], port: int, log_dir: Path, r
     """Spawn the planned processes (this host's ranks, plus the cpu scheduler; or msrun, with a tail of
     each of this node's worker logs)."""
     base_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: "1"}
+                "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: "1", **launcher_identity()}
     base_env.setdefault("GLOG_v", "3")
     tails = [_LogTail(log_dir / f"worker_{rank}.log", f"[rank {rank}] ", on_line)
              for p in plan if p.name == MSRUN for rank in p.ranks]
@@ -360,14 +384,26 @@ def _diverged(failed: _Rank, log_dir: Path) -> bool:
                                         for p in log_dir.glob("worker_*.log"))
 
 
+_MSRUN_FIRST_FAILURE = re.compile(r"worker (\d+) is the first one timed out")
+
+
+def _msrun_failed_worker(msrun: _Rank) -> str | None:
+    """The rank msrun's scheduler names as the first one lost, if it says (only msrun's output names it)."""
+    found = [m.group(1) for line in msrun.tail if (m := _MSRUN_FIRST_FAILURE.search(line))]
+    return found[-1] if found else None
+
+
 def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], local_ranks: list[int], started: float,
               failed: _Rank | None, reason: str) -> LaunchResult:
     """The run's result, written to launch.json; raised inside a `LaunchError` when the run failed."""
+    failed_rank = failed.name if failed else None
+    if failed_rank == MSRUN and (worker := _msrun_failed_worker(failed)) is not None:
+        failed_rank, reason = worker, f"rank {worker} failed (msrun: {reason})"
     result = LaunchResult(
         backend=cfg.launch.backend, ranks=cfg.launch.ranks,
         exit_codes={r.name: r.process.returncode for r in processes},
         seconds=round(time.monotonic() - started, 2), output_dir=str(output_dir),
-        checkpoint_dir=str(checkpoint_dir(output_dir)), failed_rank=failed.name if failed else None,
+        checkpoint_dir=str(checkpoint_dir(output_dir)), failed_rank=failed_rank,
         reason=reason, last_lines=list(failed.tail) if failed else [], local_ranks=local_ranks,
         diverged=failed is not None and _diverged(failed, output_dir / LOGS_DIR),
     )
