@@ -56,15 +56,42 @@ def site(s3_server, synthetic_data, tmp_path_factory):
         run_shell(commands[-1], clone, env)
 
 
+class CommandLines:
+    """Every process command line seen on this machine while it runs (sampled every 0.2 s)."""
+
+    def __init__(self):
+        import threading
+
+        self.seen: set[str] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self.done.wait(0.2):
+            for process in psutil.process_iter(["cmdline"]):
+                self.seen.add(" ".join(process.info["cmdline"] or []))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
 @pytest.fixture(scope="module")
 def nightly_run(site) -> dict:
     """The README's `prefect deployment run sknet-train/nightly --param config=cpu-smoke --watch`, as written."""
     commands = readme_commands(README_SECTION)[1:-1]
     script = "\n".join(commands).replace("4200", str(site["port"]))
-    proc = run_shell(script, site["clone"], site["env"], timeout=1200)
+    with CommandLines() as command_lines:
+        proc = run_shell(script, site["clone"], site["env"], timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1)
-    return {**flow_run(site, run_id), "output": proc.stdout}
+    return {**flow_run(site, run_id), "output": proc.stdout, "command_lines": command_lines.seen}
 
 
 def api(site, path: str, body: dict | None = None):
@@ -129,6 +156,32 @@ def test_the_release_holds_verified_objects_and_lineage(site, nightly_run, tmp_p
     assert lineage["dataset"]["digest"] == site["dataset"].rsplit("/", 1)[-1]
     assert CheckpointMirror(s3_store(site, f"runs/{run_id}/checkpoints")).steps()[-1] == 60
     assert s3_store(site, f"runs/{run_id}").exists("curve.png")
+
+
+def test_the_secret_key_shows_up_nowhere(site, nightly_run, tmp_path):
+    """The S3 secret (a canary) is in the worker's environment only: not in any log line, artifact, flow or task
+    run, event, deployment or block the API serves, any object in the bucket, any file the run left locally,
+    or any process command line seen during the run."""
+    from s3server import SECRET_KEY
+
+    run_id = nightly_run["id"]
+    served = [api(site, "logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200, "offset": offset})
+              for offset in range(0, 2000, 200)]
+    served += [api(site, "artifacts/filter", {}), api(site, f"flow_runs/{run_id}"), task_runs(site, run_id),
+               api(site, "deployments/filter", {}), api(site, "block_documents/filter", {"include_secrets": False}),
+               api(site, "events/filter", {"filter": {"occurred": {"since": "2020-01-01T00:00:00Z"}}, "limit": 50})]
+    assert sum(len(page) for page in served[:10]) > 20  # the logs were really read
+    assert SECRET_KEY not in json.dumps(served)
+    bucket = s3_store(site)
+    for obj in bucket.list():
+        bucket.get(obj.key, tmp_path / "object")
+        assert SECRET_KEY.encode() not in (tmp_path / "object").read_bytes(), obj.key
+    for root in (Path(site["work"]), Path(site["clone"], "work")):
+        for path in root.rglob("*"):
+            if path.is_file() and path.suffix not in (".bin", ".ckpt", ".mindir", ".db", ".png"):
+                assert SECRET_KEY.encode() not in path.read_bytes(), path
+    assert len(nightly_run["command_lines"]) > 10
+    assert not [line for line in nightly_run["command_lines"] if SECRET_KEY in line]
 
 
 def test_the_ui_has_the_artifacts_and_asset_lineage(site, nightly_run):
