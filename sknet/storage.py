@@ -4,18 +4,29 @@ Keys are relative to the store's root (`s3://bucket/prefix` or `file:///path`). 
 published atomically by `publish`: upload everything, verify every object, write `manifest.json` last.
 A prefix without a manifest is incomplete and readers must treat it so (`read_manifest`).
 Errors name the operation and the object, never credentials.
+
+Small objects that several writers may race on (a `LATEST` pointer, a claim) are written with
+`put_bytes_if`, a compare-and-swap on the version `get_versioned` returned: S3's conditional writes
+(`If-Match: <ETag>`, `If-None-Match: *`), and for a LocalStore the same check under an exclusive
+`flock` on a hidden `.lock-<name>` beside the object.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +38,12 @@ MULTIPART_THRESHOLD = 64 * 2**20  # CIFAR-10 files (30.7 MB) go up in one part, 
 S3_MAX_ATTEMPTS = 9  # tries per S3 request, the first included (botocore's retries={"max_attempts": 8})
 S3_SCHEME = "s3://"
 FILE_SCHEME = "file://"
+CLAIM = ".writing"  # `<prefix>/.writing`: who is publishing the prefix right now (see `claim`)
+CLAIM_LEASE = timedelta(minutes=15)  # a claim not renewed for this long is abandoned; renewed after each file
+LOCK_PREFIX = ".lock-"  # LocalStore: `.lock-<name>` beside an object written by put_bytes_if
+PARTIAL_PREFIX = ".partial-"  # LocalStore: a write in progress, renamed into place when complete
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(SknetError):
@@ -37,10 +54,22 @@ class IncompleteError(StorageError):
     """A prefix has no manifest: its publication never finished."""
 
 
+class WriteConflict(StorageError):
+    """A conditional write lost: another writer changed (or created) the object since it was read."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes and the tag a conditional write compares (S3: the ETag; LocalStore: the sha256)."""
+
+    data: bytes
+    tag: str
 
 
 class Store(Protocol):
@@ -50,6 +79,8 @@ class Store(Protocol):
     def put(self, src: Path, key: str) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def put_bytes(self, data: bytes, key: str) -> None: ...
+    def get_versioned(self, key: str) -> Versioned | None: ...
+    def put_bytes_if(self, data: bytes, key: str, tag: str | None) -> str: ...
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
@@ -123,13 +154,31 @@ class LocalStore:
     def put_bytes(self, data: bytes, key: str) -> None:
         _write_atomic(self._path(key), lambda partial: partial.write_bytes(data))
 
+    def get_versioned(self, key: str) -> Versioned | None:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return Versioned(data, hashlib.sha256(data).hexdigest())
+
+    def put_bytes_if(self, data: bytes, key: str, tag: str | None) -> str:
+        """Write `data` only if the object is still at version `tag` (None: only if there is none)."""
+        path = self._path(key)
+        with _locked(path):
+            current = self.get_versioned(key)
+            if (current.tag if current else None) != tag:
+                raise WriteConflict(f"put {self.uri}/{key}: changed by another writer since it was read")
+            self.put_bytes(data, key)
+        return hashlib.sha256(data).hexdigest()
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
         return sorted(
             (ObjectInfo(p.relative_to(self.root).as_posix(), p.stat().st_size)
-             for p in base.rglob("*") if p.is_file() and not p.name.startswith(".partial-")),
+             for p in base.rglob("*") if p.is_file() and not p.name.startswith((PARTIAL_PREFIX, LOCK_PREFIX))),
             key=lambda o: o.key,
         )
 
@@ -163,13 +212,12 @@ class S3Store:
         return join(self.prefix, key)
 
     def _fail(self, op: str, key: str, exc: Exception) -> StorageError:
-        code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", type(exc).__name__)
-        return StorageError(f"{op} s3://{self.bucket}/{self._key(key)}: {code}")
+        return StorageError(f"{op} s3://{self.bucket}/{self._key(key)}: {_error_code(exc) or type(exc).__name__}")
 
     def get(self, key: str, dest: Path) -> None:
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(f".partial-{os.getpid()}-{dest.name}")
+        partial = dest.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{dest.name}")
         try:
             self.client.download_file(self.bucket, self._key(key), str(partial), Config=transfer_config())
             os.replace(partial, dest)
@@ -196,6 +244,32 @@ class S3Store:
         except Exception as exc:
             raise self._fail("put", key, exc) from None
 
+    def get_versioned(self, key: str) -> Versioned | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return Versioned(response["Body"].read(), response["ETag"])
+        except Exception as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail("get", key, exc) from None
+
+    def put_bytes_if(self, data: bytes, key: str, tag: str | None) -> str:
+        """Write `data` only if the object still has ETag `tag` (None: only if there is none).
+
+        412 PreconditionFailed, 409 ConditionalRequestConflict (a concurrent conditional write) and
+        404 (deleted meanwhile) are a lost race: `WriteConflict`.
+        """
+        condition = {"IfMatch": tag} if tag else {"IfNoneMatch": "*"}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                          ChecksumAlgorithm="SHA256", **condition)["ETag"]
+        except Exception as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
+                                    "NoSuchKey", "404"):
+                raise WriteConflict(f"put s3://{self.bucket}/{self._key(key)}: changed by another writer "
+                                    "since it was read") from None
+            raise self._fail("put", key, exc) from None
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -211,7 +285,7 @@ class S3Store:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
         except Exception as exc:
-            if (getattr(exc, "response", None) or {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self._fail("head", key, exc) from None
 
@@ -249,6 +323,11 @@ class S3Store:
         _check(f"s3://{self.bucket}", self._key(key), head["ContentLength"], size, stored, expected)
 
 
+def _error_code(exc: Exception) -> str | None:
+    """The S3 error code of a botocore ClientError (`NoSuchKey`, `PreconditionFailed`, …), else None."""
+    return (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+
+
 def _multipart_parts(head: Mapping) -> int | None:
     """Part count of a multipart object (ETag `"…-N"`, as S3, MinIO and OBS report it), else None."""
     match = re.search(r"-(\d+)\"?$", head.get("ETag", ""))
@@ -275,6 +354,20 @@ def _check(where: str, key: str, actual_size: int, size: int, actual_digest: str
         raise StorageError(f"{where}/{key}: content differs from the manifest (sha256 mismatch)")
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on `.lock-<name>` beside `path`: one conditional write at a time, across threads
+    (each open is its own lock) and processes of this host or of any host sharing the file system."""
+    lock = path.with_name(LOCK_PREFIX + path.name)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _copy_atomic(source: Path, target: Path) -> None:
     _write_atomic(target, lambda partial: shutil.copyfile(source, partial))
 
@@ -282,7 +375,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
 def _write_atomic(target: Path, write: Callable[[Path], object]) -> None:
     """`write` fills a temporary sibling, which then replaces `target` in one rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
+    partial = target.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}")
     try:
         write(partial)
         os.replace(partial, target)
@@ -329,25 +422,135 @@ def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None 
 
 
 def publish(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapping | None = None,
-            progress: Callable[[str], None] | None = None, file_facts: Mapping[str, dict] | None = None) -> dict:
+            progress: Callable[[str], None] | None = None, file_facts: Mapping[str, dict] | None = None,
+            *, exclusive: bool = False) -> dict:
     """Upload `files` (key under prefix → local path), verify each object, then write the manifest.
 
     Each manifest entry holds size and sha256, plus any `file_facts[name]` (e.g. a record count); a
     sha256 already in the facts is not computed again, and the verification below checks it anyway.
+
+    With `exclusive`, the prefix is claimed first (`claim`) and the manifest only created if there is
+    none, so two executions publishing one prefix never mix their objects and manifests: the one that
+    comes second gets `WriteConflict` and has written nothing over the other's objects.
     """
+    hold = claim(store, prefix) if exclusive else None
+    try:
+        if hold and store.exists(join(prefix, MANIFEST)):
+            raise WriteConflict(f"{store.uri}/{prefix}: already published by another execution")
+        entries = _upload(store, prefix, files, file_facts or {}, progress, hold)
+        for name, entry in entries.items():
+            store.verify(join(prefix, name), entry["size"], entry["sha256"], local=Path(files[name]))
+        manifest = {"files": entries, **(metadata or {})}
+        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        if hold:
+            renew(hold)
+            store.put_bytes_if(body, join(prefix, MANIFEST), None)
+        else:
+            store.put_bytes(body, join(prefix, MANIFEST))
+        return manifest
+    finally:
+        if hold:
+            drop(hold)
+
+
+def _upload(store: Store, prefix: str, files: Mapping[str, Path], file_facts: Mapping[str, dict],
+            progress: Callable[[str], None] | None, hold: Claim | None) -> dict:
+    """Put every file (renewing the claim after each) and return the manifest's file table."""
     entries = {}
     for name, path in sorted(files.items()):
         path = Path(path)
-        facts = (file_facts or {}).get(name, {})
+        facts = file_facts.get(name, {})
         entries[name] = {**facts, "size": path.stat().st_size, "sha256": facts.get("sha256") or sha256_file(path)}
         store.put(path, join(prefix, name))
+        if hold:
+            renew(hold)
         if progress:
             progress(f"uploaded {name} ({entries[name]['size']:,} bytes)")
-    for name, entry in entries.items():
-        store.verify(join(prefix, name), entry["size"], entry["sha256"], local=Path(files[name]))
-    manifest = {"files": entries, **(metadata or {})}
-    store.put_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode(), join(prefix, MANIFEST))
-    return manifest
+    return entries
+
+
+@dataclass
+class Claim:
+    """This writer's hold on `<prefix>/.writing`: its record (owner, host, pid, times) and version tag."""
+
+    store: Store
+    key: str
+    record: dict
+    tag: str
+
+
+def claim(store: Store, prefix: str) -> Claim:
+    """Take `<prefix>/.writing` for this writer, so that no other execution publishes the same prefix.
+
+    A claim of another writer renewed within CLAIM_LEASE is refused with `WriteConflict` naming the
+    holder; an older one was abandoned (its process was killed mid-way) and is taken over. Writers'
+    clocks are compared, so hosts need synchronised clocks (NTP) to within a fraction of the lease.
+    """
+    key = join(prefix, CLAIM)
+    now = _utc_now()
+    record = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+              "started_at": now, "renewed_at": now}
+    held = store.get_versioned(key)
+    holder = _claim_record(held)
+    if held is not None and not _abandoned(holder):
+        raise WriteConflict(f"{store.uri}/{prefix} is being written by another execution ({_describe(holder)}); "
+                            f"wait for it, or delete {store.uri}/{key} if that process is gone "
+                            f"(a claim not renewed for {CLAIM_LEASE} is taken over)")
+    body = json.dumps(record, sort_keys=True).encode()
+    try:
+        tag = store.put_bytes_if(body, key, held.tag if held else None)
+    except WriteConflict:
+        again = store.get_versioned(key)  # a retried request may have landed: then the claim is ours
+        if again is None or _claim_record(again).get("owner") != record["owner"]:
+            raise WriteConflict(f"{store.uri}/{prefix}: another execution claimed it at the same moment") from None
+        tag = again.tag
+    return Claim(store, key, record, tag)
+
+
+def renew(hold: Claim) -> None:
+    """Show that the claim's writer is alive; `WriteConflict` if another execution took the claim over."""
+    hold.record["renewed_at"] = _utc_now()
+    try:
+        hold.tag = hold.store.put_bytes_if(json.dumps(hold.record, sort_keys=True).encode(), hold.key, hold.tag)
+    except WriteConflict:
+        raise WriteConflict(f"{hold.store.uri}/{hold.key}: this execution's claim was taken over (not renewed "
+                            f"within {CLAIM_LEASE}); stopping before the manifest") from None
+
+
+def drop(hold: Claim) -> None:
+    """Remove the claim if it is still this writer's (best effort: a claim left behind expires)."""
+    try:
+        held = hold.store.get_versioned(hold.key)
+        if held is not None and held.tag == hold.tag:
+            hold.store.delete(hold.key)
+    except StorageError as exc:
+        log.warning("could not remove the claim %s/%s (%s); it expires after %s", hold.store.uri, hold.key,
+                    exc, CLAIM_LEASE)
+
+
+def _claim_record(held: Versioned | None) -> dict:
+    try:
+        record = json.loads(held.data) if held else {}
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _abandoned(record: Mapping) -> bool:
+    """A claim not renewed within the lease (or unreadable) belongs to no live writer."""
+    try:
+        return datetime.now(timezone.utc) - datetime.fromisoformat(record["renewed_at"]) > CLAIM_LEASE
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+def _describe(record: Mapping) -> str:
+    return (f"host {record.get('host', '?')} pid {record.get('pid', '?')}, started {record.get('started_at', '?')}, "
+            f"renewed {record.get('renewed_at', '?')}")
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def read_manifest(store: Store, prefix: str) -> dict:

@@ -124,3 +124,82 @@ def test_an_error_without_an_s3_response_is_still_named():
 
     error = S3Store("s3://bucket/prefix", client=object())._fail("get", "data_batch_1.bin", ReadTimeoutError())
     assert str(error) == "get s3://bucket/prefix/data_batch_1.bin: ReadTimeoutError"
+
+
+def test_a_conditional_write_loses_to_any_change_since_the_read(store):
+    from sknet.storage import WriteConflict
+
+    first = store.put_bytes_if(b"one", "ptr", None)  # None: only if there is no object yet
+    with pytest.raises(WriteConflict, match=r"put .*/ptr: changed by another writer since it was read"):
+        store.put_bytes_if(b"again", "ptr", None)
+    assert store.get_versioned("ptr").tag == first
+    second = store.put_bytes_if(b"two", "ptr", first)
+    with pytest.raises(WriteConflict):
+        store.put_bytes_if(b"stale", "ptr", first)
+    assert store.get_versioned("ptr").data == b"two" and store.get_versioned("ptr").tag == second
+    assert store.get_versioned("nothing") is None
+    assert [o.key for o in store.list()] == ["ptr"]  # a LocalStore's lock file is not an object
+
+
+def test_racing_conditional_writes_have_exactly_one_winner(store):
+    import threading
+
+    from sknet.storage import WriteConflict
+
+    for round_ in range(5):
+        tag = store.put_bytes_if(b"base", f"ptr-{round_}", None)
+        start, won, lost = threading.Barrier(6), [], []
+
+        def write(n, key=f"ptr-{round_}"):
+            start.wait()
+            try:
+                store.put_bytes_if(f"writer {n}".encode(), key, tag)
+                won.append(n)
+            except WriteConflict:
+                lost.append(n)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(won) == 1 and len(lost) == 5
+        assert store.get_bytes(f"ptr-{round_}") == f"writer {won[0]}".encode()
+
+
+def test_exclusive_publish_refuses_a_prefix_another_execution_is_writing(store, files):
+    from sknet.storage import WriteConflict, claim
+
+    held = claim(store, "rel/v1")  # another execution, alive (renewed just now)
+    with pytest.raises(WriteConflict, match=rf"rel/v1 is being written by another execution \(host .* pid {os.getpid()}"):
+        publish(store, "rel/v1", files, exclusive=True)
+    assert [o.key for o in store.list("rel/")] == ["rel/v1/.writing"]  # nothing of this execution's
+    assert store.get_versioned("rel/v1/.writing").tag == held.tag
+
+
+def test_an_abandoned_claim_is_taken_over_and_removed_after_publishing(store, files):
+    import json
+
+    store.put_bytes(json.dumps({"owner": "dead", "host": "gone", "pid": 1, "renewed_at": "2026-01-01T00:00:00+00:00"})
+                    .encode(), "rel/v1/.writing")  # a process killed mid-way, long ago
+    manifest = publish(store, "rel/v1", files, exclusive=True)
+    assert read_manifest(store, "rel/v1") == manifest
+    assert not store.exists("rel/v1/.writing")
+
+
+def test_a_writer_whose_claim_was_taken_over_stops_before_the_manifest(store):
+    from sknet.storage import WriteConflict, claim, renew
+
+    hold = claim(store, "rel/v1")
+    store.put_bytes(b'{"owner": "other"}', "rel/v1/.writing")  # taken over after the lease
+    with pytest.raises(WriteConflict, match=r"rel/v1/\.writing: this execution's claim was taken over"):
+        renew(hold)
+
+
+def test_exclusive_publish_refuses_a_prefix_already_published(store, files):
+    from sknet.storage import WriteConflict
+
+    publish(store, "rel/v1", files, exclusive=True)
+    with pytest.raises(WriteConflict, match=r"rel/v1: already published by another execution"):
+        publish(store, "rel/v1", files, exclusive=True)
+    assert not store.exists("rel/v1/.writing")
