@@ -1,8 +1,12 @@
-"""Publishing a run's outputs and a release, with the `LATEST` pointer moved last.
+"""Publishing a run's outputs and a release, with the `LATEST` pointer moved last and only forwards.
 
 Layout in the store: `runs/<run id>/…` (always, for diagnosis), `releases/<model>/<version>/…` (only
 after the gate passed) and `releases/<model>/LATEST`, rewritten only once every release object was
 uploaded and verified and the release manifest written.
+
+LATEST holds `{"version", "uri", "metrics", "released_at", "sequence"}`; `sequence` counts its moves (1 for
+the first release). It moves by compare-and-swap against the LATEST just read (`move_latest`), so two
+releases racing never overwrite a pointer neither has judged.
 """
 
 from __future__ import annotations
@@ -10,14 +14,33 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from sknet.storage import MANIFEST, IncompleteError, Store, join, publish, read_manifest, sha256_file
+from sknet.errors import SknetError
+from sknet.gate import gate
+from sknet.storage import (
+    MANIFEST, IncompleteError, Store, Versioned, WriteConflict, join, publish, read_manifest, sha256_file,
+)
 
 LATEST = "LATEST"
 LINEAGE = "lineage.json"
+LATEST_ATTEMPTS = 5  # reads and conditional writes of LATEST before giving up to other releases
 
 log = logging.getLogger(__name__)
+
+
+class LatestNotMoved(SknetError):
+    """The release is published, but LATEST stays where it is: the release is older, or not better."""
+
+
+@dataclass(frozen=True)
+class BeatLatest:
+    """gate.compare_to_latest, judged again when LATEST moves: `metric` ≥ LATEST's + `margin`."""
+
+    metric: str
+    margin: float = 0.0
 
 
 def run_prefix(run_id: str) -> str:
@@ -33,24 +56,113 @@ def publish_run(store: Store, run_id: str, files: Mapping[str, Path], metadata: 
 
 
 def publish_release(store: Store, model: str, version: str, files: Mapping[str, Path],
-                    metadata: Mapping | None = None) -> dict:
-    """Publish the release (manifest last), then point `LATEST` at it. Returns the pointer written.
+                    metadata: Mapping | None = None, *, beat_latest: BeatLatest | None = None) -> dict:
+    """Publish the release (manifest last, `released_at` in it), then move `LATEST` (`move_latest`).
 
-    Publishing the same files again (a retried task or flow run) only rewrites `LATEST`; other files
-    under an existing version are refused. `lineage.json` is not compared: a retry writes a new one
-    (its `created_at` differs) and the stored one stays.
+    Returns the pointer LATEST holds. With `beat_latest`, a model that does not beat LATEST as it is
+    now is refused before anything is uploaded (`LatestNotMoved`). Publishing the same files again (a
+    retried task or flow run) uploads nothing; other files under an existing version are refused, and
+    so is a version another execution is writing right now (`WriteConflict`, see
+    `sknet.storage.claim`). `lineage.json` is not compared: a retry writes a new one (its `created_at`
+    differs) and the stored one stays.
     """
-    prefix = release_prefix(model, version)
-    if store.exists(join(prefix, MANIFEST)):
-        manifest = read_manifest(store, prefix)
-        stored = {name: entry["sha256"] for name, entry in manifest["files"].items() if name != LINEAGE}
-        if stored != {name: sha256_file(Path(path)) for name, path in files.items() if name != LINEAGE}:
-            raise IncompleteError(f"{store.uri}/{prefix} is already released with other files; versions are immutable")
-    else:
-        manifest = publish(store, prefix, files, metadata=metadata, progress=log.info)
-    pointer = {"version": version, "uri": f"{store.uri}/{prefix}", "metrics": manifest.get("metrics", {})}
-    store.put_bytes(json.dumps(pointer, indent=2, sort_keys=True).encode(), join(release_prefix(model), LATEST))
-    return pointer
+    metadata = {**(metadata or {}), "released_at": datetime.now(timezone.utc).isoformat()}
+    _refuse_before_upload(store, model, version, metadata, beat_latest)
+    manifest = _publish_version(store, release_prefix(model, version), files, metadata)
+    return move_latest(store, model, version, manifest, beat_latest=beat_latest)
+
+
+def _refuse_before_upload(store: Store, model: str, version: str, metadata: Mapping,
+                          beat_latest: BeatLatest | None) -> None:
+    """With `beat_latest`, a new version that does not beat LATEST as it is now is refused before any upload."""
+    if beat_latest is None or store.exists(join(release_prefix(model, version), MANIFEST)):
+        return  # a published version is judged by `move_latest` alone
+    current = _read_latest(store, model)[1]
+    if current and current["version"] != version:
+        _refuse_backwards(f"{store.uri}/{release_prefix(model, version)} is not published and LATEST stays at "
+                          f"{current['version']}", version, metadata, current, beat_latest)
+
+
+def _publish_version(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapping) -> dict:
+    """The version's manifest: published now by this execution, or the stored one if its files are these."""
+    if not store.exists(join(prefix, MANIFEST)):
+        try:
+            return publish(store, prefix, files, metadata=metadata, progress=log.info, exclusive=True)
+        except WriteConflict:
+            if not store.exists(join(prefix, MANIFEST)):
+                raise  # another execution is still writing this version
+    manifest = read_manifest(store, prefix)
+    stored = {name: entry["sha256"] for name, entry in manifest["files"].items() if name != LINEAGE}
+    if stored != {name: sha256_file(Path(path)) for name, path in files.items() if name != LINEAGE}:
+        raise IncompleteError(f"{store.uri}/{prefix} is already released with other files; versions are immutable")
+    return manifest
+
+
+def move_latest(store: Store, model: str, version: str, manifest: Mapping, *,
+                beat_latest: BeatLatest | None = None) -> dict:
+    """Point LATEST at the complete release `version` (its `manifest`) unless that moves it backwards.
+
+    LATEST is read right before the write, and written only if it is still what was read (else it is
+    read and judged again). The release may not replace LATEST's when
+    - it is older: its `released_at` (UTC, when its publication began; in its manifest) is earlier than
+      LATEST's. Publication time orders releases, not version names (flow-run ids). This is the retried or
+      late run of a release another one has superseded; a release or LATEST without `released_at`
+      (written before it was recorded) counts as older than any with one;
+    - with `beat_latest` (gate.compare_to_latest): its metric is below LATEST's + margin *now*. The gate
+      task compared with LATEST earlier, and its result is cached; LATEST may have moved since.
+    Then the version stays published (versions are immutable), LATEST stays, and `LatestNotMoved` names
+    both versions. LATEST already at `version` is returned as it is (a retry after the move).
+    """
+    key = join(release_prefix(model), LATEST)
+    for _ in range(LATEST_ATTEMPTS):
+        held, current = _read_latest(store, model)
+        if current and current["version"] == version:
+            return current
+        if current:
+            _refuse_backwards(f"{store.uri}/{release_prefix(model, version)} is published, but LATEST stays at "
+                              f"{current['version']}", version, manifest, current, beat_latest)
+        pointer = {"version": version, "uri": f"{store.uri}/{release_prefix(model, version)}",
+                   "metrics": manifest.get("metrics", {}), "released_at": manifest.get("released_at", ""),
+                   "sequence": (current or {}).get("sequence", 0) + 1}
+        try:
+            store.put_bytes_if(json.dumps(pointer, indent=2, sort_keys=True).encode(), key, held.tag if held else None)
+        except WriteConflict:
+            log.info("LATEST of %s moved while releasing %s; judging the release again", model, version)
+            continue
+        log.info("LATEST of %s: %s → %s (move %d)", model, current["version"] if current else "none", version,
+                 pointer["sequence"])
+        return pointer
+    raise WriteConflict(f"{store.uri}/{key}: other releases moved it {LATEST_ATTEMPTS} times while {version} "
+                        "was judged; retry the release")
+
+
+def _read_latest(store: Store, model: str) -> tuple[Versioned | None, dict | None]:
+    """LATEST as stored (for a conditional write) and as a pointer; (None, None) before the first release."""
+    held = store.get_versioned(join(release_prefix(model), LATEST))
+    return held, (json.loads(held.data) if held else None)
+
+
+def _refuse_backwards(where: str, version: str, release: Mapping, current: Mapping,
+                      beat_latest: BeatLatest | None) -> None:
+    """`LatestNotMoved` (message: `where`, then why) if `release` (manifest or metadata) may not replace LATEST."""
+    if _released_at(release) < _released_at(current):
+        raise LatestNotMoved(
+            f"{where}: {version} (released {release.get('released_at') or 'at an unrecorded time'}) is older "
+            f"than {current['version']} (released {current.get('released_at')}); LATEST never moves back")
+    if beat_latest is not None:
+        verdict = gate(release.get("metrics", {}), metric=beat_latest.metric, threshold=0.0,
+                       champion_metrics=current.get("metrics", {}), margin=beat_latest.margin)
+        if not verdict.passed:
+            raise LatestNotMoved(f"{where}: compared at release time, {verdict.message.removeprefix('gate failed: ')}")
+
+
+def _released_at(record: Mapping) -> datetime:
+    """When a release's publication began; the earliest time for one that has no (readable) record of it."""
+    try:
+        moment = datetime.fromisoformat(record["released_at"])
+    except (KeyError, TypeError, ValueError):
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def latest_release(store: Store, model: str) -> dict | None:

@@ -13,7 +13,7 @@ from sknet.errors import CheckpointError
 from sknet.gate import Verdict, enforce, gate
 from sknet.lineage import lineage_record
 from sknet.plan import RunPlan
-from sknet.release import LINEAGE, latest_release, publish_release, publish_run
+from sknet.release import LINEAGE, BeatLatest, latest_release, publish_release, publish_run
 from sknet.report import plot_training_curve, read_metrics
 from sknet.run_files import (
     CONFIG_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE,
@@ -57,7 +57,11 @@ def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:
 
 
 def gate_against_latest(cfg: Config, metrics: Mapping, model: str) -> Verdict:
-    """The gate's verdict (raises `GateFailed` on a miss); with gate.compare_to_latest, the release must be beaten."""
+    """The gate's verdict (raises `GateFailed` on a miss); with gate.compare_to_latest, the release must be beaten.
+
+    LATEST is read here, before export, and the flow caches this verdict: `release_model` judges the
+    model against LATEST again right before moving it, so a release published meanwhile is beaten too.
+    """
     champion = None
     if cfg.gate.compare_to_latest:
         current = latest_release(store_from_config(cfg.storage), model)
@@ -70,7 +74,9 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
                   model: Mapping) -> tuple[dict, dict]:
     """Publish MINDIR, checkpoint, config and lineage as version `plan.run_id`, then move LATEST.
 
-    Returns (the LATEST pointer written, the lineage record).
+    LATEST moves only forwards: never to an older release, and with gate.compare_to_latest only past a
+    LATEST this model beats at release time; else `sknet.release.LatestNotMoved` (the version stays
+    published). Returns (the LATEST pointer written, the lineage record).
     """
     lineage = lineage_record(
         cfg, run_id=plan.run_id, dataset_uri=dataset["uri"], dataset_digest=dataset["digest"],
@@ -81,6 +87,8 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
     lineage_path.write_text(json.dumps(lineage, indent=2) + "\n")
     files = {"model.mindir": Path(model["path"]), "checkpoint.ckpt": Path(run["checkpoint"]),
              CONFIG_FILE: Path(plan.output_dir, CONFIG_FILE), LINEAGE: lineage_path}
+    beat = BeatLatest(cfg.gate.metric, cfg.gate.margin) if cfg.gate.compare_to_latest else None
     pointer = publish_release(store_from_config(cfg.storage), plan.model, plan.run_id, files,
-                              metadata={"metrics": dict(metrics), "lineage_digest": lineage["config"]["digest"]})
+                              metadata={"metrics": dict(metrics), "lineage_digest": lineage["config"]["digest"]},
+                              beat_latest=beat)
     return pointer, lineage

@@ -4,8 +4,8 @@ import pytest
 
 from sknet.config import load_config
 from sknet.lineage import lineage_record
-from sknet.release import latest_release, publish_release, publish_run
-from sknet.storage import IncompleteError, sha256_file
+from sknet.release import BeatLatest, LatestNotMoved, latest_release, move_latest, publish_release, publish_run
+from sknet.storage import IncompleteError, WriteConflict, publish, read_manifest, sha256_file
 
 
 @pytest.fixture
@@ -51,6 +51,113 @@ def test_latest_moves_only_after_the_new_release_is_complete(store, artifacts, t
         publish_release(store, "sknet50", "v2", broken)
     assert json.loads(store.get_bytes("releases/sknet50/LATEST"))["version"] == "v1"
     assert not store.exists("releases/sknet50/v2/manifest.json")
+
+
+def latest(store, model="sknet50"):
+    return json.loads(store.get_bytes(f"releases/{model}/LATEST"))
+
+
+def release_files(tmp_path, name, accuracy):
+    model = tmp_path / name / "model.mindir"
+    model.parent.mkdir()
+    model.write_bytes(f"mindir of {name}".encode() * 100)
+    return {"model.mindir": model}, {"metrics": {"top_1_accuracy": accuracy}}
+
+
+def test_latest_records_the_release_time_and_counts_its_moves(store, tmp_path):
+    publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    pointer = publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.92))
+    assert latest(store) == pointer and pointer["sequence"] == 2 and pointer["metrics"]["top_1_accuracy"] == 0.92
+    assert pointer["released_at"] == read_manifest(store, "releases/sknet50/v2")["released_at"]
+
+
+def test_a_retried_older_release_never_moves_latest_back(store, tmp_path):
+    v1 = release_files(tmp_path, "v1", 0.91)
+    publish_release(store, "sknet50", "v1", *v1)
+    publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.90))
+    with pytest.raises(LatestNotMoved, match=r"releases/sknet50/v1 is published, but LATEST stays at v2: "
+                                             r"v1 \(released .*\) is older than v2 \(released .*\); LATEST never moves back"):
+        publish_release(store, "sknet50", "v1", *v1)  # v1's flow run, retried after v2 was released
+    assert latest(store)["version"] == "v2" and latest(store)["sequence"] == 2
+
+
+def test_a_retry_after_latest_moved_keeps_the_pointer(store, tmp_path):
+    v1 = release_files(tmp_path, "v1", 0.91)
+    first = publish_release(store, "sknet50", "v1", *v1)
+    assert publish_release(store, "sknet50", "v1", *v1) == first == latest(store)
+
+
+def test_a_model_that_does_not_beat_latest_at_release_time_is_not_uploaded(store, tmp_path):
+    publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.95))
+    with pytest.raises(LatestNotMoved, match=r"releases/sknet50/v3 is not published and LATEST stays at v2: compared "
+                                             r"at release time, top_1_accuracy 0\.9300 < current release 0\.9500 "
+                                             r"\+ margin 0\.0100"):
+        publish_release(store, "sknet50", "v3", *release_files(tmp_path, "v3", 0.93),
+                        beat_latest=BeatLatest("top_1_accuracy", 0.01))
+    assert latest(store)["version"] == "v2" and store.list("releases/sknet50/v3/") == []
+
+
+def test_latest_is_judged_again_when_it_moved_during_the_upload(store, tmp_path):
+    publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.90))
+    files, metadata = release_files(tmp_path, "v3", 0.93)  # passed the gate against v1
+    publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.95))  # released meanwhile
+    manifest = publish(store, "releases/sknet50/v3", files, {**metadata, "released_at": "2100-01-01T00:00:00+00:00"})
+    with pytest.raises(LatestNotMoved, match=r"v3 is published, but LATEST stays at v2: compared at release time, "
+                                             r"top_1_accuracy 0\.9300 < current release 0\.9500"):
+        move_latest(store, "sknet50", "v3", manifest, beat_latest=BeatLatest("top_1_accuracy"))
+    assert latest(store)["version"] == "v2"
+
+
+def test_a_latest_written_before_release_times_were_recorded_is_replaced(store, tmp_path):
+    store.put_bytes(json.dumps({"version": "old", "uri": "x", "metrics": {}}).encode(), "releases/sknet50/LATEST")
+    pointer = publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    assert latest(store) == pointer and pointer["sequence"] == 1
+
+
+def race(calls):
+    """Run `calls` in threads released at the same moment; each one's result or exception."""
+    import threading
+
+    start, results = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def run(i):
+        start.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_concurrent_releases_never_lose_a_move_and_end_at_the_newest(store, tmp_path):
+    for round_ in range(3):
+        model, versions = f"m{round_}", [f"r{round_}-v{n}" for n in range(4)]
+        releases = [release_files(tmp_path, version, 0.9) for version in versions]
+        results = race([lambda v=v, r=r: publish_release(store, model, v, *r) for v, r in zip(versions, releases)])
+        moved = [r for r in results if isinstance(r, dict)]
+        assert all(isinstance(r, (dict, LatestNotMoved)) for r in results), results
+        assert sorted(p["sequence"] for p in moved) == list(range(1, len(moved) + 1))  # one move each, none lost
+        newest = max(versions, key=lambda v: read_manifest(store, f"releases/{model}/{v}")["released_at"])
+        assert latest(store, model)["version"] == newest and latest(store, model)["sequence"] == len(moved)
+
+
+def test_two_executions_of_one_version_leave_one_consistent_release(store, tmp_path):
+    executions = [release_files(tmp_path, f"execution-{n}", 0.9) for n in range(2)]
+    results = race([lambda files=files: publish_release(store, "sknet50", "v1", *files) for files in executions])
+    winners = [n for n, r in enumerate(results) if isinstance(r, dict)]
+    assert len(winners) == 1, results
+    assert isinstance(results[1 - winners[0]], (WriteConflict, IncompleteError))
+    manifest = read_manifest(store, "releases/sknet50/v1")
+    entry = manifest["files"]["model.mindir"]
+    assert entry["sha256"] == sha256_file(executions[winners[0]][0]["model.mindir"])
+    store.verify("releases/sknet50/v1/model.mindir", entry["size"], entry["sha256"])  # the objects are the winner's
+    assert not store.exists("releases/sknet50/v1/.writing") and latest(store)["version"] == "v1"
 
 
 def test_run_outputs_are_published_under_the_run_id(store, artifacts):
