@@ -98,3 +98,16 @@ def test_a_diverging_run_fails_its_train_task_once_and_releases_nothing(prefect_
     runs = {run.name.split(" ")[0]: run for run in task_runs_of(state)}
     assert set(runs) == {"fetch", "train"} and runs["train"].run_count == 1  # never retried
     assert not (tmp_path / "bucket" / "releases").exists()
+
+
+@pytest.mark.slow
+def test_a_deployment_made_without_its_environment_names_the_variable(prefect_api, tmp_path):
+    from flows.sknet_train import sknet_train
+
+    state = sknet_train(config="cpu-smoke", dataset_uri="", publish_to=f"file://{tmp_path / 'bucket'}",
+                        work_dir=str(tmp_path / "work"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"parameter dataset_uri is empty: the deployment was made without "
+                                        r"SKNET_DATASET_URI set"):
+        state.result()
+    assert task_runs_of(state) == []
