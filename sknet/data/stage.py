@@ -2,8 +2,27 @@
 
 Staged layout: `<dest>/<digest>/{data_batch_1.bin … test_batch.bin, batches.meta.txt, manifest.json}`,
 where the digest is the sha256 of the manifest's file table. The manifest is written last, so a
-prefix without one is incomplete. A fetched copy lives in `<cache>/<digest>/` and is marked verified
-only after every file matched the manifest.
+prefix without one is incomplete.
+
+Cache layout: `<cache>/<digest>/cifar-10-batches-bin/` (the copy, with a `.verified` marker written only
+after every file matched the manifest), `<cache>/<digest>/manifest.json` (the staged manifest plus each
+file's sampled sha256, taken at fetch time) and `<cache>/<digest>.lock` (the digest's flock).
+
+Concurrency: a fetch holds the digest's exclusive flock from its first look at the cache to its return, so
+one fetch downloads and any other waits, then reuses the copy; a holder that dies releases the lock with
+its last file descriptor, and the next holder removes the `.partial-*` debris it left.
+
+In use: a copy with a valid `.verified` marker may be in use by any run that was given its path (a flow's
+ranks, evaluation, export, or a user's `data.uri=<path>` after `sknet data fetch`), and there is no
+reliable way to know that none is. So nothing here ever deletes, renames or overwrites a marked copy: a
+corrupted one is refused with a message naming the file and how to replace it, by hand, once no run uses it.
+
+Cache hits are checked cheaply, not in full: the recorded file table must hash to the digest, and every
+file must have its manifest size and the sha256 of its first, middle and last MiB recorded at fetch time
+(small files are hashed in full). That costs the same for any dataset size (18 MiB read for CIFAR-10,
+against 184 MB for a full sha256) and catches what happens to a cache in practice (a file overwritten,
+swapped, truncated or replaced); a flipped bit in the middle of a file is caught by the full check at fetch
+time and by the store's checksums, not by a hit.
 """
 
 from __future__ import annotations
@@ -25,6 +44,7 @@ from sknet.data.layout import (
     check_batch_file, layout_dir, verify_layout,
 )
 from sknet.errors import DataError
+from sknet.locks import exclusive_lock
 from sknet.storage import MANIFEST, Store, file_hash, join, publish, read_manifest, sha256_file
 
 log = logging.getLogger(__name__)
@@ -32,6 +52,7 @@ log = logging.getLogger(__name__)
 VERIFIED_MARKER = ".verified"
 FORMAT = "cifar10-binary"
 DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
+SAMPLE_BYTES = 2**20  # a cache hit hashes the first, middle and last MiB of each file
 DATASET_FILES = frozenset([*TRAIN_FILES, TEST_FILE, META_FILE, SYNTHETIC_MARKER])  # all a manifest may name
 
 
@@ -175,17 +196,48 @@ def _extract(tarball: Path, target: Path, expected_md5: str, source: str) -> Pat
 
 
 def fetch(uri: str, store: Store, cache: Path, *, workers: int = 4) -> tuple[Path, str]:
-    """Local verified copy of a staged dataset: (layout directory, digest). No download on a cache hit."""
+    """Local verified copy of a staged dataset: (layout directory, digest). No request at all on a cache hit.
+
+    Everything happens under the digest's lock (`<cache>/<digest>.lock`): of two fetches of one digest, in
+    threads or processes, one downloads and the other waits, then finds the verified copy and reuses it. A
+    copy with a valid `.verified` marker is never deleted or replaced (see the module docstring); a hit that
+    fails its checks is refused with a `DataError` naming the file.
+    """
     _, digest = split_dataset_uri(uri)
     final = Path(cache) / digest / LAYOUT_DIR
+
+    def waiting(holder: str) -> None:
+        log.info("dataset %s: waiting for %s, which is fetching it into %s", digest[:12], holder, cache)
+
+    with exclusive_lock(Path(cache) / f"{digest}.lock", on_wait=waiting):
+        if _marked_verified(final, digest):
+            check_cached_copy(final, digest, store)
+            log.info("dataset %s: verified copy in cache %s", digest[:12], final)
+            return final, digest
+        _download_copy(final, digest, store, workers)
+    return final, digest
+
+
+def _marked_verified(final: Path, digest: str) -> bool:
     marker = final / VERIFIED_MARKER
-    if marker.exists() and marker.read_text().strip() == digest:
-        log.info("dataset %s: verified copy in cache %s", digest[:12], final)
-        return final, digest
+    return marker.is_file() and marker.read_text().strip() == digest
+
+
+def _download_copy(final: Path, digest: str, store: Store, workers: int) -> None:
+    """Download, check and record every file in a partial directory, then rename it to `final`.
+
+    Called under the digest lock with no verified copy in place, so what is there is debris: a `.partial-*`
+    directory of a fetch that was killed, or a `final` without a valid marker (never served: the marker is
+    written before the rename that gives a copy its name). Both are removed.
+    """
     manifest = read_dataset_manifest(store, digest)
     _check_listing(store, digest, manifest)
-    partial = Path(cache) / digest / f".partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
+    for debris in [*final.parent.glob(".partial-*"), *([final] if final.exists() else [])]:
+        if debris.is_dir():
+            shutil.rmtree(debris)
+        else:
+            debris.unlink()
+    partial = final.parent / f".partial-{os.getpid()}"
     partial.mkdir(parents=True)
     try:
         def get_one(name: str) -> None:
@@ -195,12 +247,79 @@ def fetch(uri: str, store: Store, cache: Path, *, workers: int = 4) -> tuple[Pat
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(get_one, sorted(manifest["files"])))
+        _write_cache_record(final.parent / MANIFEST, manifest, partial)
         (partial / VERIFIED_MARKER).write_text(digest + "\n")
-        shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return final, digest
+
+
+def sampled_sha256(path: Path, sample_bytes: int = SAMPLE_BYTES) -> str:
+    """sha256 of a file's first, middle and last `sample_bytes` (the whole file when it is not larger)."""
+    size = path.stat().st_size
+    if size <= 3 * sample_bytes:
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for offset in (0, (size - sample_bytes) // 2, size - sample_bytes):
+            stream.seek(offset)
+            digest.update(stream.read(sample_bytes))
+    return digest.hexdigest()
+
+
+def _write_cache_record(path: Path, manifest: dict, layout: Path) -> None:
+    """The staged manifest plus each file's `sampled_sha256`, taken from files just checked in full."""
+    sampled = {name: sampled_sha256(layout / name) for name in sorted(manifest["files"])}
+    record = {**manifest, "cache": {"sample_bytes": SAMPLE_BYTES, "sampled_sha256": sampled}}
+    partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    os.replace(partial, path)
+
+
+def check_cached_copy(final: Path, digest: str, store: Store) -> None:
+    """A cache hit's checks: the recorded file table hashes to `digest`; each file has its size and sampled sha256.
+
+    A copy without a record (fetched by an older version) is checked in full against the store's manifest
+    once, its only requests, and the record is written. A failed check raises a `DataError` naming the
+    file; the copy is left in place (a run may be reading it) and the message says how to replace it.
+    """
+    record_path = final.parent / MANIFEST
+    try:
+        record = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        _adopt_unrecorded_copy(final, digest, store)
+        return
+    except ValueError as exc:
+        raise _bad_copy(final, f"{record_path}: not valid JSON ({exc})") from None
+    files, cache = record.get("files"), record.get("cache") or {}
+    if not isinstance(files, dict) or manifest_digest(files) != digest:
+        raise _bad_copy(final, f"{record_path}: its file table does not hash to {digest}")
+    sample_bytes, sampled = cache.get("sample_bytes", SAMPLE_BYTES), cache.get("sampled_sha256", {})
+    for name, entry in sorted(files.items()):
+        path = final / name
+        size = path.stat().st_size if path.is_file() else None
+        if size != entry["size"]:
+            raise _bad_copy(final, f"{path}: {'missing' if size is None else f'{size:,} bytes'}, "
+                                   f"the manifest says {entry['size']:,}")
+        if sampled_sha256(path, sample_bytes) != sampled.get(name):
+            raise _bad_copy(final, f"{path}: content differs from the copy that was fetched and verified "
+                                   f"(sha256 of its first, middle and last {sample_bytes:,} bytes)")
+
+
+def _adopt_unrecorded_copy(final: Path, digest: str, store: Store) -> None:
+    manifest = read_dataset_manifest(store, digest)
+    for name, entry in sorted(manifest["files"].items()):
+        path = final / name
+        if not path.is_file() or path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            raise _bad_copy(final, f"{path}: missing or different from {store.uri}/{digest}/{name}")
+    _write_cache_record(final.parent / MANIFEST, manifest, final)
+    log.info("dataset %s: cached copy %s checked in full and recorded", digest[:12], final)
+
+
+def _bad_copy(final: Path, what: str) -> DataError:
+    return DataError(f"{what}: the cached dataset copy is corrupted and is refused. It is not deleted "
+                     f"automatically, because a run may be reading it: once no run uses it, remove "
+                     f"{final.parent} and fetch again (or fetch into another cache directory)")
 
 
 def _check_listing(store: Store, digest: str, manifest: dict) -> None:
