@@ -14,13 +14,14 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sknet.data.layout import TARBALL_URL, verify_layout
 from sknet.data.stage import stage, staged_datasets
 from sknet.data.synth import write_synthetic_layout
-from sknet.errors import DataError
+from sknet.errors import DataError, SknetError
+from sknet.locks import LockBusy, exclusive_lock
 from sknet.storage import LocalStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +32,11 @@ EPILOG = """examples:
 """
 
 log = logging.getLogger("sknet.run_local")
+WORK_LOCK = ".sknet-work.lock"  # held by `make run` and `make up`: see lock_work_dir
+
+
+class WorkDirBusy(SknetError):
+    """Another `make run` or `make up` is using the work dir."""
 
 
 def embedded_dataset(data: str, store_root: Path, work: Path) -> dict:
@@ -73,7 +79,34 @@ def local_stack_api(work: Path) -> str | None:
     return api if Stack(work / "prefect", port).healthy() else None
 
 
+def lock_work_dir(held: ExitStack, work: Path, elsewhere: str) -> None:
+    """Hold `<work>/.sknet-work.lock` until `held` closes, or raise `WorkDirBusy` naming its holder.
+
+    `make run` holds it for the whole run and `make up` while it sets the stack up: two of them in one
+    work dir would regenerate, stage and serve the same files and share one Prefect database. It is a
+    flock, so a holder that died (even by SIGKILL) holds nothing: there is no stale lock to remove.
+    `elsewhere` says how to use another work dir.
+    """
+    try:
+        held.enter_context(exclusive_lock(work / WORK_LOCK, wait=False))
+    except LockBusy as exc:
+        raise WorkDirBusy(f"work dir {work} is in use by {exc.holder}. Wait for it to finish or stop it, "
+                          f"or use another work dir: {elsewhere}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    work = args.work.resolve()
+    with ExitStack() as held:
+        try:
+            lock_work_dir(held, work, "make run RUN_ARGS='--work DIR'")
+        except WorkDirBusy as exc:
+            print(f"make run: error: {exc}", file=sys.stderr)
+            return 2
+        return _run(args, work)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=["auto", "cifar10", "synthetic"], default="auto",
@@ -82,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
     parser.add_argument("--gate-threshold", type=float, default=None, help="default: the profile's gate.threshold")
     parser.add_argument("--work", type=Path, default=REPO / "work", help="work dir (default work/, git-ignored)")
-    args = parser.parse_args(argv)
-    work = args.work.resolve()
+    return parser
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
     store_root = work / "store"
 
     started = time.perf_counter()

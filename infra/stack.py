@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,13 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--home", type=Path, default=REPO / "work" / "prefect",
-                        help="PREFECT_HOME of the stack: database, logs, PIDs (default: work/prefect)")
+    parser.add_argument("--work", type=Path, default=REPO / "work",
+                        help="work dir of `make run` whose embedded store `up` deploys against (default work/)")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="PREFECT_HOME of the stack: database, logs, PIDs (default: <work>/prefect)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SKNET_PREFECT_PORT", 4200)),
                         help="API/UI port on 127.0.0.1 (default 4200, or $SKNET_PREFECT_PORT)")
     parser.add_argument("--pool", default=POOL, help=f"process work pool (default {POOL})")
     args = parser.parse_args(argv)
-    stack = Stack(args.home.resolve(), args.port, args.pool)
+    work = args.work.resolve()
+    stack = Stack((args.home or work / "prefect").resolve(), args.port, args.pool)
     if args.command == "down":
         stack.down()
         print("local stack stopped")
@@ -183,16 +187,29 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"api": stack.api_url, "healthy": stack.healthy(),
                           "worker_running": _ours(stack._pid("worker"))}))
         return 0
+    from infra.run_local import WorkDirBusy, lock_work_dir
+
+    with ExitStack() as held:
+        try:
+            lock_work_dir(held, work, "python -m infra.stack up --work DIR")
+        except WorkDirBusy as exc:
+            print(f"make up: error: {exc}", file=sys.stderr)
+            return 2
+        return _up(stack, work)
+
+
+def _up(stack: Stack, work: Path) -> int:
+    """Stage the embedded default dataset unless SKNET_PUBLISH_TO names a store, then bring the stack up."""
     deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", ""),
                   "SKNET_DATASET_URI": os.environ.get("SKNET_DATASET_URI", "")}
     if not deploy_env["SKNET_PUBLISH_TO"]:  # the embedded default, as `make run` uses it
         from infra.run_local import embedded_dataset
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        store = REPO / "work" / "store"
+        store = work / "store"
         deploy_env["SKNET_PUBLISH_TO"] = f"file://{store}"
         deploy_env["SKNET_DATASET_URI"] = deploy_env["SKNET_DATASET_URI"] or embedded_dataset(
-            "auto", store, REPO / "work")["uri"]
+            "auto", store, work)["uri"]
     stack.up(deploy_env)
     print(f"Prefect UI: {stack.ui_url}   (API {stack.api_url}; logs in {stack.home})")
     print(f"deployments publish to {deploy_env['SKNET_PUBLISH_TO']}, train on {deploy_env['SKNET_DATASET_URI']}")
