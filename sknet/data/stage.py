@@ -77,13 +77,17 @@ def read_dataset_manifest(store: Store, digest: str) -> dict:
     """
     manifest = read_manifest(store, digest)
     where = f"{store.uri}/{digest}/{MANIFEST}"
-    files = manifest.get("files")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or not files:
         raise DataError(f"{where}: no file table; expected a manifest written by `sknet data stage`")
-    for name in sorted(files):
+    for name in sorted(files, key=str):
         if name not in DATASET_FILES:
             raise DataError(f"{where}: names {name!r}, which is not a CIFAR-10 layout file "
                             f"(expected only {', '.join(sorted(DATASET_FILES))}); refusing to fetch")
+        entry = files[name]
+        if not (isinstance(entry, dict) and type(entry.get("size")) is int and entry["size"] >= 0
+                and isinstance(entry.get("sha256"), str) and DIGEST_PATTERN.fullmatch(entry["sha256"])):
+            raise DataError(f"{where}: entry {name!r} is {entry!r}; expected a size in bytes and a sha256")
     if manifest_digest(files) != digest:
         raise DataError(f"{where}: its file table hashes to {manifest_digest(files)}, not to the digest in "
                         f"the URI; the manifest was altered after staging")
