@@ -9,6 +9,10 @@ Small objects that several writers may race on (a `LATEST` pointer, a claim) are
 `put_bytes_if`, a compare-and-swap on the version `get_versioned` returned: S3's conditional writes
 (`If-Match: <ETag>`, `If-None-Match: *`), and for a LocalStore the same check under an exclusive
 `flock` on a hidden `.lock-<name>` beside the object.
+
+Objects are verified against S3's own SHA256 checksum where the store keeps one; a store that returns
+none (some MinIO, OBS and Ceph versions) is a capability noted once, not an error: its objects are
+verified by MD5 ETag or by downloading and hashing them (`S3Store.verify`).
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def verify(self, key: str, size: int, sha256: str, local: Path | None = None) -> None: ...
+    def abort_incomplete_uploads(self, prefix: str) -> int: ...
 
 
 def is_object_store_uri(uri: str) -> bool:
@@ -194,6 +199,10 @@ class LocalStore:
             raise self._missing("verify", key)
         _check(self.uri, key, path.stat().st_size, size, sha256_file(path), sha256)
 
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        """Nothing to abort: a LocalStore write is the rename of a finished file."""
+        return 0
+
 
 class S3Store:
     """An S3 bucket/prefix through boto3: AWS, MinIO, Huawei OBS (`endpoint_url`), standard credentials."""
@@ -257,18 +266,25 @@ class S3Store:
         """Write `data` only if the object still has ETag `tag` (None: only if there is none).
 
         412 PreconditionFailed, 409 ConditionalRequestConflict (a concurrent conditional write) and
-        404 (deleted meanwhile) are a lost race: `WriteConflict`.
+        404 (deleted meanwhile) are a lost race: `WriteConflict`. A store that answers 501 to
+        conditional writes is written unconditionally, with a warning (once) that races go unnoticed.
         """
         condition = {"IfMatch": tag} if tag else {"IfNoneMatch": "*"}
         try:
             return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
                                           ChecksumAlgorithm="SHA256", **condition)["ETag"]
         except Exception as exc:
-            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
-                                    "NoSuchKey", "404"):
+            code = _error_code(exc)
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
                 raise WriteConflict(f"put s3://{self.bucket}/{self._key(key)}: changed by another writer "
                                     "since it was read") from None
-            raise self._fail("put", key, exc) from None
+            if code not in ("NotImplemented", "501"):
+                raise self._fail("put", key, exc) from None
+        _note_once(("conditional writes", self.client.meta.endpoint_url, self.bucket),
+                   f"s3://{self.bucket} ({self.client.meta.endpoint_url}) does not support conditional writes "
+                   "(If-Match, If-None-Match): concurrent releases are not detected")
+        self.put_bytes(data, key)
+        return self._head(key)["ETag"]
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
@@ -299,28 +315,83 @@ class S3Store:
             raise self._fail("delete", key, exc) from None
 
     def verify(self, key: str, size: int, sha256: str, local: Path | None = None) -> None:
-        """Size from HEAD, content from S3's own SHA256 checksum.
+        """Size from HEAD, content from S3's own SHA256 checksum where the store keeps one.
 
-        A single-part object carries the sha256 of its bytes; a multipart one carries the sha256 of
-        its parts' digests (`<b64>-<parts>`), which is recomputed from `local` when given, else only
-        the size can be checked.
+        A single-part object carries the sha256 of its bytes. A multipart one carries the sha256 of its
+        parts' digests (`<b64>[-<parts>]`): recomputed from `local` with the object's own part size
+        when given, else the object is downloaded and hashed. A store that returns no checksum (some
+        MinIO, OBS and Ceph versions) is noted once; its single-part objects are checked by their MD5
+        ETag against `local`, any other by downloading and hashing it. A missing checksum is never an
+        error, so never a reason to retry.
         """
-        where = f"s3://{self.bucket}/{self._key(key)}"
         head = self._head(key)
         if head is None:
-            raise StorageError(f"verify {where}: no such object")
-        stored = head.get("ChecksumSHA256")
+            raise StorageError(f"verify s3://{self.bucket}/{self._key(key)}: no such object")
+        _check_size(f"s3://{self.bucket}", self._key(key), head["ContentLength"], size)
+        if not self._content_matches(key, head, sha256, local):
+            raise _content_differs(f"s3://{self.bucket}", self._key(key))
+
+    def _content_matches(self, key: str, head: Mapping, sha256: str, local: Path | None) -> bool:
+        stored, parts = head.get("ChecksumSHA256"), _multipart_parts(head)
         if stored is None:
-            raise StorageError(f"verify {where}: the object has no SHA256 checksum")
-        stored = stored.split("-")[0]
-        parts = _multipart_parts(head)
-        if parts is None:
-            expected = base64.b64encode(bytes.fromhex(sha256)).decode()
-        elif local is not None:
-            expected = composite_sha256(Path(local), parts)
-        else:
-            expected = stored
-        _check(f"s3://{self.bucket}", self._key(key), head["ContentLength"], size, stored, expected)
+            self._note_no_checksums()
+            if parts is None and local is not None and head.get("ETag", "").strip('"') == file_hash(local, "md5"):
+                return True  # an ETag that is not an MD5 (SSE-KMS, SSE-C) never matches: then download
+        elif parts is None:
+            return stored.split("-")[0] == base64.b64encode(bytes.fromhex(sha256)).decode()
+        elif local is not None and (part_size := self._part_size(key, head["ContentLength"], parts)):
+            return stored.split("-")[0] == composite_sha256(Path(local), part_size)
+        return self._download_sha256(key) == sha256
+
+    def _note_no_checksums(self) -> None:
+        _note_once(("checksums", self.client.meta.endpoint_url, self.bucket),
+                   f"s3://{self.bucket} ({self.client.meta.endpoint_url}) returns no SHA256 checksums "
+                   "(x-amz-checksum-sha256): objects are verified by their MD5 ETag or by downloading and hashing them")
+
+    def _part_size(self, key: str, size: int, parts: int) -> int | None:
+        """The part size a multipart object was uploaded with: its first part's (HEAD ?partNumber=1), or
+        boto3's rule when the store does not answer that; None when neither gives `parts` parts."""
+        try:
+            first = self.client.head_object(Bucket=self.bucket, Key=self._key(key), PartNumber=1)["ContentLength"]
+        except Exception:  # noqa: BLE001 - a store without part HEADs: boto3's own choice below
+            first = CHUNK
+            while -(-size // first) > parts:  # boto3 grows the part size when a file needs > 10,000 parts
+                first *= 2
+        return first if first > 0 and -(-size // first) == parts else None
+
+    def _download_sha256(self, key: str) -> str:
+        digest = hashlib.sha256()
+        try:
+            for block in self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].iter_chunks(CHUNK):
+                digest.update(block)
+        except Exception as exc:
+            raise self._fail("verify", key, exc) from None
+        return digest.hexdigest()
+
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        """Abort the multipart uploads under `prefix` that were started and never completed (a process
+        killed mid-upload leaves them, invisible but billed); returns how many."""
+        full = self._key(prefix).rstrip("/") + "/" if prefix or self.prefix else ""
+        aborted = 0
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full):
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                    aborted += 1
+        except Exception as exc:
+            raise self._fail("abort incomplete uploads under", prefix, exc) from None
+        return aborted
+
+
+_NOTED: set[tuple] = set()  # (capability, endpoint, bucket) a store was found to lack, already logged
+
+
+def _note_once(what: tuple, message: str) -> None:
+    """Log a store's missing capability once per process, not once per object."""
+    if what not in _NOTED:
+        _NOTED.add(what)
+        log.warning(message)
 
 
 def _error_code(exc: Exception) -> str | None:
@@ -334,12 +405,8 @@ def _multipart_parts(head: Mapping) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def composite_sha256(path: Path, parts: int) -> str:
-    """S3's checksum of a multipart upload: base64 sha256 over the parts' sha256 digests."""
-    size = path.stat().st_size
-    part_size = CHUNK
-    while -(-size // part_size) > parts:  # boto3 grows the part size when a file needs > 10,000 parts
-        part_size *= 2
+def composite_sha256(path: Path, part_size: int) -> str:
+    """S3's checksum of a multipart upload in `part_size` parts: base64 sha256 over the parts' sha256 digests."""
     digests = hashlib.sha256()
     with open(path, "rb") as stream:
         while block := stream.read(part_size):
@@ -348,10 +415,18 @@ def composite_sha256(path: Path, parts: int) -> str:
 
 
 def _check(where: str, key: str, actual_size: int, size: int, actual_digest: str, digest: str) -> None:
+    _check_size(where, key, actual_size, size)
+    if actual_digest != digest:
+        raise _content_differs(where, key)
+
+
+def _check_size(where: str, key: str, actual_size: int, size: int) -> None:
     if actual_size != size:
         raise StorageError(f"{where}/{key}: {actual_size:,} bytes, expected {size:,}")
-    if actual_digest != digest:
-        raise StorageError(f"{where}/{key}: content differs from the manifest (sha256 mismatch)")
+
+
+def _content_differs(where: str, key: str) -> StorageError:
+    return StorageError(f"{where}/{key}: content differs from the manifest (sha256 mismatch)")
 
 
 @contextmanager
@@ -432,6 +507,9 @@ def publish(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapp
     With `exclusive`, the prefix is claimed first (`claim`) and the manifest only created if there is
     none, so two executions publishing one prefix never mix their objects and manifests: the one that
     comes second gets `WriteConflict` and has written nothing over the other's objects.
+
+    Once the manifest is written, multipart uploads that earlier, cut-off attempts left open under the
+    prefix are aborted (best effort: a store refusing it is a warning).
     """
     hold = claim(store, prefix) if exclusive else None
     try:
@@ -447,10 +525,20 @@ def publish(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapp
             store.put_bytes_if(body, join(prefix, MANIFEST), None)
         else:
             store.put_bytes(body, join(prefix, MANIFEST))
+        _abort_incomplete_uploads(store, prefix)
         return manifest
     finally:
         if hold:
             drop(hold)
+
+
+def _abort_incomplete_uploads(store: Store, prefix: str) -> None:
+    """After a publication: leftovers of earlier, cut-off uploads under `prefix` go (best effort)."""
+    try:
+        if aborted := store.abort_incomplete_uploads(prefix):
+            log.info("aborted %d incomplete multipart upload(s) under %s/%s", aborted, store.uri, prefix)
+    except StorageError as exc:
+        log.warning("%s; incomplete multipart uploads under %s/%s may remain", exc, store.uri, prefix)
 
 
 def _upload(store: Store, prefix: str, files: Mapping[str, Path], file_facts: Mapping[str, dict],

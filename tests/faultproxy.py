@@ -1,10 +1,18 @@
-"""A tiny HTTP proxy on 127.0.0.1 that answers the first requests with S3 server errors, then forwards."""
+"""A tiny HTTP proxy on 127.0.0.1 that answers the first requests with S3 server errors, then forwards.
+
+With `strip_checksums` it also plays a store without checksum support (some MinIO, OBS and Ceph
+versions): the `x-amz-checksum-*` headers and `<Checksum…>` elements never reach the client.
+"""
 
 from __future__ import annotations
 
 import http.client
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CHECKSUM_HEADER = "x-amz-checksum-"
+CHECKSUM_ELEMENT = re.compile(rb"<Checksum(?:CRC32C?|CRC64NVME|SHA1|SHA256|Type)>[^<]*</Checksum\w*>")
 
 FAULTS = [
     (500, "InternalError", "We encountered an internal error. Please try again."),
@@ -16,8 +24,9 @@ FAULTS = [
 class FaultProxy:
     """`faults` leading requests fail (cycling 500 / 503 / SlowDown); later ones go to `upstream_port`."""
 
-    def __init__(self, upstream_port: int, faults: int):
+    def __init__(self, upstream_port: int, faults: int = 0, *, strip_checksums: bool = False):
         self.upstream_port, self.remaining, self.injected, self.forwarded = upstream_port, faults, 0, 0
+        self.strip_checksums, self.stripped = strip_checksums, 0
         self.lock = threading.Lock()
         proxy = self
 
@@ -50,9 +59,12 @@ class FaultProxy:
                 upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
                 response = upstream.getresponse()
                 data = response.read()
+                headers = response.getheaders()
+                if proxy.strip_checksums:
+                    data, headers = proxy.without_checksums(data, headers)
                 self.send_response(response.status)
                 dropped = {"transfer-encoding", "connection"} | ({"content-length"} if self.command != "HEAD" else set())
-                for key, value in response.getheaders():
+                for key, value in headers:
                     if key.lower() not in dropped:
                         self.send_header(key, value)
                 if self.command != "HEAD":
@@ -73,6 +85,16 @@ class FaultProxy:
         self.server = Server(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def without_checksums(self, data: bytes, headers: list[tuple[str, str]]) -> tuple[bytes, list]:
+        """The response as a store without checksum support sends it; counts what was removed."""
+        kept = [(k, v) for k, v in headers if not k.lower().startswith(CHECKSUM_HEADER)]
+        elements = 0
+        if any(k.lower() == "content-type" and "xml" in v for k, v in headers):  # S3's answers, not objects
+            data, elements = CHECKSUM_ELEMENT.subn(b"", data)
+        with self.lock:
+            self.stripped += len(headers) - len(kept) + elements
+        return data, kept
 
     def close(self) -> None:
         self.server.shutdown()

@@ -203,3 +203,35 @@ def test_exclusive_publish_refuses_a_prefix_already_published(store, files):
     with pytest.raises(WriteConflict, match=r"rel/v1: already published by another execution"):
         publish(store, "rel/v1", files, exclusive=True)
     assert not store.exists("rel/v1/.writing")
+
+
+def test_a_multipart_object_is_verified_in_the_part_size_it_was_uploaded_with(s3_server, bucket, tmp_path):
+    import hashlib
+
+    from multipart import upload_in_parts
+
+    data = os.urandom(11 * 2**20)
+    local = tmp_path / "ckpt.bin"
+    local.write_bytes(data)
+    store = S3Store(f"s3://{bucket}", endpoint_url=s3_server.endpoint)
+    upload_in_parts(store.client, bucket, "ckpt.bin", data, 5 * 2**20)  # 3 parts of 5 MiB, not boto3's 8 MiB
+    digest = hashlib.sha256(data).hexdigest()
+    store.verify("ckpt.bin", len(data), digest, local=local)  # the composite checksum, from the local copy
+    store.verify("ckpt.bin", len(data), digest)  # without one: downloaded and hashed
+    upload_in_parts(store.client, bucket, "ckpt.bin", data[:-1] + b"\0", 5 * 2**20)
+    for copy in (local, None):
+        with pytest.raises(StorageError, match=r"ckpt\.bin: content differs from the manifest"):
+            store.verify("ckpt.bin", len(data), digest, local=copy)
+
+
+def test_publishing_aborts_uploads_cut_off_under_its_prefix(s3_server, bucket, files):
+    from multipart import upload_in_parts
+
+    store = S3Store(f"s3://{bucket}", endpoint_url=s3_server.endpoint)
+    for key in ("rel/dir/a.bin", "rel/old.bin", "elsewhere/x.bin"):  # processes killed mid-upload
+        upload_in_parts(store.client, bucket, key, os.urandom(6 * 2**20), 5 * 2**20, complete=False)
+    publish(store, "rel", files)
+    open_uploads = store.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in open_uploads] == ["elsewhere/x.bin"]
+    assert read_manifest(store, "rel")["files"].keys() == {"dir/a.bin", "b.txt"}
+
