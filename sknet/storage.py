@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import socket
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -46,6 +47,10 @@ CLAIM = ".writing"  # `<prefix>/.writing`: who is publishing the prefix right no
 CLAIM_LEASE = timedelta(minutes=15)  # a claim not renewed for this long is abandoned; renewed after each file
 LOCK_PREFIX = ".lock-"  # LocalStore: `.lock-<name>` beside an object written by put_bytes_if
 PARTIAL_PREFIX = ".partial-"  # LocalStore: a write in progress, renamed into place when complete
+
+REDACTED = "REDACTED"
+SECRET_PARAMS = ("signature", "credential", "token", "secret", "password", "accesskeyid", "apikey", "api_key")
+SECRET_PARAM_NAMES = {"sig", "key", "policy", "key-pair-id"}  # Azure SAS, API keys, CloudFront signed URLs
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +115,28 @@ def is_file_uri(uri: str) -> bool:
 def file_uri_path(uri: str) -> str:
     """The path of a `file://` URI."""
     return uri[len(FILE_SCHEME):]
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for a log line or an error: the values of query parameters that carry a signature, a
+    credential or a token (presigned S3/OBS/OSS/GCS URLs: X-Amz-Signature, X-Amz-Credential,
+    X-Amz-Security-Token, Signature, AWSAccessKeyId; Azure SAS `sig`; CloudFront; `token`, `key`…) and a
+    password in the URL are replaced by REDACTED; everything else is left as written."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}:{REDACTED}@{host}" if at and ":" in userinfo else parts.netloc
+    query = "&".join(_redact_field(field) for field in parts.query.split("&"))
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redact_field(field: str) -> str:
+    """One `name=value` of a query string, its value REDACTED when the name says it is a secret."""
+    name = field.partition("=")[0]
+    plain = urllib.parse.unquote_plus(name).lower()
+    secret = plain in SECRET_PARAM_NAMES or any(word in plain for word in SECRET_PARAMS)
+    return f"{name}={REDACTED}" if secret else field
 
 
 def file_hash(path: Path, algorithm: str = "sha256") -> str:

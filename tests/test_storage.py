@@ -235,3 +235,30 @@ def test_publishing_aborts_uploads_cut_off_under_its_prefix(s3_server, bucket, f
     assert [u["Key"] for u in open_uploads] == ["elsewhere/x.bin"]
     assert read_manifest(store, "rel")["files"].keys() == {"dir/a.bin", "b.txt"}
 
+
+def test_a_presigned_url_is_logged_without_its_signature_credential_or_token(s3_server, bucket):
+    import boto3
+    from botocore.config import Config
+
+    from sknet.storage import redact_url
+
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint, config=Config(signature_version="s3v4"))
+    url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "cifar-10-binary.tar.gz"},
+                                        ExpiresIn=600)
+    redacted = redact_url(url + "&X-Amz-Security-Token=FQoGZXIvYXdz")
+    assert redacted.startswith(f"{s3_server.endpoint}/{bucket}/cifar-10-binary.tar.gz?")
+    for name in ("X-Amz-Credential", "X-Amz-Signature", "X-Amz-Security-Token"):
+        assert f"{name}=REDACTED" in redacted
+    assert "sknet-test-key" not in redacted and "X-Amz-Expires=600" in redacted
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"),
+    ("https://obs.example.com/b/k?AccessKeyId=AK&Expires=1&Signature=c2ln", "https://obs.example.com/b/k?AccessKeyId=REDACTED&Expires=1&Signature=REDACTED"),
+    ("https://a.blob.core.windows.net/c/k?sv=2024&se=x&sig=S%3D", "https://a.blob.core.windows.net/c/k?sv=2024&se=x&sig=REDACTED"),
+    ("https://user:pass@mirror.example/k.tar.gz?token=t&v=2#top", "https://user:REDACTED@mirror.example/k.tar.gz?token=REDACTED&v=2#top"),
+])
+def test_redact_url_keeps_everything_but_secrets(url, expected):
+    from sknet.storage import redact_url
+
+    assert redact_url(url) == expected
