@@ -42,7 +42,7 @@ for method in ("get", "get_bytes"):
         gets.append(1)
         result = _original(*args, **kwargs)
         if _method == "get" and mode == "stall":
-            os.write(1, b"downloading\n")  # one write: two download threads must not interleave their lines
+            os.write(1, b"downloading\\n")  # one write: two download threads must not interleave their lines
             time.sleep(600)
         if _method == "get" and mode == "slow":
             time.sleep(0.3)
