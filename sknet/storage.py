@@ -674,7 +674,7 @@ def read_manifest(store: Store, prefix: str) -> dict:
         raise IncompleteError(f"{store.uri}/{prefix}: no {MANIFEST}; the prefix is incomplete or not published")
     try:
         return json.loads(store.get_bytes(key))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StorageError(f"{store.uri}/{key}: not valid JSON ({exc})") from None
 
 
