@@ -236,6 +236,13 @@ def test_a_tarball_downloaded_over_http_is_checked_and_staged(synthetic_data, tm
         with pytest.raises(DataError, match=rf"{re.escape(url)}: MD5 [0-9a-f]{{32}}, expected 0{{32}}"):
             stage(url, LocalStore(tmp_path / "other"), expected_md5="0" * 32)
         assert not (tmp_path / "other").exists() or not any((tmp_path / "other").rglob("manifest.json"))
+        presigned = f"{url}?X-Amz-Credential=AKIAEXAMPLE%2F20261129&X-Amz-Signature=canarysig0123&X-Amz-Expires=600"
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sknet"), pytest.raises(DataError) as error:
+            stage(presigned, LocalStore(tmp_path / "third"), expected_md5="0" * 32)
+        said = str(error.value) + "\n".join(r.getMessage() for r in caplog.records)
+        assert "downloading" in said and "X-Amz-Expires=600" in said  # the URL is still recognisable
+        assert "canarysig0123" not in said and "AKIAEXAMPLE" not in said  # its signature never is
     finally:
         server.shutdown()
 

@@ -45,7 +45,7 @@ from sknet.data.layout import (
 )
 from sknet.errors import DataError
 from sknet.locks import exclusive_lock
-from sknet.storage import MANIFEST, Store, file_hash, join, publish, read_manifest, sha256_file
+from sknet.storage import MANIFEST, Store, file_hash, join, publish, read_manifest, redact_url, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _materialize(source: str, scratch: Path, expected_md5: str) -> Path:
     if source.startswith(("http://", "https://")):
         tarball = scratch / "download.tar.gz"
         _download(source, tarball)
-        return _extract(tarball, scratch / "extracted", expected_md5, source)
+        return _extract(tarball, scratch / "extracted", expected_md5, redact_url(source))
     path = Path(source)
     if path.is_dir():
         return path
@@ -153,14 +153,16 @@ def _materialize(source: str, scratch: Path, expected_md5: str) -> Path:
 
 
 def _download(url: str, target: Path) -> None:
-    log.info("downloading %s", url)
+    """Download `url`; logs and errors show it without its signature or token (a presigned URL is a secret)."""
+    shown = redact_url(url)
+    log.info("downloading %s", shown)
     try:
-        _copy_url(url, target)
+        _copy_url(url, target, shown)
     except OSError as exc:  # HTTPError, URLError, timeouts
-        raise DataError(f"{url}: download failed ({exc}); check the URL and this machine's network access") from None
+        raise DataError(f"{shown}: download failed ({exc}); check the URL and this machine's network access") from None
 
 
-def _copy_url(url: str, target: Path) -> None:
+def _copy_url(url: str, target: Path, shown: str) -> None:
     with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0)
         done, reported = 0, 0
@@ -170,7 +172,7 @@ def _copy_url(url: str, target: Path) -> None:
             if total and (tenth := 10 * done // total) > reported:  # every 10 %
                 reported = tenth
                 log.info("downloaded %d/%d MB (%d%%)", done // 2**20, total // 2**20, 100 * done // total)
-    log.info("downloaded %s: %s bytes", url, f"{done:,}")
+    log.info("downloaded %s: %s bytes", shown, f"{done:,}")
 
 
 def _md5(path: Path) -> str:
