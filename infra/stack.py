@@ -68,7 +68,7 @@ class Stack:
             process = subprocess.Popen([sys.executable, "-m", "prefect", *args], cwd=REPO, env=self.env(extra_env),
                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
-        (self.home / f"{name}.pid").write_text(str(process.pid))
+        (self.home / f"{name}.pid").write_text(f"{process.pid} {_started(process.pid)}\n")
         return process.pid
 
     def healthy(self) -> bool:
@@ -119,8 +119,14 @@ class Stack:
         (self.home / "stack.json").write_text(json.dumps({"api_url": self.api_url, "pool": self.pool}) + "\n")
 
     def _pid(self, name: str) -> int | None:
+        """The PID in `<name>.pid` if that process is still the one we started (same start time), else None."""
         path = self.home / f"{name}.pid"
-        return int(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        pid, _, started = path.read_text().strip().partition(" ")
+        if started and _started(int(pid)) != started:
+            return None  # the PID was reused by another process since (e.g. after a reboot)
+        return int(pid)
 
     def down(self, timeout: float = 30) -> None:
         """TERM the worker, then the server (each a whole process group); KILL what outlives `timeout`."""
@@ -137,6 +143,14 @@ def _ours(pid: int | None) -> bool:
         return _alive(pid) and b"prefect" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def _started(pid: int) -> str:
+    """A process's start time (clock ticks since boot, /proc/<pid>/stat field 22): with the PID, its identity."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def _alive(pid: int | None) -> bool:

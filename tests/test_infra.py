@@ -127,6 +127,25 @@ def test_make_down_never_signals_a_process_that_is_not_its_own(tmp_path):
         stranger.wait()
 
 
+def test_make_down_never_signals_a_reused_pid_even_of_a_prefect_process(tmp_path):
+    import sys
+
+    from infra.stack import Stack, _started
+
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect", "server"],
+                                start_new_session=True)  # as the stack starts its server
+    try:
+        (tmp_path / "server.pid").write_text(f"{stranger.pid} {int(_started(stranger.pid)) - 1}\n")  # not this one
+        Stack(tmp_path).down(timeout=1)
+        assert stranger.poll() is None
+        (tmp_path / "server.pid").write_text(f"{stranger.pid} {_started(stranger.pid)}\n")  # this one
+        Stack(tmp_path).down(timeout=5)
+        assert stranger.wait(10) is not None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_the_ranks_stop_grace_fits_inside_the_k8s_termination_grace_period():
     pod_grace = k8s_template()["variables"]["properties"]["termination_grace_period_seconds"]["default"]
     assert load_config("cifar10-ascend8").launch.stop_grace_seconds < pod_grace
