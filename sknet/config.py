@@ -21,7 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from sknet.errors import ConfigError
-from sknet.storage import S3_MAX_ATTEMPTS
+from sknet.storage import S3_MAX_ATTEMPTS, S3_TIMEOUT_SECONDS
 
 PROFILE_DIR = Path(__file__).parent / "configs"
 
@@ -118,6 +118,7 @@ class StorageConfig:
     region: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     max_attempts: int = field(default=S3_MAX_ATTEMPTS, **_at_least(1))  # per S3 request, first try included
+    timeout_seconds: float = field(default=S3_TIMEOUT_SECONDS, metadata=_bounds(0.0, low_open=True))  # per try
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ MANIFEST = "manifest.json"
 CHUNK = 8 * 2**20  # multipart part size, and the read block for hashing
 MULTIPART_THRESHOLD = 64 * 2**20  # CIFAR-10 files (30.7 MB) go up in one part, with a full sha256 checksum
 S3_MAX_ATTEMPTS = 9  # tries per S3 request, the first included (botocore's retries={"max_attempts": 8})
+S3_TIMEOUT_SECONDS = 60.0  # each try's wait for an answer: a hung endpoint fails, naming itself
 S3_SCHEME = "s3://"
 FILE_SCHEME = "file://"
 CLAIM = ".writing"  # `<prefix>/.writing`: who is publishing the prefix right now (see `claim`)
@@ -235,20 +236,27 @@ class S3Store:
     """An S3 bucket/prefix through boto3: AWS, MinIO, Huawei OBS (`endpoint_url`), standard credentials."""
 
     def __init__(self, uri: str, *, endpoint_url: str | None = None, region: str | None = None,
-                 addressing_style: str = "auto", max_attempts: int = S3_MAX_ATTEMPTS, client=None):
+                 addressing_style: str = "auto", max_attempts: int = S3_MAX_ATTEMPTS,
+                 timeout_seconds: float = S3_TIMEOUT_SECONDS, client=None):
         bucket, _, prefix = uri[len(S3_SCHEME):].partition("/")
         if not bucket:
             raise StorageError(f"{uri!r}: expected s3://bucket[/prefix]")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.uri = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
-        self.client = client or s3_client(endpoint_url=endpoint_url, region=region,
-                                          addressing_style=addressing_style, max_attempts=max_attempts)
+        self.client = client or s3_client(endpoint_url=endpoint_url, region=region, addressing_style=addressing_style,
+                                          max_attempts=max_attempts, timeout_seconds=timeout_seconds)
 
     def _key(self, key: str) -> str:
         return join(self.prefix, key)
 
     def _fail(self, op: str, key: str, exc: Exception) -> StorageError:
-        return StorageError(f"{op} s3://{self.bucket}/{self._key(key)}: {_error_code(exc) or type(exc).__name__}")
+        """An error naming the operation, the object, the endpoint and what went wrong (never credentials)."""
+        what = _error_code(exc) or type(exc).__name__
+        meta = getattr(self.client, "meta", None)
+        if "Timeout" in type(exc).__name__ and meta is not None:
+            what += f" (no answer within {meta.config.read_timeout:g} s: storage.timeout_seconds)"
+        where = f" at {meta.endpoint_url}" if meta is not None else ""
+        return StorageError(f"{op} s3://{self.bucket}/{self._key(key)}{where}: {what}")
 
     def get(self, key: str, dest: Path) -> None:
         dest = Path(dest)
@@ -494,10 +502,11 @@ def transfer_config():
 
 
 def s3_client(*, endpoint_url: str | None = None, region: str | None = None, addressing_style: str = "auto",
-              max_attempts: int = S3_MAX_ATTEMPTS):
+              max_attempts: int = S3_MAX_ATTEMPTS, timeout_seconds: float = S3_TIMEOUT_SECONDS):
     """A boto3 S3 client with the standard credential chain and botocore's adaptive retries.
 
-    `max_attempts` counts every try of a request, the first included (botocore's `total_max_attempts`).
+    `max_attempts` counts every try of a request, the first included (botocore's `total_max_attempts`);
+    `timeout_seconds` bounds each try's wait for a connection (at most 10 s) and for an answer.
     """
     import boto3
     from botocore.config import Config
@@ -505,17 +514,18 @@ def s3_client(*, endpoint_url: str | None = None, region: str | None = None, add
     config = Config(
         retries={"mode": "adaptive", "total_max_attempts": max_attempts},
         s3={"addressing_style": addressing_style},
-        connect_timeout=10, read_timeout=60, max_pool_connections=16,
+        connect_timeout=min(10.0, timeout_seconds), read_timeout=timeout_seconds, max_pool_connections=16,
     )
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
 
 def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None = None,
-               addressing_style: str = "auto", max_attempts: int = S3_MAX_ATTEMPTS) -> Store:
+               addressing_style: str = "auto", max_attempts: int = S3_MAX_ATTEMPTS,
+               timeout_seconds: float = S3_TIMEOUT_SECONDS) -> Store:
     """`s3://bucket/prefix` → S3Store, `file:///path` (or a plain path) → LocalStore."""
     if is_s3_uri(uri):
         return S3Store(uri, endpoint_url=endpoint_url, region=region, addressing_style=addressing_style,
-                       max_attempts=max_attempts)
+                       max_attempts=max_attempts, timeout_seconds=timeout_seconds)
     if is_file_uri(uri):
         return LocalStore(file_uri_path(uri))
     if is_object_store_uri(uri):
@@ -682,4 +692,5 @@ def store_from_config(storage, uri: str | None = None) -> Store:
     """The store at `uri` (default `storage.uri`) with the endpoint, region, addressing and attempts of a
     StorageConfig."""
     return open_store(uri or storage.uri, endpoint_url=storage.endpoint_url, region=storage.region,
-                      addressing_style=storage.addressing_style, max_attempts=storage.max_attempts)
+                      addressing_style=storage.addressing_style, max_attempts=storage.max_attempts,
+                      timeout_seconds=storage.timeout_seconds)
