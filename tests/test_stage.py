@@ -211,6 +211,35 @@ def test_tarball_with_a_link_is_refused(tmp_path):
         stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
 
 
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+def test_tarball_with_a_device_or_fifo_is_refused(tmp_path, kind):
+    from sknet.data.stage import _md5
+
+    tarball = tmp_path / "dev.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        info = tarfile.TarInfo("cifar-10-batches-bin/test_batch.bin")
+        info.type, info.devmajor, info.devminor = kind, 1, 3
+        archive.addfile(info)
+    with pytest.raises(DataError, match="is not a regular file; refusing to extract"):
+        stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
+    assert not list(tmp_path.rglob("test_batch.bin"))
+
+
+def test_tarball_with_a_huge_member_is_refused_before_extracting_anything(tmp_path):
+    from sknet.data.stage import MAX_MEMBER_BYTES, _md5
+
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as sparse:
+        sparse.truncate(MAX_MEMBER_BYTES + 1)  # zeros: compresses to almost nothing, a classic bomb
+    tarball = tmp_path / "bomb.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(huge, arcname="cifar-10-batches-bin/data_batch_1.bin")
+    with pytest.raises(DataError, match=r"member 'cifar-10-batches-bin/data_batch_1\.bin' is 61,460,001 bytes, "
+                                        r"more than any CIFAR-10 file"):
+        stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
+    assert not list(tmp_path.rglob("sknet-stage-*"))
+
+
 def test_a_tarball_downloaded_over_http_is_checked_and_staged(synthetic_data, tmp_path, caplog):
     """The path of `make run DATA=cifar10`: download with progress, MD5 check, extract, stage."""
     import functools

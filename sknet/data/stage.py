@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 VERIFIED_MARKER = ".verified"
 FORMAT = "cifar10-binary"
 DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
+MAX_MEMBER_BYTES = 2 * 10_000 * RECORD_BYTES  # twice a batch file: a tarball member beyond it is not CIFAR-10
 SAMPLE_BYTES = 2**20  # a cache hit hashes the first, middle and last MiB of each file
 DATASET_FILES = frozenset([*TRAIN_FILES, TEST_FILE, META_FILE, SYNTHETIC_MARKER])  # all a manifest may name
 
@@ -194,6 +195,9 @@ def _extract(tarball: Path, target: Path, expected_md5: str, source: str) -> Pat
                 raise DataError(f"{source}: member {member.name!r} is not a regular file; refusing to extract")
             if target.resolve() not in resolved.parents and resolved != target.resolve():
                 raise DataError(f"{source}: member {member.name!r} escapes the target; refusing to extract")
+            if member.size > MAX_MEMBER_BYTES:
+                raise DataError(f"{source}: member {member.name!r} is {member.size:,} bytes, more than any CIFAR-10 "
+                                f"file ({MAX_MEMBER_BYTES:,}); refusing to extract")
         archive.extractall(target, filter="data")
     candidates = [p for p in target.rglob(TEST_FILE)]
     if len(candidates) != 1:
