@@ -7,15 +7,13 @@ Ascend run); the mean step time of each way, checkpoint writes and stalls includ
 
 from __future__ import annotations
 
-import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from infra.s3server import S3Server
-from sknet.checkpoint import BackgroundUploads, CheckpointMirror, checkpoint_path
-from sknet.storage import S3Store, s3_client
+from bench.s3 import BUCKET, scratch_s3
+from sknet.checkpoint import BackgroundUploads, CheckpointMirror, checkpoint_path, write_record
+from sknet.storage import S3Store
 
 CHECKPOINT_MB = 100
 STEPS = 40
@@ -34,32 +32,24 @@ def _train(run: Path, checkpoint) -> float:
             path = checkpoint_path(run, step)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(os.urandom(CHECKPOINT_MB * 2**20))
+            write_record(path, step)  # as save_checkpoint does
             checkpoint(step)
     return (time.perf_counter() - started) / STEPS
 
 
 def bench_mirror() -> dict:
-    logging.getLogger("sknet").setLevel(logging.WARNING)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    with tempfile.TemporaryDirectory(prefix="sknet-bench-mirror-") as scratch:
-        scratch = Path(scratch)
-        server = S3Server(scratch / "moto.log")
-        try:
-            s3_client(endpoint_url=server.endpoint).create_bucket(Bucket="bench")
+    with scratch_s3("mirror") as (scratch, server):
+        def mirror(name: str) -> CheckpointMirror:
+            return CheckpointMirror(S3Store(f"s3://{BUCKET}/{name}", endpoint_url=server.endpoint))
 
-            def mirror(name: str) -> CheckpointMirror:
-                return CheckpointMirror(S3Store(f"s3://bench/{name}", endpoint_url=server.endpoint))
-
-            without = _train(scratch / "none", lambda step: None)
-            sync = mirror("sync")
-            synchronous = _train(scratch / "sync", lambda step: sync.push(scratch / "sync", step, keep=2))
-            started = time.perf_counter()
-            with BackgroundUploads(mirror("background"), scratch / "background", keep=2) as uploads:
-                background = _train(scratch / "background", uploads.submit)
-                trained = time.perf_counter() - started
-            drained = time.perf_counter() - started - trained
-        finally:
-            server.stop()
+        without = _train(scratch / "none", lambda step: None)
+        sync = mirror("sync")
+        synchronous = _train(scratch / "sync", lambda step: sync.push(scratch / "sync", step, keep=2))
+        started = time.perf_counter()
+        with BackgroundUploads(mirror("background"), scratch / "background", keep=2) as uploads:
+            background = _train(scratch / "background", uploads.submit)
+            trained = time.perf_counter() - started
+        drained = time.perf_counter() - started - trained
     return {
         "benchmark": "mirror", "checkpoint_mb": CHECKPOINT_MB, "steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY,
         "step_seconds": {"no_mirror": round(without, 4), "synchronous": round(synchronous, 4),

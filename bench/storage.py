@@ -7,14 +7,10 @@ verify throughput on its own and the warm-cache fetch time.
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from infra.s3server import S3Server
+from bench.s3 import scratch_s3
 from sknet.data.layout import LAYOUT_DIR
 from sknet.data.stage import check_fetched_file, fetch, split_dataset_uri, stage
 from sknet.data.synth import write_synthetic_layout
@@ -22,14 +18,9 @@ from sknet.storage import S3Store, join, read_manifest, s3_client, transfer_conf
 
 
 def bench_storage() -> dict:
-    logging.getLogger("sknet").setLevel(logging.WARNING)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    with tempfile.TemporaryDirectory(prefix="sknet-bench-") as scratch:
-        scratch = Path(scratch)
-        server = S3Server(scratch / "moto.log")
+    with scratch_s3("storage") as (scratch, server):
         try:
             client = s3_client(endpoint_url=server.endpoint)
-            client.create_bucket(Bucket="bench")
             store = S3Store("s3://bench/datasets", endpoint_url=server.endpoint)
             write_synthetic_layout(scratch / "data")
             uri = stage(str(scratch / "data"), store)
@@ -58,7 +49,6 @@ def bench_storage() -> dict:
             fetch(uri, store, scratch / "cache")
             warm = time.perf_counter() - started
         finally:
-            server.stop()
             shutil.rmtree(scratch / "cache", ignore_errors=True)
     return {
         "benchmark": "storage", "server": "moto_server on 127.0.0.1", "bytes": total,
