@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -79,6 +80,17 @@ def local_stack_api(work: Path) -> str | None:
     return api if Stack(work / "prefect", port).healthy() else None
 
 
+def run_holding_work_dir(program: str, work: Path, elsewhere: str, run: Callable[[], int]) -> int:
+    """`run()` while holding the work dir's lock; exit status 2 with a message if another holds it."""
+    with ExitStack() as held:
+        try:
+            lock_work_dir(held, work, elsewhere)
+        except WorkDirBusy as exc:
+            print(f"{program}: error: {exc}", file=sys.stderr)
+            return 2
+        return run()
+
+
 def lock_work_dir(held: ExitStack, work: Path, elsewhere: str) -> None:
     """Hold `<work>/.sknet-work.lock` until `held` closes, or raise `WorkDirBusy` naming its holder.
 
@@ -97,13 +109,7 @@ def lock_work_dir(held: ExitStack, work: Path, elsewhere: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     work = args.work.resolve()
-    with ExitStack() as held:
-        try:
-            lock_work_dir(held, work, "make run RUN_ARGS='--work DIR'")
-        except WorkDirBusy as exc:
-            print(f"make run: error: {exc}", file=sys.stderr)
-            return 2
-        return _run(args, work)
+    return run_holding_work_dir("make run", work, "make run RUN_ARGS='--work DIR'", lambda: _run(args, work))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,15 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"api": stack.api_url, "healthy": stack.healthy(),
                           "worker_running": _ours(stack._pid("worker"))}))
         return 0
-    from infra.run_local import WorkDirBusy, lock_work_dir
+    from infra.run_local import run_holding_work_dir
 
-    with ExitStack() as held:
-        try:
-            lock_work_dir(held, work, "python -m infra.stack up --work DIR")
-        except WorkDirBusy as exc:
-            print(f"make up: error: {exc}", file=sys.stderr)
-            return 2
-        return _up(stack, work)
+    return run_holding_work_dir("make up", work, "python -m infra.stack up --work DIR", lambda: _up(stack, work))
 
 
 def _up(stack: Stack, work: Path) -> int:

@@ -2,7 +2,6 @@
 retried. Full runs are tested where users run them: `make run` in test_readme.py (the flow in-process
 on a temporary API) and the deployments through a real server and worker in test_e2e.py."""
 
-import os
 
 import pytest
 from prefect.states import Failed
@@ -35,16 +34,6 @@ def launch_failure(failed_rank, diverged=False):
 ])
 def test_only_transient_failures_are_retried(error, retried):
     assert transient_only(None, None, failed_with(error)) is retried
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def task_runs_of(state) -> list:
