@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from sknet.gate import GateFailed
     from sknet.jsonio import dumps
-    from sknet.train import DIVERGED_EXIT_CODE, Diverged, Preempted  # light: MindSpore is imported in train()
+    from sknet.stopping import DIVERGED_EXIT_CODE, Diverged, Preempted
 
     try:
         result = _run(args)
