@@ -21,6 +21,7 @@ examples:
   sknet train --config cpu-smoke --set data.uri=work/data train.output_dir=work/runs/smoke
   sknet eval --config cpu-smoke --set data.uri=work/data --checkpoint work/runs/smoke/checkpoints/step-00000060.ckpt
   sknet export --config cpu-smoke --checkpoint CKPT --out work/model.mindir --dynamic-batch
+  sknet release ls --store s3://my-bucket/sknet --model sknet50
 """
 
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gate_command(commands)
     _add_eval_command(commands)
     _add_export_command(commands)
+    _add_release_commands(commands)
     return parser
 
 
@@ -204,6 +206,51 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     )
 
 
+RELEASE_EXAMPLES = """\
+examples:
+  sknet release ls --store s3://my-bucket/sknet                       # every model's versions, LATEST marked
+  sknet release ls --store file:///srv/sknet --model sknet-tiny
+  sknet release promote --store s3://my-bucket/sknet --model sknet50 --version <flow-run-id>   # roll back
+"""
+
+
+def _add_release_commands(commands: argparse._SubParsersAction) -> None:
+    """`sknet release ls|promote`: the published versions and the LATEST pointer."""
+    release = commands.add_parser("release", help="list released versions, re-point LATEST (rollback)",
+                                  epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
+    ls = actions.add_parser(
+        "ls", help="versions under releases/ with metrics and released_at, LATEST marked (JSON)",
+        description="Print, as JSON, {model: {latest, versions: [{version, uri, released_at, metrics, latest, "
+        "complete}]}}, oldest first. complete=false: a publication that never finished (no manifest).",
+        epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ls.add_argument("--model", default=None, metavar="M", help="only this model (its name under releases/)")
+    promote = actions.add_parser(
+        "promote", help="point LATEST at an existing, complete version (also backwards: a rollback)",
+        description="Re-point releases/<model>/LATEST at VERSION by compare-and-swap. VERSION must be published "
+        "completely (have its manifest.json). Releases published before the promotion never move LATEST "
+        "past it; a newer release moves it on as usual. Prints the new pointer.",
+        epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    promote.add_argument("--model", required=True, metavar="M", help="the model's name under releases/")
+    promote.add_argument("--version", required=True, metavar="V", help="the version to point LATEST at")
+    for parser in (ls, promote):
+        parser.add_argument("--store", required=True, metavar="URI",
+                            help="where runs/ and releases/ are (storage.uri): s3://bucket/prefix or file:///path")
+        _add_storage_args(parser)
+
+
+def _release_command(args: argparse.Namespace) -> dict:
+    from sknet.release import list_releases, promote
+    from sknet.storage import open_store
+
+    store = open_store(args.store, endpoint_url=args.endpoint_url, region=args.region)
+    if args.release_command == "ls":
+        return {"store": store.uri, "models": list_releases(store, args.model)}
+    return promote(store, args.model, args.version)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -247,6 +294,8 @@ def _run(args: argparse.Namespace) -> dict | None:
 
     if args.command == "ranktable":
         return _ranktable(args)
+    if args.command == "release":
+        return _release_command(args)
 
     from sknet.config import load_config
 

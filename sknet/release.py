@@ -6,7 +6,8 @@ uploaded and verified and the release manifest written.
 
 LATEST holds `{"version", "uri", "metrics", "released_at", "sequence"}`; `sequence` counts its moves (1 for
 the first release). It moves by compare-and-swap against the LATEST just read (`move_latest`), so two
-releases racing never overwrite a pointer neither has judged.
+releases racing never overwrite a pointer neither has judged. `promote` re-points it to any complete
+version, backwards too (a rollback), and adds `promoted_at`; `list_releases` lists the versions.
 """
 
 from __future__ import annotations
@@ -121,9 +122,7 @@ def move_latest(store: Store, model: str, version: str, manifest: Mapping, *,
         if current:
             _refuse_backwards(f"{store.uri}/{release_prefix(model, version)} is published, but LATEST stays at "
                               f"{current['version']}", version, manifest, current, beat_latest)
-        pointer = {"version": version, "uri": f"{store.uri}/{release_prefix(model, version)}",
-                   "metrics": manifest.get("metrics", {}), "released_at": manifest.get("released_at", ""),
-                   "sequence": (current or {}).get("sequence", 0) + 1}
+        pointer = _pointer(store, model, version, manifest, current)
         try:
             store.put_bytes_if(json.dumps(pointer, indent=2, sort_keys=True).encode(), key, held.tag if held else None)
         except WriteConflict:
@@ -136,6 +135,13 @@ def move_latest(store: Store, model: str, version: str, manifest: Mapping, *,
                         "was judged; retry the release")
 
 
+def _pointer(store: Store, model: str, version: str, manifest: Mapping, current: Mapping | None) -> dict:
+    """What LATEST holds once it points at `version` (its `manifest`), replacing `current`."""
+    return {"version": version, "uri": f"{store.uri}/{release_prefix(model, version)}",
+            "metrics": manifest.get("metrics", {}), "released_at": manifest.get("released_at", ""),
+            "sequence": (current or {}).get("sequence", 0) + 1}
+
+
 def _read_latest(store: Store, model: str) -> tuple[Versioned | None, dict | None]:
     """LATEST as stored (for a conditional write) and as a pointer; (None, None) before the first release."""
     held = store.get_versioned(join(release_prefix(model), LATEST))
@@ -145,10 +151,11 @@ def _read_latest(store: Store, model: str) -> tuple[Versioned | None, dict | Non
 def _refuse_backwards(where: str, version: str, release: Mapping, current: Mapping,
                       beat_latest: BeatLatest | None) -> None:
     """`LatestNotMoved` (message: `where`, then why) if `release` (manifest or metadata) may not replace LATEST."""
-    if _released_at(release) < _released_at(current):
+    if _released_at(release) < max(_released_at(current), _released_at(current, "promoted_at")):
+        promoted = f", promoted {current['promoted_at']}" if current.get("promoted_at") else ""
         raise LatestNotMoved(
             f"{where}: {version} (released {release.get('released_at') or 'at an unrecorded time'}) is older "
-            f"than {current['version']} (released {current.get('released_at')}); LATEST never moves back")
+            f"than {current['version']} (released {current.get('released_at')}{promoted}); LATEST never moves back")
     if beat_latest is not None:
         verdict = gate(release.get("metrics", {}), metric=beat_latest.metric, threshold=0.0,
                        champion_metrics=current.get("metrics", {}), margin=beat_latest.margin)
@@ -156,10 +163,10 @@ def _refuse_backwards(where: str, version: str, release: Mapping, current: Mappi
             raise LatestNotMoved(f"{where}: compared at release time, {verdict.message.removeprefix('gate failed: ')}")
 
 
-def _released_at(record: Mapping) -> datetime:
-    """When a release's publication began; the earliest time for one that has no (readable) record of it."""
+def _released_at(record: Mapping, field: str = "released_at") -> datetime:
+    """When a release's publication began (or `field`: another time); the earliest time without a (readable) one."""
     try:
-        moment = datetime.fromisoformat(record["released_at"])
+        moment = datetime.fromisoformat(record[field])
     except (KeyError, TypeError, ValueError):
         return datetime.min.replace(tzinfo=timezone.utc)
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
@@ -172,3 +179,61 @@ def latest_release(store: Store, model: str) -> dict | None:
         return None
     pointer = json.loads(store.get_bytes(key))
     return read_manifest(store, release_prefix(model, pointer["version"]))
+
+
+def list_releases(store: Store, model: str | None = None) -> dict[str, dict]:
+    """Each model's releases (or only `model`'s): {model: {"latest": version | None, "versions": [...]}}.
+
+    Versions come oldest first (by `released_at`), each with its uri, metrics, released_at, whether LATEST
+    points at it, and `complete` (False: no manifest, a publication that never finished).
+    """
+    if model:
+        models = [model]
+    else:
+        models = sorted({o.key.split("/")[1] for o in store.list("releases/") if o.key.count("/") >= 2})
+    return {name: _model_releases(store, name) for name in models}
+
+
+def _model_releases(store: Store, model: str) -> dict:
+    latest = _read_latest(store, model)[1]
+    keys = [o.key.removeprefix(release_prefix(model) + "/") for o in store.list(release_prefix(model) + "/")]
+    versions = []
+    for version in sorted({key.split("/")[0] for key in keys if "/" in key}):
+        complete = f"{version}/{MANIFEST}" in keys
+        manifest = read_manifest(store, release_prefix(model, version)) if complete else {}
+        versions.append({"version": version, "uri": f"{store.uri}/{release_prefix(model, version)}",
+                         "released_at": manifest.get("released_at"), "metrics": manifest.get("metrics", {}),
+                         "latest": bool(latest and latest["version"] == version), "complete": complete,
+                         **({"training_key": manifest["training_key"]} if "training_key" in manifest else {})})
+    versions.sort(key=lambda v: (_released_at(v), v["version"]))
+    return {"latest": latest["version"] if latest else None, "versions": versions}
+
+
+def promote(store: Store, model: str, version: str) -> dict:
+    """Point LATEST at the published, complete `version`, older or not (a rollback); returns the new pointer.
+
+    Refuses a version that does not exist or has no manifest (`IncompleteError`, naming it). The write
+    is a compare-and-swap like `move_latest`'s, without its "only forwards" rule; the pointer records
+    `promoted_at`, and a release published before the promotion (a late retry of the release rolled back
+    from) never moves LATEST past it. A new release moves it on as usual.
+    """
+    prefix = release_prefix(model, version)
+    if not store.exists(join(prefix, MANIFEST)):
+        what = "is incomplete (no manifest.json; its publication never finished)" if store.list(prefix + "/") \
+            else "does not exist"
+        raise IncompleteError(f"cannot promote {store.uri}/{prefix}: version {version} of {model} {what}")
+    manifest = read_manifest(store, prefix)
+    key = join(release_prefix(model), LATEST)
+    for _ in range(LATEST_ATTEMPTS):
+        held, current = _read_latest(store, model)
+        pointer = {**_pointer(store, model, version, manifest, current),
+                   "promoted_at": datetime.now(timezone.utc).isoformat()}
+        try:
+            store.put_bytes_if(json.dumps(pointer, indent=2, sort_keys=True).encode(), key, held.tag if held else None)
+        except WriteConflict:
+            continue
+        log.info("LATEST of %s: %s → %s (promoted, move %d)", model, current["version"] if current else "none",
+                 version, pointer["sequence"])
+        return {**pointer, "previous": current["version"] if current else None}
+    raise WriteConflict(f"{store.uri}/{key}: other releases moved it {LATEST_ATTEMPTS} times while promoting "
+                        f"{version}; retry")

@@ -175,3 +175,68 @@ def test_lineage_record_carries_digests_metrics_code_and_packages():
     assert record["dataset"] == {"uri": "s3://b/datasets/cifar10/abc", "digest": "abc", "synthetic": True}
     assert record["code"]["packages"]["mindspore"].startswith("2.10")
     assert len(record["code"]["commit"].split("+")[0]) == 40
+
+
+def test_ls_lists_versions_oldest_first_with_metrics_and_marks_latest(store, tmp_path):
+    from sknet.release import list_releases
+
+    publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.92))
+    store.put_bytes(b"half", "releases/sknet50/v3/model.mindir")  # a publication that never finished
+    publish_release(store, "other", "a", *release_files(tmp_path, "a", 0.5))
+    listed = list_releases(store)
+    assert sorted(listed) == ["other", "sknet50"] and listed["sknet50"]["latest"] == "v2"
+    assert [v["version"] for v in listed["sknet50"]["versions"]] == ["v3", "v1", "v2"]  # unrecorded time first
+    v3, v1, v2 = listed["sknet50"]["versions"]
+    assert (v1["metrics"], v1["latest"], v1["complete"]) == ({"top_1_accuracy": 0.91}, False, True)
+    assert v2["latest"] and v2["released_at"] == latest(store)["released_at"]
+    assert v3 == {"version": "v3", "uri": f"{store.uri}/releases/sknet50/v3", "released_at": None, "metrics": {},
+                  "latest": False, "complete": False}
+    assert list(list_releases(store, "other")) == ["other"]
+
+
+def test_promote_rolls_latest_back_and_a_late_older_release_does_not_undo_it(store, tmp_path):
+    from sknet.release import promote
+
+    v1, v2 = release_files(tmp_path, "v1", 0.91), release_files(tmp_path, "v2", 0.92)
+    publish_release(store, "sknet50", "v1", *v1)
+    publish_release(store, "sknet50", "v2", *v2)
+    pointer = promote(store, "sknet50", "v1")
+    assert pointer["previous"] == "v2" and pointer["sequence"] == 3 and pointer["metrics"]["top_1_accuracy"] == 0.91
+    assert latest(store) == {k: v for k, v in pointer.items() if k != "previous"}
+    with pytest.raises(LatestNotMoved, match=r"LATEST stays at v1: v2 \(released .*\) is older than v1 "
+                                             r"\(released .*, promoted .*\); LATEST never moves back"):
+        publish_release(store, "sknet50", "v2", *v2)  # v2's release retried after the rollback
+    assert publish_release(store, "sknet50", "v3", *release_files(tmp_path, "v3", 0.93))["version"] == "v3"
+
+
+@pytest.mark.parametrize("version, reason", [("v9", "does not exist"), ("v2", r"is incomplete \(no manifest.json")])
+def test_promote_refuses_a_missing_or_incomplete_version_and_leaves_latest(store, tmp_path, version, reason):
+    from sknet.release import promote
+
+    publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    store.put_bytes(b"half", "releases/sknet50/v2/model.mindir")
+    with pytest.raises(IncompleteError, match=rf"cannot promote {store.uri}/releases/sknet50/{version}: "
+                                              rf"version {version} of sknet50 {reason}"):
+        promote(store, "sknet50", version)
+    assert latest(store)["version"] == "v1" and latest(store)["sequence"] == 1
+
+
+def test_promote_is_a_compare_and_swap(store, tmp_path, monkeypatch):
+    from sknet import release
+
+    publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.92))
+    read = release._read_latest
+    raced = []
+
+    def read_then_race(s, model):  # another release moves LATEST between the read and the write
+        held = read(s, model)
+        if not raced:
+            raced.append("v3")
+            publish_release(store, "sknet50", "v3", *release_files(tmp_path, "v3", 0.93))
+        return held
+
+    monkeypatch.setattr(release, "_read_latest", read_then_race)
+    pointer = release.promote(store, "sknet50", "v1")
+    assert pointer["previous"] == "v3" and pointer["sequence"] == 4 and latest(store)["version"] == "v1"
