@@ -1,5 +1,8 @@
 """The nightly flow: data → train → evaluate → publish run → gate → export → release.
 
+When a release was already trained from the same dataset, training settings, epochs and code (its training
+key, `sknet.training_key`), the run stops after fetching the dataset: `unchanged since release <version>`.
+
 Every task persists its result, so a retry of the same flow run (`prefect flow-run retry`) skips the
 stages that finished; training itself resumes from the newest checkpoint, which is mirrored to
 `<storage>/runs/<flow-run-id>/checkpoints` as it is written, so the retry may run on another machine.
@@ -17,6 +20,8 @@ from prefect.runtime import flow_run
 from sknet.errors import ConfigError
 from sknet.plan import plan_run
 from sknet.report import run_summary
+from sknet.run_outputs import unchanged_release
+from sknet.training_key import unchanged_summary
 from tasks._support import asset_key, use_aws_credentials_block
 from tasks.data import fetch_dataset
 from tasks.evaluate import evaluate
@@ -36,6 +41,7 @@ def sknet_train(
     work_dir: str = "work",
     aws_credentials_block: str | None = None,
     run_id: str | None = None,
+    force: bool = False,
 ) -> dict:
     """Train, check and ship an SKNet classifier; parameters are validated before any compute.
 
@@ -49,6 +55,7 @@ def sknet_train(
         aws_credentials_block: a Prefect AwsCredentials block for the bucket; default: the worker's environment.
         run_id: names the run's directory, checkpoint mirror and release version; default: this flow run's id.
             Several nodes of one job (launch.nodes > 1) must share it: one flow run per node, same run_id.
+        force: train even if a release already has this run's training key (see `unchanged_since`).
     """
     _refuse_untemplated(dataset_uri=dataset_uri, publish_to=publish_to)
     cfg, plan = plan_run(config, overrides, run_id=run_id or flow_run.get_id() or "local", work_dir=work_dir,
@@ -57,9 +64,10 @@ def sknet_train(
         use_aws_credentials_block(aws_credentials_block)
     get_run_logger().info("config %s, digest %s; publishing to %s", config, cfg.digest()[:12], plan.store_uri)
     seconds: dict[str, float] = {}
-
     with _timed(seconds, "data"):
         dataset = fetch_dataset(cfg, plan.cache_dir)
+    if not force and (previous := unchanged_release(cfg, plan, dataset)):
+        return _unchanged(previous, dataset, seconds)
     # From here on every stage reads the verified local copy: ranks never download, and eval/export see
     # exactly the bytes that were checked against the manifest.
     cfg = cfg.override({"data.uri": dataset["path"]})
@@ -104,6 +112,17 @@ def _timed(seconds: dict[str, float], stage: str):
     started = time.perf_counter()
     yield
     seconds[stage] = round(time.perf_counter() - started, 2)
+
+
+def _unchanged(release: dict, dataset: dict, seconds: dict[str, float]) -> dict:
+    """The result of a run that trains nothing: `release` has its training key. Logged and summarized."""
+    get_run_logger().info("unchanged since release %s (%s): same dataset, training settings, epochs and code; "
+                          "nothing trained, LATEST not moved (force=True trains anyway)", release["version"],
+                          release["uri"])
+    create_markdown_artifact(key="sknet-run-summary",
+                             markdown=unchanged_summary(release, dataset, release["training_key"]))
+    return {"unchanged_since": release["version"], "release": None, "run_uri": None, "metrics": release["metrics"],
+            "synthetic_data": dataset["synthetic"], "stage_seconds": seconds}
 
 
 def _summarize(cfg, dataset: dict, metrics: dict, run_uri: str, gate_state) -> None:

@@ -19,6 +19,7 @@ from sknet.run_files import (
     CONFIG_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE,
 )
 from sknet.storage import store_from_config
+from sknet.training_key import release_with_key, training_key
 
 RUN_FILES = (EVAL_FILE, CURVE_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
 
@@ -56,6 +57,13 @@ def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:
     return plan.run_uri
 
 
+def unchanged_release(cfg: Config, plan: RunPlan, dataset: Mapping) -> dict | None:
+    """The release this run would repeat: one of `plan.model` with this run's training key (same dataset,
+    training settings, epochs and code), other than this run's own version; None if there is none."""
+    return release_with_key(store_from_config(cfg.storage), plan.model, training_key(cfg, dataset["digest"]),
+                            other_than=plan.run_id)
+
+
 def gate_against_latest(cfg: Config, metrics: Mapping, model: str) -> Verdict:
     """The gate's verdict (raises `GateFailed` on a miss); with gate.compare_to_latest, the release must be beaten.
 
@@ -72,7 +80,8 @@ def gate_against_latest(cfg: Config, metrics: Mapping, model: str) -> Verdict:
 
 def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, metrics: Mapping,
                   model: Mapping) -> tuple[dict, dict]:
-    """Publish MINDIR, checkpoint, config and lineage as version `plan.run_id`, then move LATEST.
+    """Publish MINDIR, checkpoint, config and lineage as version `plan.run_id` (its manifest records the
+    metrics and the training key, `sknet.training_key`), then move LATEST.
 
     LATEST moves only forwards: never to an older release, and with gate.compare_to_latest only past a
     LATEST this model beats at release time; else `sknet.release.LatestNotMoved` (the version stays
@@ -89,6 +98,7 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
              CONFIG_FILE: Path(plan.output_dir, CONFIG_FILE), LINEAGE: lineage_path}
     beat = BeatLatest(cfg.gate.metric, cfg.gate.margin) if cfg.gate.compare_to_latest else None
     pointer = publish_release(store_from_config(cfg.storage), plan.model, plan.run_id, files,
-                              metadata={"metrics": dict(metrics), "lineage_digest": lineage["config"]["digest"]},
+                              metadata={"metrics": dict(metrics), "lineage_digest": lineage["config"]["digest"],
+                                        "training_key": training_key(cfg, dataset["digest"])},
                               beat_latest=beat)
     return pointer, lineage

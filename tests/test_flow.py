@@ -100,3 +100,57 @@ def test_a_deployment_made_without_its_environment_names_the_variable(prefect_ap
                                         r"SKNET_DATASET_URI set"):
         state.result()
     assert task_runs_of(state) == []
+
+
+def flow_logs_and_summary(state) -> tuple[str, str]:
+    """The flow run's log messages and its sknet-run-summary markdown."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    summary = next((a.data for a in artifacts if a.key == "sknet-run-summary"), "")
+    return "\n".join(log.message for log in logs), summary
+
+
+@pytest.mark.slow
+def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, synthetic_data, tmp_path, monkeypatch):
+    import json
+    import time
+
+    import sknet.training_key
+    from flows.sknet_train import sknet_train
+
+    monkeypatch.setattr(sknet.training_key, "code_version", lambda: "git:fixed")  # others commit meanwhile
+    bucket = tmp_path / "bucket"
+
+    def smoke(**parameters):
+        started = time.perf_counter()
+        state = sknet_train(config="cpu-smoke", overrides={"train.epochs": 1, "data.num_train_samples": 320},
+                            dataset_uri=str(synthetic_data), gate_threshold=0.0, publish_to=f"file://{bucket}",
+                            work_dir=str(tmp_path / "work"), return_state=True, **parameters)
+        seconds = time.perf_counter() - started
+        assert state.is_completed(), state
+        return state, state.result(), {run.name.split(" ")[0] for run in task_runs_of(state)}, seconds
+
+    _, first, first_tasks, first_seconds = smoke()
+    version = first["release"]["version"]
+    assert {"train", "evaluate", "export", "release"} <= first_tasks
+    manifest = json.loads((bucket / "releases" / "sknet-tiny" / version / "manifest.json").read_text())
+    assert len(manifest["training_key"]) == 64
+
+    state, second, second_tasks, second_seconds = smoke()
+    print(f"first run {first_seconds:.1f} s, unchanged run {second_seconds:.1f} s")
+    assert second["unchanged_since"] == version and second["release"] is None
+    assert second["metrics"] == first["metrics"] and second_tasks == {"fetch"}
+    logs, summary = flow_logs_and_summary(state)
+    assert f"unchanged since release {version}" in logs and f"unchanged since release {version}" in summary
+    assert second_seconds <= 0.1 * first_seconds
+    assert json.loads((bucket / "releases" / "sknet-tiny" / "LATEST").read_text())["sequence"] == 1
+
+    _, forced, forced_tasks, _ = smoke(force=True)
+    assert "unchanged_since" not in forced and {"train", "evaluate", "export", "release"} <= forced_tasks
+    assert forced["release"]["version"] != version

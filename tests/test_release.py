@@ -240,3 +240,42 @@ def test_promote_is_a_compare_and_swap(store, tmp_path, monkeypatch):
     monkeypatch.setattr(release, "_read_latest", read_then_race)
     pointer = release.promote(store, "sknet50", "v1")
     assert pointer["previous"] == "v3" and pointer["sequence"] == 4 and latest(store)["version"] == "v1"
+
+
+def test_the_training_key_changes_with_data_settings_epochs_and_code_only(monkeypatch):
+    import sknet.training_key as tk
+
+    monkeypatch.setattr(tk, "code_version", lambda: "git:abc")
+    cfg = load_config("cpu-smoke")
+    key = tk.training_key(cfg, "d" * 64)
+    same = cfg.override({"data.uri": "/elsewhere", "storage.uri": "s3://b/p", "train.output_dir": "/tmp/run",
+                         "gate.threshold": 0.1, "launch.ranks": 2})
+    assert tk.training_key(same, "d" * 64) == key and len(key) == 64
+    assert tk.training_key(cfg, "e" * 64) != key
+    assert tk.training_key(cfg.override({"train.epochs": 7}), "d" * 64) != key
+    assert tk.training_key(cfg.override({"train.seed": 123}), "d" * 64) != key
+    monkeypatch.setattr(tk, "code_version", lambda: "git:abd")
+    assert tk.training_key(cfg, "d" * 64) != key
+
+
+def test_the_code_version_is_the_commit_with_uncommitted_changes_or_the_package(monkeypatch):
+    import sknet.training_key as tk
+
+    monkeypatch.setattr(tk, "code_commit", lambda: "0123abc")
+    assert tk.code_version() == "git:0123abc"
+    monkeypatch.setattr(tk, "code_commit", lambda: "0123abc+dirty")
+    assert tk.code_version().startswith("git:0123abc+dirty:")
+    monkeypatch.setattr(tk, "code_commit", lambda: "unknown")
+    assert tk.code_version() == "sknet-pipeline 0.1.0"
+
+
+def test_a_release_is_found_by_its_training_key(store, tmp_path):
+    from sknet.training_key import release_with_key
+
+    publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))  # before keys were recorded
+    files, metadata = release_files(tmp_path, "v2", 0.92)
+    publish_release(store, "sknet50", "v2", files, {**metadata, "training_key": "k2"})
+    assert release_with_key(store, "sknet50", "k2")["version"] == "v2"
+    assert release_with_key(store, "sknet50", "k2")["metrics"] == {"top_1_accuracy": 0.92}
+    assert release_with_key(store, "sknet50", "k2", other_than="v2") is None  # a retry of v2's own flow run
+    assert release_with_key(store, "sknet50", "k3") is None and release_with_key(store, "nomodel", "k2") is None
