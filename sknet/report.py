@@ -1,4 +1,5 @@
-"""What a run looks like to a human: progress parsed from rank output, per-epoch rows, a PNG loss curve."""
+"""What a run looks like to a human: progress parsed from rank output, per-epoch rows, a PNG of the training
+curves (matplotlib, Agg canvas)."""
 
 from __future__ import annotations
 
@@ -32,42 +33,95 @@ def epoch_rows(records: list[dict]) -> list[dict]:
             for r in records if r["event"] == "epoch"]
 
 
-def plot_training_curve(records: list[dict], out: str | Path, *, title: str, size=(720, 400)) -> Path:
-    """Loss per logged step (line) and per epoch (dots) as a PNG, with `title` (e.g. eval accuracy) on top."""
-    from PIL import Image, ImageDraw
+PANELS = ("loss", "learning rate", "images/s", "evaluation")
+LOSS_COLOR, EPOCH_COLOR, LR_COLOR, SPEED_COLOR = "#1f77b4", "#d62728", "#2ca02c", "#9467bd"
+TOP1_COLOR, TOP5_COLOR = "#ff7f0e", "#8c564b"
+EMPTY_TEXT = "no steps logged yet"
 
-    finite = [r for r in records if r["loss"] is not None]  # a diverged step's loss is logged as null
-    steps = [(r["step"], r["loss"]) for r in finite if r["event"] == "step"]
-    epochs = [(r["step"], r["loss"]) for r in finite if r["event"] == "epoch"]
-    width, height = size
-    left, right, top, bottom = 60, 20, 40, 40
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 12), title, fill="black")
-    draw.rectangle([left, top, width - right, height - bottom], outline="gray")
-    points = steps + epochs
-    if points:
-        max_step = max(s for s, _ in points) or 1
-        low, high = min(v for _, v in points), max(v for _, v in points)
-        span = (high - low) or 1.0
 
-        def xy(step: float, loss: float) -> tuple[float, float]:
-            x = left + (width - left - right) * step / max_step
-            y = height - bottom - (height - top - bottom) * (loss - low) / span
-            return x, y
+def plot_training_curve(records: list[dict], out: str | Path, *, title: str, size=(1200, 800),
+                        metrics: Mapping | None = None, synthetic: bool | None = None) -> Path:
+    """A PNG of `size` pixels with four panels: loss per logged step (line) and per epoch (dots), learning
+    rate and images/s per step, and the eval top-1/top-5 of `metrics` (when given). `title` is on top, marked
+    SYNTHETIC when `synthetic` (default: `metrics["synthetic_data"]`) and it does not say so already."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        if len(steps) > 1:
-            draw.line([xy(s, v) for s, v in steps], fill=(31, 119, 180), width=2)
-        for s, v in epochs:
-            x, y = xy(s, v)
-            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(214, 39, 40))
-        draw.text((4, top), f"{high:.3f}", fill="black")
-        draw.text((4, height - bottom - 10), f"{low:.3f}", fill="black")
-        draw.text((width - right - 60, height - bottom + 8), f"step {max_step}", fill="black")
-    draw.text((left, height - bottom + 8), "loss per step (line), per epoch (dots)", fill="black")
+    figure = training_figure(records, title=title, size=size, metrics=metrics, synthetic=synthetic)
     out = Path(out)
-    image.save(out, format="PNG")
+    FigureCanvasAgg(figure).print_png(out)  # no pyplot: no global backend or figure registry is touched
     return out
+
+
+def training_figure(records: list[dict], *, title: str, size=(1200, 800), metrics: Mapping | None = None,
+                    synthetic: bool | None = None):
+    """The matplotlib Figure `plot_training_curve` saves (Agg-renderable, never registered with pyplot)."""
+    from matplotlib.figure import Figure
+
+    if synthetic is None:
+        synthetic = bool(metrics and metrics.get("synthetic_data"))
+    if synthetic and "SYNTHETIC" not in title:
+        title = f"{title} (SYNTHETIC data)"
+    figure = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100, layout="constrained")
+    figure.suptitle(title, fontsize=13, color="#b00000" if synthetic else "black")
+    if not records:
+        figure.text(0.5, 0.5, EMPTY_TEXT, ha="center", va="center", fontsize=16, color="gray")
+        return figure
+    loss_ax, lr_ax, speed_ax, eval_ax = figure.subplots(2, 2, sharex=True).flat
+    steps = [r for r in records if r.get("event") == "step"]
+    _plot_loss(loss_ax, steps, [r for r in records if r.get("event") == "epoch"])
+    _plot_series(lr_ax, steps, "lr", "learning rate", LR_COLOR)
+    _plot_series(speed_ax, steps, "images_per_sec", "images/s", SPEED_COLOR)
+    _plot_eval(eval_ax, metrics, max((r["step"] for r in records), default=0))
+    for ax in (speed_ax, eval_ax):
+        ax.set_xlabel("step")
+    for ax in (loss_ax, lr_ax, speed_ax, eval_ax):
+        ax.grid(True, alpha=0.3)
+    return figure
+
+
+def _plot_loss(ax, steps: list[dict], epochs: list[dict]) -> None:
+    """Finite step losses as a line, epoch means as dots, and a dashed red mark at each null (diverged) loss."""
+    ax.set_title("loss per step (line), per epoch (dots)")
+    ax.set_ylabel("loss")
+    xs, ys = _xy(steps, "loss")
+    ax.plot(xs, ys, color=LOSS_COLOR, lw=1.5, marker="o" if len(xs) == 1 else None, ms=4, label="step")
+    ax.plot(*_xy(epochs, "loss"), "o", color=EPOCH_COLOR, ms=7, label="epoch mean")
+    diverged = [r["step"] for r in steps + epochs if r.get("loss") is None]
+    for i, step in enumerate(sorted(set(diverged))):
+        ax.axvline(step, color=EPOCH_COLOR, ls="--", lw=1, label="loss null (diverged)" if i == 0 else None)
+    ax.legend(loc="upper right", fontsize=8)
+
+
+def _plot_series(ax, steps: list[dict], key: str, label: str, color: str) -> None:
+    """One per-step quantity as a line, or 'not logged' when no step record carries it."""
+    ax.set_title(f"{label} per step")
+    ax.set_ylabel(label)
+    xs, ys = _xy(steps, key)
+    ax.plot(xs, ys, color=color, lw=1.5)
+    if not xs:
+        ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
+def _plot_eval(ax, metrics: Mapping | None, last_step: int) -> None:
+    """Top-1 and top-5 accuracy of the final evaluation: a marker at the last step and a dotted level line."""
+    ax.set_title("evaluation accuracy")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.05)
+    for key, label, color in (("top_1_accuracy", "top-1", TOP1_COLOR), ("top_5_accuracy", "top-5", TOP5_COLOR)):
+        if metrics and metrics.get(key) is not None:
+            value = float(metrics[key])
+            ax.axhline(value, color=color, ls=":", lw=1.5)
+            ax.plot([last_step], [value], "D", color=color, ms=9, label=f"{label} {value:.4f}")
+    if ax.lines:
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "not evaluated", transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
+def _xy(records: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of the records whose `key` is logged and not null."""
+    kept = [r for r in records if r.get(key) is not None]
+    return [r["step"] for r in kept], [r[key] for r in kept]
 
 
 class ProgressTracker:

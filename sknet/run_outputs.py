@@ -49,7 +49,7 @@ def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:
     (run / EVAL_FILE).write_text(json.dumps(dict(metrics), indent=2) + "\n")
     plot_training_curve(read_metrics(run), run / CURVE_FILE, title=(
         f"{cfg.model.name}: top-1 {metrics['top_1_accuracy']:.4f}, top-5 {metrics['top_5_accuracy']:.4f}"
-        + (" (SYNTHETIC data)" if metrics.get("synthetic_data") else "")))
+        + (" (SYNTHETIC data)" if metrics.get("synthetic_data") else "")), metrics=metrics)
     files = {name: run / name for name in RUN_FILES}
     files.update({f"{LOGS_DIR}/{p.name}": p for p in (run / LOGS_DIR).glob("*.log")})
     publish_run(store_from_config(cfg.storage), plan.run_id, {k: p for k, p in files.items() if p.exists()},

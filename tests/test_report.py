@@ -1,14 +1,86 @@
-"""Progress parsing, per-epoch rows and the PNG loss curve, from a real smoke run's metrics log."""
+"""Progress parsing, per-epoch rows and the PNG training curves (panels checked on the Figure and by pixel colour)."""
 
 import pytest
 
-from sknet.report import epoch_rows, plot_training_curve, progress_of, read_metrics
+from sknet.report import (
+    EMPTY_TEXT, EPOCH_COLOR, LOSS_COLOR, LR_COLOR, SPEED_COLOR, TOP1_COLOR, TOP5_COLOR, epoch_rows,
+    plot_training_curve, progress_of, read_metrics, training_figure,
+)
 
 
 def test_progress_is_parsed_from_a_rank_prefixed_log_line():
     line = "[rank 0] 2026-11-28 03:10:00 INFO sknet.train: epoch 2/3 step 25/60 loss 1.8423 lr 0.04000 61.2 img/s"
     assert progress_of(line) == (25, 60, 1.8423)
     assert progress_of("[rank 0] resuming from step-00000020.ckpt (step 20 of 60)") is None
+
+
+def _records(steps: int = 40, per_epoch: int = 10) -> list[dict]:
+    """Known metrics: loss falling from 2.3, lr decaying from 0.1, 50-70 images/s, an epoch record every 10 steps."""
+    records = []
+    for step in range(1, steps + 1):
+        records.append({"event": "step", "step": step, "epoch": (step - 1) // per_epoch + 1, "loss": 2.3 - step / 25,
+                        "lr": 0.1 * (1 - step / (steps + 1)), "images_per_sec": 60.0 + 10 * (step % 2)})
+        if step % per_epoch == 0:
+            records.append({"event": "epoch", "step": step, "epoch": step // per_epoch, "loss": 2.3 - step / 25,
+                            "images_per_sec": 60.0, "seconds": 5.0})
+    return records
+
+
+EVAL = {"top_1_accuracy": 0.42, "top_5_accuracy": 0.91, "synthetic_data": True}
+
+
+def _rgb(hex_color: str) -> tuple[int, int, int]:
+    return tuple(int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def _pixels_near(image, box, color, tolerance=40) -> int:
+    """How many pixels of `image` inside `box` (left, top, right, bottom) are within `tolerance` of `color`."""
+    import numpy as np
+
+    pixels = np.asarray(image.crop(box).convert("RGB"), dtype=int)
+    return int((np.abs(pixels - np.array(color)).sum(axis=-1) <= tolerance).sum())
+
+
+def test_the_figure_has_labelled_panels_for_loss_lr_speed_and_eval():
+    figure = training_figure(_records(), title="sknet50: top-1 0.42", metrics=EVAL)
+    loss, lr, speed, evaluation = figure.axes
+    assert [ax.get_ylabel() for ax in figure.axes] == ["loss", "learning rate", "images/s", "accuracy"]
+    assert [speed.get_xlabel(), evaluation.get_xlabel()] == ["step", "step"]
+    assert figure.get_suptitle() == "sknet50: top-1 0.42 (SYNTHETIC data)"
+    step_line, epoch_dots = loss.lines[:2]
+    assert list(step_line.get_xdata()) == list(range(1, 41)) and list(epoch_dots.get_xdata()) == [10, 20, 30, 40]
+    assert lr.lines[0].get_ydata()[0] > lr.lines[0].get_ydata()[-1]
+    assert sorted(line.get_ydata()[0] for line in evaluation.lines) == [0.42, 0.42, 0.91, 0.91]
+    assert {t.get_text() for t in evaluation.get_legend().get_texts()} == {"top-1 0.4200", "top-5 0.9100"}
+
+
+def test_synthetic_is_not_said_twice_and_real_data_is_not_marked():
+    marked = training_figure(_records(), title="x (SYNTHETIC data)", metrics=EVAL)
+    assert marked.get_suptitle() == "x (SYNTHETIC data)"
+    real = training_figure(_records(), title="x", metrics={**EVAL, "synthetic_data": False})
+    assert real.get_suptitle() == "x"
+    assert training_figure(_records(), title="x", synthetic=True).get_suptitle() == "x (SYNTHETIC data)"
+
+
+def test_the_png_draws_each_panel_in_its_quadrant(tmp_path):
+    from PIL import Image
+
+    png = plot_training_curve(_records(), tmp_path / "curve.png", title="t", metrics=EVAL, size=(1000, 700))
+    image = Image.open(png)
+    assert image.format == "PNG" and image.size == (1000, 700)
+    image = image.convert("RGB")
+    top_left, top_right = (0, 0, 500, 350), (500, 0, 1000, 350)
+    bottom_left, bottom_right = (0, 350, 500, 700), (500, 350, 1000, 700)
+    for box, color in [(top_left, LOSS_COLOR), (top_left, EPOCH_COLOR), (top_right, LR_COLOR),
+                       (bottom_left, SPEED_COLOR), (bottom_right, TOP1_COLOR), (bottom_right, TOP5_COLOR)]:
+        assert _pixels_near(image, box, _rgb(color)) > 50, (box, color)
+    assert _pixels_near(image, bottom_right, _rgb(LOSS_COLOR)) < 10  # each series stays in its own panel
+    assert _pixels_near(image, top_left, _rgb(LR_COLOR)) < 10
+
+
+def test_the_eval_panel_says_not_evaluated_without_metrics():
+    evaluation = training_figure(_records(), title="t").axes[3]
+    assert not evaluation.lines and [t.get_text() for t in evaluation.texts] == ["not evaluated"]
 
 
 @pytest.mark.slow
@@ -20,19 +92,35 @@ def test_epoch_rows_and_curve_come_from_the_metrics_log(smoke_run, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["step"] for r in rows] == [20, 40, 60]
     assert all(r["images_per_sec"] > 0 and r["seconds"] > 0 for r in rows)
-    png = plot_training_curve(records, tmp_path / "curve.png", title="top-1 0.9")
+    png = plot_training_curve(records, tmp_path / "curve.png", title="top-1 0.9", metrics=EVAL)
     image = Image.open(png)
-    assert image.format == "PNG" and image.size == (720, 400)
-    assert (31, 119, 180) in {color for _, color in image.getcolors(10_000)}  # the loss line was drawn
+    assert image.format == "PNG" and image.size == (1200, 800)
+    assert _pixels_near(image.convert("RGB"), (0, 0, 600, 400), _rgb(LOSS_COLOR)) > 50  # the loss line was drawn
+    figure = training_figure(records, title="top-1 0.9")
+    assert len(figure.axes[1].lines[0].get_xdata()) == len([r for r in records if r["event"] == "step"])
 
 
-def test_a_curve_without_records_is_an_empty_chart_not_an_error(tmp_path):
+def test_a_curve_without_records_is_a_png_saying_no_steps_yet(tmp_path):
+    from PIL import Image
+
     assert read_metrics(tmp_path) == []
-    assert plot_training_curve([], tmp_path / "empty.png", title="no steps yet").stat().st_size > 0
+    png = plot_training_curve([], tmp_path / "empty.png", title="no steps yet", size=(600, 400))
+    image = Image.open(png)
+    assert image.format == "PNG" and image.size == (600, 400)
+    figure = training_figure([], title="no steps yet")
+    assert not figure.axes and EMPTY_TEXT in [t.get_text() for t in figure.texts]
 
 
 def test_a_diverged_loss_logged_as_null_is_shown_not_crashed_on(tmp_path):
-    records = [{"event": "step", "step": 5, "loss": 2.3}, {"event": "step", "step": 10, "loss": None},
+    from PIL import Image
+
+    records = [{"event": "step", "step": 5, "loss": 2.3, "lr": 0.1, "images_per_sec": 60.0},
+               {"event": "step", "step": 10, "loss": None, "lr": 0.1, "images_per_sec": 60.0},
                {"event": "epoch", "epoch": 1, "step": 10, "loss": None, "images_per_sec": 60.0, "seconds": 5.0}]
     assert epoch_rows(records)[0]["mean_loss"] is None
-    assert plot_training_curve(records, tmp_path / "c.png", title="diverged").stat().st_size > 0
+    assert Image.open(plot_training_curve(records, tmp_path / "c.png", title="diverged")).format == "PNG"
+    loss = training_figure(records, title="diverged").axes[0]
+    step_line, epoch_dots, diverged = loss.lines
+    assert list(step_line.get_xdata()) == [5] and list(epoch_dots.get_xdata()) == []
+    assert list(diverged.get_xdata()) == [10, 10]  # one dashed mark at the null step
+    assert "loss null (diverged)" in {t.get_text() for t in loss.get_legend().get_texts()}
