@@ -126,8 +126,14 @@ def save_checkpoint(cell, output_dir: str | Path, step: int, keep: int) -> Path:
     final = checkpoint_path(output_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(f".partial-{final.name}")
-    ms.save_checkpoint(cell, str(partial))
-    write_record(partial, step, name=final)
+    try:
+        ms.save_checkpoint(cell, str(partial))  # MindSpore writes `<partial stem>.tmp`, then renames it
+        write_record(partial, step, name=final)
+    except BaseException:  # a full disk, a signal: leave nothing half-written behind
+        for debris in (partial, partial.with_suffix(".tmp"), record_path(final).with_name(
+                f".partial-{record_path(final).name}")):
+            debris.unlink(missing_ok=True)
+        raise
     os.replace(partial, final)
     for _, old in list_checkpoints(output_dir)[:-keep]:
         old.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 never pulled from the mirror over a local one."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,19 @@ def test_a_checkpoint_without_its_record_does_not_verify(tmp_path):
     path.write_bytes(b"weights")
     with pytest.raises(CheckpointError, match="has no integrity record step-00000004.ckpt.sha256"):
         latest_verified_checkpoint(tmp_path)
+
+
+def test_a_failed_save_leaves_no_debris(tmp_path, monkeypatch):
+    """A full disk while saving: MindSpore's own temp file and ours are removed, nothing gets a final name."""
+    import mindspore as ms
+
+    from sknet.checkpoint import save_checkpoint
+
+    def full_disk(cell, path):
+        Path(path).with_suffix(".tmp").write_bytes(b"half a checkpoint")  # as MindSpore leaves it
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ms, "save_checkpoint", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(object(), tmp_path, 5, keep=2)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == []
