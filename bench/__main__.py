@@ -1,4 +1,7 @@
-"""`make bench`: run every benchmark, write bench/results/<name>.json, print a JSON summary."""
+"""`make bench`: run every benchmark, write bench/results/<name>.json, print a JSON summary.
+
+`python -m bench storage` (or mirror, launch, flow, models, chaos) runs one; `python -m bench chaos --runs N
+--seed S` passes its options on (see bench/chaos.py). Exits 1 when the chaos bench's checks fail."""
 
 from __future__ import annotations
 
@@ -76,9 +79,15 @@ def main() -> None:
     from bench.mirror import bench_mirror
     from bench.storage import bench_storage
 
+    if sys.argv[1:2] == ["chaos"]:  # `python -m bench chaos [--runs N] [--seed S]`: its own options and output
+        from bench.chaos import main as chaos_main
+
+        sys.exit(chaos_main(sys.argv[2:]))
+    from bench.chaos import bench_chaos, print_table as print_chaos_table
+
     only = set(sys.argv[1:])  # e.g. `python -m bench storage`
     for name, bench in {"storage": bench_storage, "mirror": bench_mirror, "launch": bench_launch, "flow": bench_flow,
-                        "models": bench_models}.items():
+                        "models": bench_models, "chaos": bench_chaos}.items():
         if only and name not in only:
             continue
         report = bench()
@@ -86,7 +95,11 @@ def main() -> None:
         summary[name] = report
     if "models" in summary:
         print_table(summary["models"])
+    if "chaos" in summary:
+        print_chaos_table(summary["chaos"])
     print(json.dumps(summary, indent=2, ensure_ascii=False))
+    if "chaos" in summary and not summary["chaos"]["pass"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""A tiny HTTP proxy on 127.0.0.1 that answers the first requests with S3 server errors, then forwards.
+"""A tiny HTTP proxy on 127.0.0.1 in front of an S3 server that answers some requests with S3 server
+errors (500 InternalError, 503 ServiceUnavailable, 503 SlowDown) and forwards the others: the first
+`faults` requests, then each request with probability `rate` (seeded, for reproducible chaos runs; raise
+and lower it at any time). Used by tests/test_faults.py and `python -m bench chaos`.
 
 With `strip_checksums` it also plays a store without checksum support (some MinIO, OBS and Ceph
 versions): the `x-amz-checksum-*` headers and `<Checksum…>` elements never reach the client.
@@ -7,6 +10,7 @@ versions): the `x-amz-checksum-*` headers and `<Checksum…>` elements never rea
 from __future__ import annotations
 
 import http.client
+import random
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,10 +26,13 @@ FAULTS = [
 
 
 class FaultProxy:
-    """`faults` leading requests fail (cycling 500 / 503 / SlowDown); later ones go to `upstream_port`."""
+    """`faults` leading requests fail (cycling 500 / 503 / SlowDown), then each one with probability `rate`;
+    the others go to `upstream_port`. `injected` and `forwarded` count what happened."""
 
-    def __init__(self, upstream_port: int, faults: int = 0, *, strip_checksums: bool = False):
+    def __init__(self, upstream_port: int, faults: int = 0, *, rate: float = 0.0, seed: int | None = None,
+                 strip_checksums: bool = False):
         self.upstream_port, self.remaining, self.injected, self.forwarded = upstream_port, faults, 0, 0
+        self.rate, self.random = rate, random.Random(seed)
         self.strip_checksums, self.stripped = strip_checksums, 0
         self.lock = threading.Lock()
         proxy = self
@@ -40,11 +47,8 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with proxy.lock:
-                    fault = FAULTS[proxy.injected % len(FAULTS)] if proxy.remaining > 0 else None
-                    if fault:
-                        proxy.remaining -= 1
-                        proxy.injected += 1
-                    else:
+                    fault = proxy._next_fault()
+                    if not fault:
                         proxy.forwarded += 1
                 if fault:
                     status, code, message = fault
@@ -85,6 +89,16 @@ class FaultProxy:
         self.server = Server(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _next_fault(self) -> tuple[int, str, str] | None:
+        """The fault for the request now arriving, or None to forward it (call with the lock held)."""
+        if self.remaining > 0:
+            self.remaining -= 1
+        elif not (self.rate > 0 and self.random.random() < self.rate):
+            return None
+        fault = FAULTS[self.injected % len(FAULTS)]
+        self.injected += 1
+        return fault
 
     def without_checksums(self, data: bytes, headers: list[tuple[str, str]]) -> tuple[bytes, list]:
         """The response as a store without checksum support sends it; counts what was removed."""

@@ -117,6 +117,10 @@ class Stack:
             self.start_worker(extra_env)
         (self.home / "stack.json").write_text(json.dumps({"api_url": self.api_url, "pool": self.pool}) + "\n")
 
+    def worker_running(self) -> bool:
+        """Whether the worker this stack started is still running."""
+        return _ours(self._pid("worker"))
+
     def _pid(self, name: str) -> int | None:
         """The PID in `<name>.pid` if that process is still the one we started (same start time), else None."""
         path = self.home / f"{name}.pid"
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         print(json.dumps({"api": stack.api_url, "healthy": stack.healthy(),
-                          "worker_running": _ours(stack._pid("worker"))}))
+                          "worker_running": stack.worker_running()}))
         return 0
     from infra.run_local import run_holding_work_dir
 
