@@ -210,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _up(stack: Stack, work: Path) -> int:
-    """Stage the embedded default dataset unless SKNET_PUBLISH_TO names a store, then bring the stack up."""
+    """Stage the embedded default dataset unless SKNET_PUBLISH_TO names a store, then bring the stack up
+    (with the failure notification when SKNET_NOTIFY_URL is set)."""
+    from infra import notify
+
+    notify_url = os.environ.get("SKNET_NOTIFY_URL", "")
+    try:
+        notify.check_url(notify_url)  # before anything starts
+    except ValueError as error:
+        print(f"make up: error: {error}", file=sys.stderr)
+        return 2
     deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", ""),
                   "SKNET_DATASET_URI": os.environ.get("SKNET_DATASET_URI", "")}
     if not deploy_env["SKNET_PUBLISH_TO"]:  # the embedded default, as `make run` uses it
@@ -222,7 +231,9 @@ def _up(stack: Stack, work: Path) -> int:
         deploy_env["SKNET_DATASET_URI"] = deploy_env["SKNET_DATASET_URI"] or embedded_dataset(
             "auto", store, work)["uri"]
     stack.up(deploy_env)
+    notifications = notify.apply_to(stack.api_url, notify_url)
     print(f"Prefect UI: {stack.ui_url}   (API {stack.api_url}; logs in {stack.home})")
+    print(f"failure notifications: {'webhook (SKNET_NOTIFY_URL)' if notifications else 'off (set SKNET_NOTIFY_URL)'}")
     print(f"deployments publish to {deploy_env['SKNET_PUBLISH_TO']}, train on {deploy_env['SKNET_DATASET_URI']}")
     print(f"next:  export PREFECT_API_URL={stack.api_url}")
     print("       prefect deployment run sknet-train/smoke --watch")
