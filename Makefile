@@ -1,12 +1,13 @@
 # sknet-pipeline. `make run`: the sknet-train flow end to end on the embedded default (DATA=cifar10 stages
 # the real dataset first). `make test`: the whole suite (what CI runs). `make bench`: the benchmarks.
-# `make up` / `make down`: the local Prefect stack with the deployments applied.
+# `make up` / `make down`: the local Prefect stack with the deployments applied. `make stage SOURCE=… [DEST=…]`:
+# stage a dataset through that stack (a new one starts a training run on it).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench up down clean
+.PHONY: install run test bench up down stage clean
 
 DATA ?= auto
 # two pytest workers, one test module each: a module's servers and fixtures stay in one process, and
@@ -38,6 +39,10 @@ up: $(STAMP)
 
 down:
 	$(RUN) -m infra.stack down
+
+stage: $(STAMP)
+	@test -n "$(SOURCE)" || { echo "make stage: SOURCE=<layout dir, tarball or URL> is required" >&2; exit 2; }
+	$(RUN) -m infra.stage --source "$(SOURCE)" $(if $(DEST),--dest "$(DEST)")
 
 clean:
 	rm -rf $(VENV) work bench/results/*.json rewritten_network

@@ -17,12 +17,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from sknet.errors import ConfigError
 from sknet.plan import plan_run
 from sknet.report import run_summary
 from sknet.run_outputs import unchanged_release
 from sknet.training_key import unchanged_summary
-from tasks._support import asset_key, use_aws_credentials_block
+from tasks._support import asset_key, refuse_untemplated, use_aws_credentials_block
 from tasks.data import fetch_dataset
 from tasks.evaluate import evaluate
 from tasks.export import export
@@ -57,7 +56,7 @@ def sknet_train(
             Several nodes of one job (launch.nodes > 1) must share it: one flow run per node, same run_id.
         force: train even if a release already has this run's training key (see `unchanged_since`).
     """
-    _refuse_untemplated(dataset_uri=dataset_uri, publish_to=publish_to)
+    refuse_untemplated(dataset_uri=dataset_uri, publish_to=publish_to)
     cfg, plan = plan_run(config, overrides, run_id=run_id or flow_run.get_id() or "local", work_dir=work_dir,
                          dataset_uri=dataset_uri, gate_threshold=gate_threshold, publish_to=publish_to)
     if aws_credentials_block:
@@ -92,19 +91,6 @@ def sknet_train(
             cfg, plan, dataset, run, metrics, model)
     return {"release": pointer, "run_uri": run_uri, "metrics": metrics, "synthetic_data": dataset["synthetic"],
             "stage_seconds": seconds}
-
-
-# deployments/prefect.yaml fills these parameters from the environment of `prefect deploy`
-DEPLOY_VARIABLES = {"dataset_uri": "SKNET_DATASET_URI", "publish_to": "SKNET_PUBLISH_TO"}
-
-
-def _refuse_untemplated(**parameters: str | None) -> None:
-    """An empty string is what `{{ $VAR }}` becomes when VAR was unset at deploy time: say so, before any work."""
-    for name, value in parameters.items():
-        if value == "":
-            raise ConfigError(f"parameter {name} is empty: the deployment was made without {DEPLOY_VARIABLES[name]} "
-                              f"set (prefect.yaml reads it when you deploy); set it and deploy again, or run with "
-                              f"--param {name}=…")
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sknet.data.layout import TARBALL_URL, verify_layout
-from sknet.data.stage import stage, staged_datasets
+from sknet.data.stage import DATASETS_PREFIX, stage, staged_datasets
 from sknet.data.synth import write_synthetic_layout
 from sknet.errors import DataError, SknetError
 from sknet.locks import LockBusy, exclusive_lock
@@ -47,7 +47,7 @@ def embedded_dataset(data: str, store_root: Path, work: Path) -> dict:
     otherwise (and for "synthetic") a synthetic layout is generated once under `<work>/data/synthetic`
     and staged, with a plain warning that the run will not use real data.
     """
-    datasets = LocalStore(store_root / "datasets" / "cifar10")
+    datasets = LocalStore(store_root / DATASETS_PREFIX)
     work.mkdir(parents=True, exist_ok=True)
     if data == "cifar10":
         log.info("staging the real CIFAR-10 from %s into %s", TARBALL_URL, datasets.uri)

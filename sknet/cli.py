@@ -349,8 +349,8 @@ def _data_storage_command(args: argparse.Namespace) -> dict:
         return open_store(uri, endpoint_url=args.endpoint_url, region=args.region)
 
     if args.data_command == "stage":
-        uri = staging.stage(args.source, store_for(args.dest), expected_md5=args.expected_md5 or TARBALL_MD5)
-        return {"uri": uri}
+        return staging.stage_dataset(args.source, store_for(args.dest),
+                                     expected_md5=args.expected_md5 or TARBALL_MD5).to_dict()
     uri = args.uri if args.data_command == "fetch" else args.path
     store = store_for(staging.split_dataset_uri(uri)[0])
     if args.data_command == "fetch":

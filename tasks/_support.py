@@ -73,3 +73,16 @@ def progress_artifact(key: str, description: str) -> Callable[[int, str], None]:
     """A progress artifact in the UI, and the function that moves it: `update(percent, description)`."""
     artifact = create_progress_artifact(0.0, key=key, description=description)
     return lambda percent, text: update_progress_artifact(artifact, percent, description=text)
+
+
+# deployments/prefect.yaml fills these flow parameters from the environment of `prefect deploy`
+DEPLOY_VARIABLES = {"dataset_uri": "SKNET_DATASET_URI", "publish_to": "SKNET_PUBLISH_TO"}
+
+
+def refuse_untemplated(**parameters: str | None) -> None:
+    """An empty string is what `{{ $VAR }}` becomes when VAR was unset at deploy time: say so, before any work."""
+    for name, value in parameters.items():
+        if value == "":
+            raise ConfigError(f"parameter {name} is empty: the deployment was made without {DEPLOY_VARIABLES[name]} "
+                              f"set (prefect.yaml reads it when you deploy); set it and deploy again, or run with "
+                              f"--param {name}=…")

@@ -3,7 +3,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from sknet.config import Config
+from sknet.data import stage as staging
+from sknet.data.layout import TARBALL_MD5
 from sknet.data.source import resolve_dataset
+from sknet.storage import open_store
 from tasks._support import retry_transient
 
 
@@ -14,3 +17,14 @@ def fetch_dataset(cfg: Config, cache_dir: str) -> dict:
     get_run_logger().info("dataset %s at %s%s", dataset.digest[:12], dataset.path,
                           " (SYNTHETIC data)" if dataset.synthetic else "")
     return dataset.to_dict()
+
+
+
+# The source is not in the task run's name: it may be a presigned URL, whose token the run name would show.
+@task(name="stage-dataset", task_run_name="stage into {dest}", **retry_transient())
+def stage_dataset(source: str, dest: str, expected_md5: str | None = None) -> dict:
+    """Publish SOURCE (URL, tarball or layout directory) under its manifest digest in DEST, unless already there."""
+    staged = staging.stage_dataset(source, open_store(dest), expected_md5=expected_md5 or TARBALL_MD5)
+    get_run_logger().info("%s %s%s", "staged" if staged.published else "already staged, nothing uploaded:",
+                          staged.uri, " (SYNTHETIC data)" if staged.synthetic else "")
+    return staged.to_dict()

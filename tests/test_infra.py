@@ -29,14 +29,31 @@ def test_nightly_runs_on_a_cron_with_an_explicit_timezone_one_at_a_time():
     assert load_config(nightly["parameters"]["config"]).launch.backend == "ascend"
 
 
-def test_every_deployment_points_at_the_flow_with_parameters_it_accepts():
-    accepted = set(inspect.signature(sknet_train.fn).parameters)
+def test_every_deployment_points_at_a_flow_with_parameters_it_accepts():
+    from flows.sknet_stage import sknet_stage
+
+    flows = {"sknet_train": sknet_train, "sknet_stage": sknet_stage}
     for name, deployment in deployments().items():
         path, function = deployment["entrypoint"].split(":")
-        assert (REPO / path).is_file() and function == sknet_train.fn.__name__, name
+        assert (REPO / path).is_file() and function in flows, name
+        accepted = set(inspect.signature(flows[function].fn).parameters)
         assert set(deployment["parameters"]) <= accepted, name
-        load_config(deployment["parameters"]["config"])  # a shipped profile
+        for trigger in deployment.get("triggers", []):
+            assert set(trigger["parameters"]) <= accepted, name
+        if function == "sknet_train":
+            load_config(deployment["parameters"]["config"])  # a shipped profile
     assert load_config(deployments()["smoke"]["parameters"]["config"]).train.device_target == "CPU"
+    assert deployments()["manual"]["entrypoint"] == "flows/sknet_stage.py:sknet_stage"
+
+
+def test_both_training_deployments_retrain_on_a_newly_staged_dataset_and_only_nightly_is_on_by_default():
+    from flows.sknet_stage import STAGED_EVENT
+
+    triggers = {name: deployments()[name]["triggers"] for name in ("nightly", "smoke")}
+    for name, (trigger,) in triggers.items():
+        assert trigger["expect"] == [STAGED_EVENT] and trigger["name"] == f"sknet-train/{name} on a new dataset"
+        assert trigger["parameters"] == {"dataset_uri": "{{ event.resource.id }}"}  # the staged URI
+    assert triggers["nightly"][0]["enabled"] is True and triggers["smoke"][0]["enabled"] is False
 
 
 def test_no_secret_is_written_into_the_deployments():

@@ -59,10 +59,15 @@ def test_second_fetch_is_served_from_cache_without_any_get(store, synthetic_data
 
 
 def test_restaging_identical_data_uploads_nothing(store, synthetic_data):
-    stage(str(synthetic_data), store)
+    from sknet.data.stage import stage_dataset
+
+    first = stage_dataset(str(synthetic_data), store)
     puts = count_calls(store, "PutObject")
     uploads = count_calls(store, "CreateMultipartUpload")
-    assert stage(str(synthetic_data), store).endswith(dataset_manifest(synthetic_data)["digest"])
+    again = stage_dataset(str(synthetic_data), store)
+    assert first.published and not again.published  # what the sknet-stage flow emits its event on
+    assert again.uri == first.uri == f"{store.uri}/{dataset_manifest(synthetic_data)['digest']}"
+    assert again.synthetic is True and again.digest == first.digest
     assert puts == [] and uploads == []
 
 
@@ -284,6 +289,7 @@ def test_cli_stage_verify_fetch_against_the_s3_server(s3_server, bucket, synthet
                       "--dest", f"s3://{bucket}/datasets/cifar10", *endpoint)
     uri = staged["uri"]
     assert uri == f"s3://{bucket}/datasets/cifar10/{dataset_manifest(synthetic_data)['digest']}"
+    assert staged["digest"] == uri.rsplit("/", 1)[-1] and staged["synthetic"] is True and "published" in staged
     verified = run_json("-q", "data", "verify", uri, *endpoint)
     assert verified["files"] == 8 and verified["synthetic"] is True
     fetched = run_json("-q", "data", "fetch", uri, "--cache", str(tmp_path / "cache"), *endpoint)

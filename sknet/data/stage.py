@@ -37,6 +37,7 @@ import tarfile
 import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sknet.data.layout import (
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 VERIFIED_MARKER = ".verified"
 FORMAT = "cifar10-binary"
+DATASETS_PREFIX = "datasets/cifar10"  # where a store keeps its staged datasets: <store>/datasets/cifar10/<digest>
 DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 MAX_MEMBER_BYTES = 2 * 10_000 * RECORD_BYTES  # twice a batch file: a tarball member beyond it is not CIFAR-10
 SAMPLE_BYTES = 2**20  # a cache hit hashes the first, middle and last MiB of each file
@@ -110,23 +112,43 @@ def dataset_manifest(directory: Path) -> dict:
     return {"format": FORMAT, "digest": digest, "synthetic": report.synthetic, "files": files}
 
 
+@dataclass(frozen=True)
+class StagedDataset:
+    """A staged dataset: its URI and digest, whether it is synthetic, and whether this call published it
+    (False: the same files were already staged under that digest, nothing was uploaded)."""
+
+    uri: str
+    digest: str
+    synthetic: bool
+    published: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def stage(source: str, store: Store, *, expected_md5: str = TARBALL_MD5, work_dir: Path | None = None) -> str:
     """Publish SOURCE (URL, tarball or layout directory) to `store` and return the dataset URI."""
+    return stage_dataset(source, store, expected_md5=expected_md5, work_dir=work_dir).uri
+
+
+def stage_dataset(source: str, store: Store, *, expected_md5: str = TARBALL_MD5,
+                  work_dir: Path | None = None) -> StagedDataset:
+    """Publish SOURCE (URL, tarball or layout directory) to `store` unless it is already staged there."""
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="sknet-stage-") as scratch:
         directory = _materialize(source, Path(scratch), expected_md5)
         manifest = dataset_manifest(directory)
         digest = manifest["digest"]
-        uri = f"{store.uri}/{digest}"
+        staged = StagedDataset(f"{store.uri}/{digest}", digest, bool(manifest["synthetic"]), published=False)
         if store.exists(join(digest, MANIFEST)):
             if read_manifest(store, digest).get("files") == manifest["files"]:
-                log.info("%s is already staged; nothing to upload", uri)
-                return uri
+                log.info("%s is already staged; nothing to upload", staged.uri)
+                return staged
         layout = layout_dir(directory)  # verified by dataset_manifest
         files = {name: layout / name for name in manifest["files"]}
         metadata = {k: v for k, v in manifest.items() if k != "files"}
         publish(store, digest, files, metadata=metadata, progress=log.info, file_facts=manifest["files"])
-        log.info("staged %s%s", uri, " (SYNTHETIC data)" if manifest["synthetic"] else "")
-        return uri
+        log.info("staged %s%s", staged.uri, " (SYNTHETIC data)" if staged.synthetic else "")
+        return replace(staged, published=True)
 
 
 def staged_datasets(store: Store) -> list[dict]:

@@ -1,0 +1,54 @@
+"""`make stage SOURCE=… [DEST=…]`: stage a dataset through the `sknet-stage/manual` deployment of the local
+stack (`make up`) and wait for it. A newly staged dataset emits `sknet.dataset.staged`, which starts a
+`sknet-train` run on it (the smoke deployment on a laptop: `make up` pauses nightly's trigger).
+
+    python -m infra.stage --source work/data/seed7            # a layout directory (`sknet data synth`)
+    python -m infra.stage --source cifar-10-binary.tar.gz --dest s3://my-bucket/datasets/cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from infra.stack import REPO, Stack
+
+DEPLOYMENT = "sknet-stage/manual"
+
+
+def stage_command(source: str, dest: str | None) -> list[str]:
+    """The `prefect deployment run` that stages SOURCE (a path made absolute: the worker has its own cwd)."""
+    if not source.startswith(("http://", "https://")):
+        source = str(Path(source).resolve())
+    params = ["--param", f"source={source}", *(["--param", f"dest={dest}"] if dest else [])]
+    return [sys.executable, "-m", "prefect", "deployment", "run", DEPLOYMENT, *params, "--watch"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.stage", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True,
+                        help="the official tarball's URL, a tarball, or a layout directory (`sknet data synth --out`)")
+    parser.add_argument("--dest", default=None,
+                        help="datasets prefix, e.g. s3://bucket/datasets/cifar10 (default: the stack's store)")
+    parser.add_argument("--work", type=Path, default=REPO / "work", help="the work dir of `make up` (default work/)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SKNET_PREFECT_PORT", 4200)),
+                        help="API port of the local stack (default 4200, or $SKNET_PREFECT_PORT)")
+    args = parser.parse_args(argv)
+    stack = Stack((args.work / "prefect").resolve(), args.port)
+    if not stack.healthy():
+        print(f"make stage: error: no Prefect server answers at {stack.api_url}; start the stack with `make up` "
+              "(or set SKNET_PREFECT_PORT to its port)", file=sys.stderr)
+        return 2
+    if not args.source.startswith(("http://", "https://")) and not Path(args.source).exists():
+        print(f"make stage: error: SOURCE {args.source}: no such file or directory; expected a layout directory, "
+              "a tarball or a URL", file=sys.stderr)
+        return 2
+    return subprocess.run(stage_command(args.source, args.dest), cwd=REPO, env=stack.env()).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
