@@ -20,12 +20,14 @@ def export_mindir(cfg: Config, checkpoint: str, out: str | Path, dynamic_batch: 
     """Write `out` (.mindir) only if the reloaded graph matches the network within `export.tolerance`.
 
     Static export fixes the batch at `export.batch_size`; dynamic export leaves it free and is checked
-    at two batch sizes. Returns path, sha256, size, input shape and the max abs difference.
+    at two batch sizes. Returns path, sha256, size, input shape, the max abs difference and the network's
+    trainable parameter count (`parameters`, counted from the loaded network: no second build).
     """
     import mindspore as ms
     from mindspore import nn
 
     from sknet.evaluate import load_network
+    from sknet.model import count_parameters
 
     out = Path(out)
     if out.suffix != ".mindir":
@@ -61,4 +63,5 @@ def export_mindir(cfg: Config, checkpoint: str, out: str | Path, dynamic_batch: 
     return {
         "path": str(out), "sha256": digest, "bytes": out.stat().st_size, "dynamic_batch": dynamic,
         "input_shape": [None if dynamic else batch, 3, size, size], "max_abs_diff": diff,
+        "parameters": count_parameters(network),
     }

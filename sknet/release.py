@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +27,8 @@ from sknet.storage import (
 
 LATEST = "LATEST"
 LINEAGE = "lineage.json"
+MODEL_CARD = "MODEL_CARD.md"
+REWRITTEN = (LINEAGE, MODEL_CARD)  # written anew by each attempt of a release; a published version keeps its own
 LATEST_ATTEMPTS = 5  # reads and conditional writes of LATEST before giving up to other releases
 
 log = logging.getLogger(__name__)
@@ -57,28 +59,36 @@ def publish_run(store: Store, run_id: str, files: Mapping[str, Path], metadata: 
 
 
 def publish_release(store: Store, model: str, version: str, files: Mapping[str, Path],
-                    metadata: Mapping | None = None, *, beat_latest: BeatLatest | None = None) -> dict:
+                    metadata: Mapping | None = None, *, beat_latest: BeatLatest | None = None,
+                    against_latest: Callable[[dict | None], Mapping[str, Path]] | None = None) -> dict:
     """Publish the release (manifest last, `released_at` in it), then move `LATEST` (`move_latest`).
 
     Returns the pointer LATEST holds. With `beat_latest`, a model that does not beat LATEST as it is
-    now is refused before anything is uploaded (`LatestNotMoved`). Publishing the same files again (a
-    retried task or flow run) uploads nothing; other files under an existing version are refused, and
-    so is a version another execution is writing right now (`WriteConflict`, see
-    `sknet.storage.claim`). `lineage.json` is not compared: a retry writes a new one (its `created_at`
-    differs) and the stored one stays.
+    now is refused before anything is uploaded (`LatestNotMoved`). `against_latest(pointer)` writes files
+    that compare the release with LATEST as read before the upload (None before the first release), such
+    as its model card; they join `files`. LATEST is read once for both, and `against_latest` is not called
+    when LATEST already points at `version` (a retry after the move: the release is complete).
+
+    Publishing the same files again (a retried task or flow run) uploads nothing; other files under an
+    existing version are refused, and so is a version another execution is writing right now
+    (`WriteConflict`, see `sknet.storage.claim`). `REWRITTEN` files are not compared: a retry writes new
+    ones (lineage's `created_at`, the card's LATEST may differ) and the stored ones stay.
     """
     metadata = {**(metadata or {}), "released_at": datetime.now(timezone.utc).isoformat()}
-    _refuse_before_upload(store, model, version, metadata, beat_latest)
+    current = _read_latest(store, model)[1] if beat_latest or against_latest else None
+    _refuse_before_upload(store, model, version, metadata, beat_latest, current)
+    if against_latest and not (current and current["version"] == version):
+        files = {**files, **against_latest(current)}
     manifest = _publish_version(store, release_prefix(model, version), files, metadata)
     return move_latest(store, model, version, manifest, beat_latest=beat_latest)
 
 
 def _refuse_before_upload(store: Store, model: str, version: str, metadata: Mapping,
-                          beat_latest: BeatLatest | None) -> None:
-    """With `beat_latest`, a new version that does not beat LATEST as it is now is refused before any upload."""
+                          beat_latest: BeatLatest | None, current: Mapping | None) -> None:
+    """With `beat_latest`, a new version that does not beat LATEST (`current`, as just read) is refused before any
+    upload."""
     if beat_latest is None or store.exists(join(release_prefix(model, version), MANIFEST)):
         return  # a published version is judged by `move_latest` alone
-    current = _read_latest(store, model)[1]
     if current and current["version"] != version:
         _refuse_backwards(f"{store.uri}/{release_prefix(model, version)} is not published and LATEST stays at "
                           f"{current['version']}", version, metadata, current, beat_latest)
@@ -93,8 +103,8 @@ def _publish_version(store: Store, prefix: str, files: Mapping[str, Path], metad
             if not store.exists(join(prefix, MANIFEST)):
                 raise  # another execution is still writing this version
     manifest = read_manifest(store, prefix)
-    stored = {name: entry["sha256"] for name, entry in manifest["files"].items() if name != LINEAGE}
-    if stored != {name: sha256_file(Path(path)) for name, path in files.items() if name != LINEAGE}:
+    stored = {name: entry["sha256"] for name, entry in manifest["files"].items() if name not in REWRITTEN}
+    if stored != {name: sha256_file(Path(path)) for name, path in files.items() if name not in REWRITTEN}:
         raise IncompleteError(f"{store.uri}/{prefix} is already released with other files; versions are immutable")
     return manifest
 

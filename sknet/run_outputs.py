@@ -12,13 +12,16 @@ from sknet.config import Config
 from sknet.errors import CheckpointError
 from sknet.gate import Verdict, enforce, gate
 from sknet.lineage import lineage_record
+from sknet.model_card import model_card
 from sknet.plan import RunPlan
-from sknet.release import LINEAGE, BeatLatest, latest_release, publish_release, publish_run
+from sknet.release import (
+    LINEAGE, MODEL_CARD, BeatLatest, latest_release, publish_release, publish_run, release_prefix,
+)
 from sknet.report import plot_training_curve, read_metrics
 from sknet.run_files import (
     CONFIG_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE,
 )
-from sknet.storage import store_from_config
+from sknet.storage import join, store_from_config
 from sknet.training_key import release_with_key, training_key
 
 RUN_FILES = (EVAL_FILE, CURVE_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
@@ -79,13 +82,14 @@ def gate_against_latest(cfg: Config, metrics: Mapping, model: str) -> Verdict:
 
 
 def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, metrics: Mapping,
-                  model: Mapping) -> tuple[dict, dict]:
-    """Publish MINDIR, checkpoint, config and lineage as version `plan.run_id` (its manifest records the
-    metrics and the training key, `sknet.training_key`), then move LATEST.
+                  model: Mapping) -> tuple[dict, dict, str]:
+    """Publish MINDIR, checkpoint, config, lineage and model card as version `plan.run_id` (its manifest records
+    the metrics and the training key, `sknet.training_key`), then move LATEST.
 
-    LATEST moves only forwards: never to an older release, and with gate.compare_to_latest only past a
-    LATEST this model beats at release time; else `sknet.release.LatestNotMoved` (the version stays
-    published). Returns (the LATEST pointer written, the lineage record).
+    The model card (`sknet.model_card`) compares the model with LATEST as read before the upload. LATEST
+    moves only forwards: never to an older release, and with gate.compare_to_latest only past a LATEST
+    this model beats at release time; else `sknet.release.LatestNotMoved` (the version stays published).
+    Returns (the LATEST pointer written, the lineage record, the model card as published).
     """
     lineage = lineage_record(
         cfg, run_id=plan.run_id, dataset_uri=dataset["uri"], dataset_digest=dataset["digest"],
@@ -96,9 +100,17 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
     lineage_path.write_text(json.dumps(lineage, indent=2) + "\n")
     files = {"model.mindir": Path(model["path"]), "checkpoint.ckpt": Path(run["checkpoint"]),
              CONFIG_FILE: Path(plan.output_dir, CONFIG_FILE), LINEAGE: lineage_path}
+
+    def card_against(latest: dict | None) -> dict[str, Path]:
+        card = lineage_path.with_name(MODEL_CARD)
+        card.write_text(model_card(cfg, lineage, release=plan.model, version=plan.run_id, previous=latest))
+        return {MODEL_CARD: card}
+
+    store = store_from_config(cfg.storage)
     beat = BeatLatest(cfg.gate.metric, cfg.gate.margin) if cfg.gate.compare_to_latest else None
-    pointer = publish_release(store_from_config(cfg.storage), plan.model, plan.run_id, files,
+    pointer = publish_release(store, plan.model, plan.run_id, files,
                               metadata={"metrics": dict(metrics), "lineage_digest": lineage["config"]["digest"],
                                         "training_key": training_key(cfg, dataset["digest"])},
-                              beat_latest=beat)
-    return pointer, lineage
+                              beat_latest=beat, against_latest=card_against)
+    card = store.get_bytes(join(release_prefix(plan.model, plan.run_id), MODEL_CARD)).decode()
+    return pointer, lineage, card  # the stored card: a retry's own one is not uploaded over it

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.assets import materialize
 
 from sknet.config import Config
@@ -24,8 +24,9 @@ def publish_run(cfg: Config, plan: RunPlan, metrics: dict) -> str:
 @materialize("sknet://release", name="publish-release", task_run_name="release {plan.model} {plan.run_id}",
              persist_result=True, **retry_transient())
 def publish_release(cfg: Config, plan: RunPlan, dataset: dict, run: dict, metrics: dict, model: dict) -> dict:
-    """Upload, verify, write the manifest, then move LATEST; links to the objects in the UI."""
-    pointer, lineage = release_model(cfg, plan, dataset, run, metrics, model)
+    """Upload, verify, write the manifest, then move LATEST; the model card and links to the objects in the UI."""
+    pointer, lineage, card = release_model(cfg, plan, dataset, run, metrics, model)
+    create_markdown_artifact(markdown=card, key="sknet-model-card", description=f"{plan.model} {plan.run_id}")
     for name in ("model.mindir", "lineage.json", "manifest.json"):
         create_link_artifact(link=f"{pointer['uri']}/{name}", link_text=f"{plan.model} {plan.run_id}: {name}",
                              key=f"sknet-release-{name.split('.')[0]}")

@@ -16,6 +16,7 @@ def test_static_batch_export_round_trips(smoke_run, synthetic_data, tmp_path):
     result = export(smoke_run, synthetic_data, tmp_path / "model.mindir")
     assert result["input_shape"] == [1, 3, 32, 32] and result["dynamic_batch"] is False
     assert result["max_abs_diff"] <= 1e-4
+    assert result["parameters"] == 666_986  # sknet_tiny, cifar stem, 10 classes: counted from the loaded network
     assert (tmp_path / "model.mindir").stat().st_size == result["bytes"]
     assert [p.name for p in tmp_path.iterdir()] == ["model.mindir"]  # no partial files left
 

@@ -116,6 +116,18 @@ def flow_logs_and_summary(state) -> tuple[str, str]:
     return "\n".join(log.message for log in logs), summary
 
 
+def artifact_of(state, key: str) -> str | None:
+    """The data of the flow run's artifact `key` (None if it has none)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            key=ArtifactFilterKey(any_=[key])))
+    return artifacts[0].data if artifacts else None
+
+
 @pytest.mark.slow
 def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, synthetic_data, tmp_path, monkeypatch):
     import json
@@ -136,11 +148,14 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
         assert state.is_completed(), state
         return state, state.result(), {run.name.split(" ")[0] for run in task_runs_of(state)}, seconds
 
-    _, first, first_tasks, first_seconds = smoke()
+    first_state, first, first_tasks, first_seconds = smoke()
     version = first["release"]["version"]
     assert {"train", "evaluate", "export", "release"} <= first_tasks
     manifest = json.loads((bucket / "releases" / "sknet-tiny" / version / "manifest.json").read_text())
     assert len(manifest["training_key"]) == 64
+    card = (bucket / "releases" / "sknet-tiny" / version / "MODEL_CARD.md").read_text()
+    assert "MODEL_CARD.md" in manifest["files"] and artifact_of(first_state, "sknet-model-card") == card
+    assert "SYNTHETIC data" in card and "first release of sknet-tiny" in card and " parameters** (trainable)" in card
 
     state, second, second_tasks, second_seconds = smoke()
     print(f"first run {first_seconds:.1f} s, unchanged run {second_seconds:.1f} s")

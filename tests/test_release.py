@@ -97,6 +97,27 @@ def test_a_model_that_does_not_beat_latest_at_release_time_is_not_uploaded(store
     assert latest(store)["version"] == "v2" and store.list("releases/sknet50/v3/") == []
 
 
+def test_files_against_latest_see_it_as_read_once_before_the_upload(store, tmp_path, monkeypatch):
+    from sknet import release
+
+    publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    reads, seen, card = [], [], tmp_path / "MODEL_CARD.md"
+    read = release._read_latest
+    monkeypatch.setattr(release, "_read_latest", lambda s, model: reads.append(model) or read(s, model))
+
+    def card_against(latest):
+        seen.append(latest["version"] if latest else None)
+        card.write_text(f"replaces {seen[-1]}")
+        return {"MODEL_CARD.md": card}
+
+    v2 = release_files(tmp_path, "v2", 0.92)
+    publish_release(store, "sknet50", "v2", *v2, beat_latest=BeatLatest("top_1_accuracy"), against_latest=card_against)
+    assert seen == ["v1"] and len(reads) == 2  # one read serves the card and beat_latest, one moves LATEST
+    assert store.get_bytes("releases/sknet50/v2/MODEL_CARD.md") == b"replaces v1"
+    publish_release(store, "sknet50", "v2", *v2, against_latest=card_against)  # a retry after the move
+    assert seen == ["v1"] and store.get_bytes("releases/sknet50/v2/MODEL_CARD.md") == b"replaces v1"
+
+
 def test_latest_is_judged_again_when_it_moved_during_the_upload(store, tmp_path):
     publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.90))
     files, metadata = release_files(tmp_path, "v3", 0.93)  # passed the gate against v1

@@ -1,0 +1,160 @@
+"""The model card every release carries (`MODEL_CARD.md`): what the model is, what it learned from and how, how it
+scored against the gate and the release before it, the digests that trace it, and what it is fit for.
+
+The card is a function of the run (its config and lineage record) and of the release it replaced, never of the
+clock, so a retried release writes the same card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sknet.config import Config, TrainConfig
+from sknet.data.layout import CLASS_NAMES, MEAN, STD
+from sknet.gate import gate
+
+METRICS = (("top_1_accuracy", "top-1 accuracy"), ("top_5_accuracy", "top-5 accuracy"))
+
+
+def model_card(cfg: Config, lineage: Mapping, *, release: str, version: str, previous: Mapping | None) -> str:
+    """Markdown for version `version` of model `release`.
+
+    `lineage` is the release's `sknet.lineage.lineage_record` (dataset, metrics, digests, the exported model with
+    its parameter count); `previous` the LATEST pointer the release replaces, None for the first release.
+    """
+    synthetic = lineage["dataset"]["synthetic"]
+    return "\n\n".join([
+        _title(release, version, synthetic),
+        _model(cfg, lineage["artifacts"]["model.mindir"]),
+        _data(cfg, lineage["dataset"], lineage["metrics"]),
+        _recipe(cfg),
+        _evaluation(cfg, lineage["metrics"], release, previous),
+        _lineage(lineage),
+        _intended_use(cfg, synthetic, lineage["metrics"]),
+    ]) + "\n"
+
+
+def _title(release: str, version: str, synthetic: bool) -> str:
+    title = f"# Model card: {release} {version}"
+    if not synthetic:
+        return title
+    return (f"{title} — SYNTHETIC data\n\n"
+            "> **⚠ SYNTHETIC DATA — NOT A USABLE MODEL.** It was trained and evaluated on generated images "
+            "(`sknet data synth`), not on CIFAR-10: its accuracy says nothing about real images. "
+            "Use it only to test this pipeline.")
+
+
+def _model(cfg: Config, model: Mapping) -> str:
+    shape = "×".join("N" if size is None else str(size) for size in model.get("input_shape", []))
+    count = model.get("parameters")
+    return "\n".join([
+        "## Model",
+        f"- `{cfg.model.name}`, {cfg.model.stem} stem, {cfg.model.num_classes} classes: "
+        + (f"**{count:,} parameters** (trainable)" if count is not None else "parameter count not recorded"),
+        f"- `model.mindir`: input {shape} float32 (NCHW, {'dynamic' if model.get('dynamic_batch') else 'static'} "
+        f"batch), output {cfg.model.num_classes} logits; round trip checked to {model.get('max_abs_diff', 0):.2g} "
+        "max abs difference",
+    ])
+
+
+def _data(cfg: Config, dataset: Mapping, metrics: Mapping) -> str:
+    kind = "**SYNTHETIC** (generated images, not CIFAR-10)" if dataset["synthetic"] else "CIFAR-10 (binary layout)"
+    cap = cfg.data.num_train_samples
+    return "\n".join([
+        "## Data",
+        f"- `{dataset['uri']}`: {kind}",
+        f"- digest `{dataset['digest']}`",
+        f"- trained on {'all training images' if cap is None else f'at most {cap:,} training images'}, "
+        f"evaluated on {metrics['samples']:,} test images",
+    ])
+
+
+def _recipe(cfg: Config) -> str:
+    t, launch = cfg.train, cfg.launch
+    rows = [
+        ("epochs", f"{t.epochs}"),
+        ("batch size", f"{t.batch_size} per rank × {_count(launch.ranks, 'rank')} = {t.batch_size * launch.ranks}"),
+        ("learning rate", _learning_rate(t)),
+        ("optimizer", f"Momentum {t.momentum:g}, weight decay {t.weight_decay:g} (not on BN γ/β and biases)"),
+        ("loss", f"softmax cross-entropy, label smoothing {t.label_smoothing:g}"),
+        ("precision", f"amp {t.amp_level}, {t.loss_scale_mode} loss scale {t.loss_scale:g}"),
+        ("image size", f"{cfg.data.image_size}×{cfg.data.image_size}"),
+        ("devices", f"{_count(launch.ranks, 'rank')} on {t.device_target} ({launch.backend} launch, "
+                    f"{_count(launch.nodes, 'node')})"),
+        ("seed", f"{t.seed}"),
+    ]
+    return "\n".join(["## Training recipe", "| setting | value |", "|---|---|",
+                      *(f"| {name} | {value} |" for name, value in rows)])
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _learning_rate(t: TrainConfig) -> str:
+    """The schedule in words, e.g. `warm-up 5 epochs from 0.01, then warmup_poly (power 2) from 0.1 to 0`."""
+    warmup = f"warm-up {t.warmup_epochs:g} epochs from {t.warmup_start_lr:g}, then " if t.warmup_epochs else ""
+    if t.lr_schedule == "constant":
+        return f"{warmup}constant {t.base_lr:g}"
+    power = f" (power {t.poly_power:g})" if t.lr_schedule == "warmup_poly" else ""
+    return f"{warmup}{t.lr_schedule}{power} from {t.base_lr:g} to {t.end_lr:g}"
+
+
+def _evaluation(cfg: Config, metrics: Mapping, release: str, previous: Mapping | None) -> str:
+    """This release's metrics against the gate and the release it replaces (with the change)."""
+    before = previous.get("metrics", {}) if previous else {}
+    champion = before if cfg.gate.compare_to_latest and cfg.gate.metric in before else None
+    verdict = gate(metrics, metric=cfg.gate.metric, threshold=cfg.gate.threshold, champion_metrics=champion,
+                   margin=cfg.gate.margin)
+    header = "| metric | this release | gate |" + (f" previous release `{previous['version']}` | change |"
+                                                     if previous else "")
+    rows = [header, "|---|---|---|" + ("---|---|" if previous else "")]
+    for key, label in METRICS:
+        bar = f"≥ {cfg.gate.threshold:.4f}" if key == cfg.gate.metric else "—"
+        row = f"| {label} | **{metrics[key]:.4f}** | {bar} |"
+        if previous:
+            row += (f" {before[key]:.4f} | {metrics[key] - before[key]:+.4f} |" if key in before else " — | — |")
+        rows.append(row)
+    compared = (f"- compared with `{previous['version']}`, the LATEST release of {release} before this one "
+                f"(released {previous.get('released_at') or 'at an unrecorded time'})" if previous
+                else f"- first release of {release}: no previous release to compare with")
+    return "\n".join(["## Evaluation", *rows, "",
+                      f"- gate: **{'PASS' if verdict.passed else 'FAIL'}** — {verdict.message}", compared,
+                      f"- loss {metrics['loss']:.4f} on {metrics['samples']:,} test images"])
+
+
+def _lineage(lineage: Mapping) -> str:
+    checkpoint, model = lineage["artifacts"]["checkpoint.ckpt"], lineage["artifacts"]["model.mindir"]
+    rows = [
+        ("config (resolved), sha256", lineage["config"]["digest"]),
+        ("dataset digest", lineage["dataset"]["digest"]),
+        (f"checkpoint.ckpt (step {checkpoint['step']}), sha256", checkpoint["sha256"]),
+        ("model.mindir, sha256", model["sha256"]),
+        ("code commit", lineage["code"]["commit"]),
+    ]
+    return "\n".join(["## Lineage", "| what | digest |", "|---|---|",
+                      *(f"| {name} | `{value}` |" for name, value in rows),
+                      "", "The full record (resolved config, package versions) is `lineage.json` in this release."])
+
+
+def _intended_use(cfg: Config, synthetic: bool, metrics: Mapping) -> str:
+    if synthetic:
+        return "\n".join([
+            "## Intended use and limitations",
+            "- **None beyond testing this pipeline.** The images it learned from were generated, not CIFAR-10: "
+            "it has learned nothing about real images and must not be used for any prediction.",
+        ])
+    size = cfg.data.image_size
+    resized = f", resized to {size}×{size}" if size != 32 else ""
+    return "\n".join([
+        "## Intended use and limitations",
+        f"- Classifies 32×32 RGB images into the {len(CLASS_NAMES)} CIFAR-10 classes: {', '.join(CLASS_NAMES)}.",
+        f"- Input: NCHW float32{resized}, scaled to [0, 1] and normalized with mean {_triple(MEAN)} "
+        f"and std {_triple(STD)}.",
+        f"- Measured on {metrics['samples']:,} CIFAR-10 test images only; not validated for other domains, "
+        "resolutions or classes. Images unlike CIFAR-10's get one of its ten labels all the same.",
+    ])
+
+
+def _triple(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
