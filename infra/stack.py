@@ -5,13 +5,16 @@ from `deployments/prefect.yaml`, and a worker that stops on SIGTERM.
     python -m infra.stack status
     python -m infra.stack down    # or `make down`; stops the worker, then the server
 
-Server and worker run in their own sessions (not children of your shell, so TERM reaches them) with
-their PIDs and logs in the stack's home (default `work/prefect`).
+The server is Prefect's background server (`prefect server start --background`, `prefect server stop`; PID
+in `server.pid`, log in `server.log` through `server-logging.yml`); the worker, which Prefect cannot background,
+runs in its own session (PID and start time in `worker.pid`, log in `worker.log`); all in the stack's home
+(default `work/prefect`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 POOL = "sknet-process"
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+SERVER_LOGGING = Path(__file__).resolve().parent / "server-logging.yml"  # the server's log: <home>/server.log
+SERVER_PID = "server.pid"  # written by `prefect server start --background`, read by `prefect server stop`
+WORKER_PID = "worker.pid"  # ours: "<pid> <start time>"
 
 
 @dataclass
@@ -53,22 +59,14 @@ class Stack:
         }
 
     def prefect(self, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 300,
-                check: bool = True) -> subprocess.CompletedProcess:
+                check: bool = True, own_session: bool = False) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=self.env(extra_env),
-                              capture_output=True, text=True, timeout=timeout)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                              start_new_session=own_session)
         if check and proc.returncode != 0:
             raise RuntimeError(f"prefect {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}"
                                f"{proc.stderr[-3000:]}")
         return proc
-
-    def _start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> int:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / f"{name}.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "prefect", *args], cwd=REPO, env=self.env(extra_env),
-                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
-        (self.home / f"{name}.pid").write_text(f"{process.pid} {_started(process.pid)}\n")
-        return process.pid
 
     def healthy(self) -> bool:
         try:
@@ -78,15 +76,24 @@ class Stack:
             return False
 
     def start_server(self, timeout: float = 180) -> None:
+        """Prefect's background server, in its own session (a healthy server on the port is reused)."""
         if self.healthy():
             return
-        self._start("server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
-        deadline = time.monotonic() + timeout
+        pid = self._server_pid()
+        if pid is None:  # a PID file left by a server that died would make Prefect refuse to start
+            self.home.mkdir(parents=True, exist_ok=True)
+            (self.home / SERVER_PID).unlink(missing_ok=True)
+            self.prefect("server", "start", "--background", "--host", "127.0.0.1", "--port", str(self.port),
+                         extra_env={"PREFECT_LOGGING_SETTINGS_PATH": str(SERVER_LOGGING)}, own_session=True)
+            pid = self._server_pid()
+        deadline = time.monotonic() + timeout  # Prefect returns at once: its server may yet fail to start
         while not self.healthy():
-            if not _alive(self._pid("server")):
-                raise RuntimeError(f"prefect server exited; see {self.home / 'server.log'}")
+            if not _alive(pid):
+                raise RuntimeError(f"prefect server on port {self.port} exited during start-up; "
+                                   f"see {self.home / 'server.log'}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server not healthy after {timeout:.0f} s; see {self.home / 'server.log'}")
+                raise RuntimeError(f"prefect server on port {self.port} not healthy after {timeout:.0f} s; "
+                                   f"see {self.home / 'server.log'}")
             time.sleep(1)
 
     def create_pool(self) -> None:
@@ -105,7 +112,15 @@ class Stack:
         return ids
 
     def start_worker(self, extra_env: dict[str, str] | None = None) -> int:
-        return self._start("worker", ["worker", "start", "--pool", self.pool, "--type", "process"], extra_env)
+        """A worker in its own session (not a child of your shell, so TERM reaches it), logging to worker.log."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "worker.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type", "process"],
+                cwd=REPO, env=self.env(extra_env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        (self.home / WORKER_PID).write_text(f"{process.pid} {_started(process.pid)}\n")
+        return process.pid
 
     def up(self, extra_env: dict[str, str] | None = None, pause_nightly: bool = True) -> None:
         self.start_server()
@@ -113,17 +128,17 @@ class Stack:
         self.deploy(extra_env)
         if pause_nightly:  # a laptop has no Ascend devices: run `nightly` by hand with the smoke profile
             self.pause_schedules("sknet-train/nightly")
-        if not _ours(self._pid("worker")):
+        if not _ours(self._worker_pid()):
             self.start_worker(extra_env)
         (self.home / "stack.json").write_text(json.dumps({"api_url": self.api_url, "pool": self.pool}) + "\n")
 
     def worker_running(self) -> bool:
         """Whether the worker this stack started is still running."""
-        return _ours(self._pid("worker"))
+        return _ours(self._worker_pid())
 
-    def _pid(self, name: str) -> int | None:
-        """The PID in `<name>.pid` if that process is still the one we started (same start time), else None."""
-        path = self.home / f"{name}.pid"
+    def _worker_pid(self) -> int | None:
+        """The PID in `worker.pid` if that process is still the one we started (same start time), else None."""
+        path = self.home / WORKER_PID
         if not path.exists():
             return None
         pid, _, started = path.read_text().strip().partition(" ")
@@ -131,13 +146,28 @@ class Stack:
             return None  # the PID was reused by another process since (e.g. after a reboot)
         return int(pid)
 
+    def _server_pid(self) -> int | None:
+        """The PID in Prefect's `server.pid` if it is a running Prefect server of this PREFECT_HOME, else None
+        (`prefect server stop` would signal whatever process has that PID now)."""
+        try:
+            pid = int((self.home / SERVER_PID).read_text())
+            ours = (b"prefect.server.api.server" in Path(f"/proc/{pid}/cmdline").read_bytes() and
+                    f"PREFECT_HOME={self.home}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        except (OSError, ValueError):
+            return None
+        return pid if ours and _alive(pid) else None
+
     def down(self, timeout: float = 30) -> None:
-        """TERM the worker, then the server (each a whole process group); KILL what outlives `timeout`."""
-        for name in ("worker", "server"):
-            pid = self._pid(name)
-            if _ours(pid):
-                _terminate_group(pid, timeout)
-            (self.home / f"{name}.pid").unlink(missing_ok=True)
+        """TERM the worker's process group, then `prefect server stop`; KILL what outlives `timeout`."""
+        if _ours(worker := self._worker_pid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker, signal.SIGTERM)
+                _kill_after(worker, timeout, os.killpg)
+        if (server := self._server_pid()) is not None:
+            self.prefect("server", "stop")  # sends TERM and returns
+            _kill_after(server, timeout, os.kill)
+        for name in (WORKER_PID, SERVER_PID):
+            (self.home / name).unlink(missing_ok=True)
 
 
 def _ours(pid: int | None) -> bool:
@@ -170,16 +200,14 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
-def _terminate_group(pid: int, timeout: float) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def _kill_after(pid: int, timeout: float, kill) -> None:
+    """Wait up to `timeout` for a signalled process to exit, then `kill(pid, SIGKILL)`."""
     deadline = time.monotonic() + timeout
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            kill(pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,32 +135,88 @@ def test_make_down_never_signals_a_process_that_is_not_its_own(tmp_path):
 
     stranger = subprocess.Popen(["sleep", "60"])  # e.g. a PID reused after a reboot
     try:
-        (tmp_path / "worker.pid").write_text(str(stranger.pid))
+        for name in ("worker.pid", "server.pid"):  # `prefect server stop` alone would TERM it
+            (tmp_path / name).write_text(str(stranger.pid))
         Stack(tmp_path).down(timeout=1)
         assert stranger.poll() is None
-        assert not (tmp_path / "worker.pid").exists()
+        assert not (tmp_path / "worker.pid").exists() and not (tmp_path / "server.pid").exists()
     finally:
         stranger.kill()
         stranger.wait()
 
 
-def test_make_down_never_signals_a_reused_pid_even_of_a_prefect_process(tmp_path):
+def test_make_down_never_signals_a_reused_worker_pid_even_of_a_prefect_process(tmp_path):
     import sys
 
     from infra.stack import Stack, _started
 
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect", "server"],
-                                start_new_session=True)  # as the stack starts its server
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect", "worker"],
+                                start_new_session=True)  # as the stack starts its worker
     try:
-        (tmp_path / "server.pid").write_text(f"{stranger.pid} {int(_started(stranger.pid)) - 1}\n")  # not this one
+        (tmp_path / "worker.pid").write_text(f"{stranger.pid} {int(_started(stranger.pid)) - 1}\n")  # not this one
         Stack(tmp_path).down(timeout=1)
         assert stranger.poll() is None
-        (tmp_path / "server.pid").write_text(f"{stranger.pid} {_started(stranger.pid)}\n")  # this one
+        (tmp_path / "worker.pid").write_text(f"{stranger.pid} {_started(stranger.pid)}\n")  # this one
         Stack(tmp_path).down(timeout=5)
         assert stranger.wait(10) is not None
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_make_down_stops_only_a_prefect_server_of_its_own_prefect_home(tmp_path):
+    import sys
+
+    from infra.stack import Stack
+
+    def server(home: Path) -> subprocess.Popen:  # what `prefect server start --background` runs, in PREFECT_HOME
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect.server.api.server"],
+                                env={**os.environ, "PREFECT_HOME": str(home)})
+
+    others, ours = server(tmp_path / "elsewhere"), server(tmp_path)
+    try:
+        (tmp_path / "server.pid").write_text(str(others.pid))
+        Stack(tmp_path).down(timeout=1)
+        assert others.poll() is None and not (tmp_path / "server.pid").exists()
+        (tmp_path / "server.pid").write_text(str(ours.pid))
+        Stack(tmp_path).down(timeout=5)
+        assert ours.wait(10) is not None and not (tmp_path / "server.pid").exists()
+    finally:
+        for process in (others, ours):
+            process.kill()
+            process.wait()
+
+
+def test_the_stack_runs_prefects_background_server_in_its_own_session_reuses_it_and_down_stops_it(tmp_path):
+    from infra.stack import Stack, _alive
+    from sknet.ports import free_port
+
+    stack = Stack(tmp_path / "prefect", free_port())
+    stack.home.mkdir()
+    (stack.home / "server.pid").write_text("999999999")  # left by a server that died: Prefect would refuse to start
+    try:
+        stack.start_server()
+        pid = int((stack.home / "server.pid").read_text())
+        assert stack.healthy() and os.getsid(pid) != os.getsid(0)  # not in our session: ^C here does not reach it
+        stack.start_server()
+        assert int((stack.home / "server.pid").read_text()) == pid
+    finally:
+        stack.down()
+    assert not stack.healthy() and not _alive(pid) and not (stack.home / "server.pid").exists()
+
+
+def test_a_server_that_dies_during_start_up_is_an_error_naming_its_log(tmp_path):
+    import pytest
+
+    from infra.stack import Stack
+    from sknet.ports import free_port
+
+    stack = Stack(tmp_path / "prefect", free_port())
+    (stack.home / "prefect.db").mkdir(parents=True)  # the server cannot open its database
+    with pytest.raises(RuntimeError, match=f"port {stack.port} exited during start-up; see .*server.log"):
+        stack.start_server(timeout=120)
+    assert "unable to open database file" in (stack.home / "server.log").read_text()
+    stack.down()
 
 
 def test_the_ranks_stop_grace_fits_inside_the_k8s_termination_grace_period():
