@@ -130,10 +130,21 @@ def test_a_credentials_block_without_prefect_aws_is_a_clear_error():
         use_aws_credentials_block("nightly-bucket")
 
 
+def sleeper(*argv: str, **popen) -> subprocess.Popen:
+    """A process sleeping 60 s with `argv` on its command line, returned once it runs that command (not the fork
+    of this one: /proc shows our command line and environment until then)."""
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)", *argv],
+                               stdout=subprocess.PIPE, **popen)
+    process.stdout.readline()
+    return process
+
+
 def test_make_down_never_signals_a_process_that_is_not_its_own(tmp_path):
     from infra.stack import Stack
 
-    stranger = subprocess.Popen(["sleep", "60"])  # e.g. a PID reused after a reboot
+    stranger = sleeper()  # e.g. a PID reused after a reboot
     try:
         for name in ("worker.pid", "server.pid"):  # `prefect server stop` alone would TERM it
             (tmp_path / name).write_text(str(stranger.pid))
@@ -146,12 +157,9 @@ def test_make_down_never_signals_a_process_that_is_not_its_own(tmp_path):
 
 
 def test_make_down_never_signals_a_reused_worker_pid_even_of_a_prefect_process(tmp_path):
-    import sys
-
     from infra.stack import Stack, _started
 
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect", "worker"],
-                                start_new_session=True)  # as the stack starts its worker
+    stranger = sleeper("prefect", "worker", start_new_session=True)  # as the stack starts its worker
     try:
         (tmp_path / "worker.pid").write_text(f"{stranger.pid} {int(_started(stranger.pid)) - 1}\n")  # not this one
         Stack(tmp_path).down(timeout=1)
@@ -165,13 +173,10 @@ def test_make_down_never_signals_a_reused_worker_pid_even_of_a_prefect_process(t
 
 
 def test_make_down_stops_only_a_prefect_server_of_its_own_prefect_home(tmp_path):
-    import sys
-
     from infra.stack import Stack
 
     def server(home: Path) -> subprocess.Popen:  # what `prefect server start --background` runs, in PREFECT_HOME
-        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect.server.api.server"],
-                                env={**os.environ, "PREFECT_HOME": str(home)})
+        return sleeper("prefect.server.api.server", env={**os.environ, "PREFECT_HOME": str(home)})
 
     others, ours = server(tmp_path / "elsewhere"), server(tmp_path)
     try:
