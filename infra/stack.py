@@ -111,6 +111,11 @@ class Stack:
             self.prefect("deployment", "schedule", "pause", deployment, schedule_id)
         return ids
 
+    def switch_new_dataset_trigger(self, *, off: str, on: str) -> None:
+        """Pause deployment `off`'s trigger on a newly staged dataset and resume `on`'s (prefect.yaml names them)."""
+        self.prefect("automation", "pause", f"{off} on a new dataset")
+        self.prefect("automation", "resume", f"{on} on a new dataset")
+
     def start_worker(self, extra_env: dict[str, str] | None = None) -> int:
         """A worker in its own session (not a child of your shell, so TERM reaches it), logging to worker.log."""
         self.home.mkdir(parents=True, exist_ok=True)
@@ -128,6 +133,7 @@ class Stack:
         self.deploy(extra_env)
         if pause_nightly:  # a laptop has no Ascend devices: run `nightly` by hand with the smoke profile
             self.pause_schedules("sknet-train/nightly")
+            self.switch_new_dataset_trigger(off="sknet-train/nightly", on="sknet-train/smoke")
         if not _ours(self._worker_pid()):
             self.start_worker(extra_env)
         (self.home / "stack.json").write_text(json.dumps({"api_url": self.api_url, "pool": self.pool}) + "\n")
@@ -266,6 +272,7 @@ def _up(stack: Stack, work: Path) -> int:
     print(f"next:  export PREFECT_API_URL={stack.api_url}")
     print("       prefect deployment run sknet-train/smoke --watch")
     print("       prefect deployment run sknet-train/nightly --param config=cpu-smoke --watch")
+    print("       make stage SOURCE=<layout dir|tarball|URL>   (a new dataset starts sknet-train/smoke on it)")
     return 0
 
 

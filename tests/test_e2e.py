@@ -28,8 +28,41 @@ SMOKE = {"data.num_train_samples": 320, "data.num_eval_samples": 320, "train.epo
 README_SECTION = "The nightly deployment on your machine"
 
 
+class WebhookReceiver:
+    """A webhook on 127.0.0.1 that keeps every JSON body POSTed to it (what Slack or Teams would receive)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        received = self.posts = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/sknet"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def about(self, text: str) -> list[dict]:
+        return [post for post in self.posts if text in post["text"]]
+
+
 @pytest.fixture(scope="module")
-def site(s3_server, synthetic_data, tmp_path_factory):
+def webhook():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def site(s3_server, synthetic_data, tmp_path_factory, webhook):
     """A bucket with the synthetic dataset staged; the README's `make up` run against it in a repo copy."""
     from infra.stack import Stack
     from sknet.ports import free_port
@@ -42,13 +75,14 @@ def site(s3_server, synthetic_data, tmp_path_factory):
     clone = copy_of_repo(tmp_path_factory.mktemp("clone") / "sknet-pipeline")
     port = free_port()
     env = {"SKNET_PREFECT_PORT": str(port), "SKNET_PUBLISH_TO": f"s3://{bucket}", "SKNET_DATASET_URI": staged,
-           "AWS_ENDPOINT_URL": s3_server.endpoint}
+           "AWS_ENDPOINT_URL": s3_server.endpoint, "SKNET_NOTIFY_URL": webhook.url}
     commands = readme_commands(README_SECTION)
     assert commands[0] == "make up" and commands[-1] == "make down"
     try:
         up = run_shell(commands[0], clone, env, timeout=600)
         assert up.returncode == 0, (up.stdout + up.stderr)[-4000:]
         assert f"Prefect UI: http://127.0.0.1:{port}" in up.stdout
+        assert "failure notifications: webhook (SKNET_NOTIFY_URL)" in up.stdout
         yield {"stack": Stack(clone / "work" / "prefect", port), "bucket": bucket, "dataset": staged,
                "endpoint": s3_server.endpoint, "clone": clone, "env": env, "port": port,
                "work": tmp_path_factory.mktemp("work")}
@@ -247,6 +281,21 @@ def test_a_gate_miss_fails_the_run_and_moves_no_release_pointer(site, nightly_ru
     assert s3_store(site, f"runs/{run_id}").exists("eval.json")  # kept for diagnosis
 
 
+def test_a_failed_run_is_notified_once_through_the_webhook_and_a_passing_run_never(site, nightly_run, failing_run,
+                                                                                    webhook):
+    """The automation `make up` applied from deployments/notify-on-failure.yaml, with SKNET_NOTIFY_URL set."""
+    deadline = time.monotonic() + 120  # automations act on the event stream, seconds after the state change
+    while not webhook.about(failing_run["name"]):
+        assert time.monotonic() < deadline, f"no notification for {failing_run['name']}; got {webhook.posts}"
+        time.sleep(1)
+    time.sleep(10)  # a duplicate would arrive within this
+    [post] = webhook.about(failing_run["name"])
+    assert f"sknet-train {failing_run['name']}: Failed" in post["text"]
+    assert "gate failed: top_1_accuracy" in post["text"] and "< threshold 0.9990" in post["text"]
+    assert f"http://127.0.0.1:{site['port']}/runs/flow-run/{failing_run['id']}" in post["text"]
+    assert not webhook.about(nightly_run["name"]) and len(webhook.posts) == 1, webhook.posts
+
+
 def test_a_flow_run_retry_skips_finished_stages_here_and_resumes_from_the_bucket_elsewhere(site, failing_run):
     run_id = failing_run["id"]
     # `prefect flow-run retry` on the same worker: the finished stages are not run again
@@ -286,3 +335,36 @@ def _pids_with(needle: str) -> list[int]:
 def _is_rank(pid: int) -> bool:
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return b"MS_ROLE=MS_WORKER" in environ
+
+
+def test_a_newly_staged_dataset_starts_a_training_run_on_it_and_restaging_starts_nothing(site, tmp_path):
+    """`make stage` runs sknet-stage/manual; its `sknet.dataset.staged` event triggers sknet-train (the smoke
+    deployment: `make up` pauses nightly's trigger on a machine without NPUs) on exactly the new URI."""
+    from sknet.data.stage import dataset_manifest
+
+    run_sknet("data", "synth", "--seed", "7", "--out", str(tmp_path / "seed7"))
+    layout = tmp_path / "seed7" / "cifar-10-batches-bin"
+    uri = f"s3://{site['bucket']}/datasets/cifar10/{dataset_manifest(layout)['digest']}"
+    staged = run_shell(f"make stage SOURCE={tmp_path / 'seed7'}", site["clone"], site["env"], timeout=600)
+    assert staged.returncode == 0 and "Completed" in staged.stdout, (staged.stdout + staged.stderr)[-3000:]
+    assert s3_store(site, f"datasets/cifar10/{uri.rsplit('/', 1)[-1]}").exists("manifest.json")
+
+    deadline = time.monotonic() + 180
+    while not (runs := training_runs_on(site, uri)):
+        assert time.monotonic() < deadline, "no sknet-train run on the new dataset within 3 minutes"
+        time.sleep(2)
+    [run] = runs
+    assert run["created_by"]["display_value"] == "sknet-train/smoke on a new dataset"
+    assert run["parameters"]["config"] == "cpu-smoke"
+    final = wait_final(site, run["id"])
+    assert final["state"]["type"] == "COMPLETED", final["state"]
+
+    again = run_shell(f"make stage SOURCE={tmp_path / 'seed7'}", site["clone"], site["env"], timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    time.sleep(20)  # the first event started its run within this
+    assert len(training_runs_on(site, uri)) == 1
+
+
+def training_runs_on(site, dataset_uri: str) -> list[dict]:
+    runs = api(site, "flow_runs/filter", {"flows": {"name": {"any_": ["sknet-train"]}}})
+    return [run for run in runs if run["parameters"].get("dataset_uri") == dataset_uri]
