@@ -121,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
     parser.add_argument("--gate-threshold", type=float, default=None, help="default: the profile's gate.threshold")
     parser.add_argument("--work", type=Path, default=REPO / "work", help="work dir (default work/, git-ignored)")
+    parser.add_argument("--force", action="store_true",
+                        help="train even if a release was already trained from the same data, settings and code")
     return parser
 
 
@@ -146,7 +148,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 
     state = sknet_train(config=args.config, overrides=parse_overrides(args.set), dataset_uri=dataset["uri"],
                         gate_threshold=args.gate_threshold, publish_to=f"file://{store_root}",
-                        work_dir=str(work), return_state=True)
+                        work_dir=str(work), force=args.force, return_state=True)
     if not state.is_completed():
         print(f"\nsknet-train ended {state.name}: {state.message}", file=sys.stderr)
         return 1
@@ -168,19 +170,25 @@ def _sknet_logs_to_stderr():
 
 
 def summary(result: dict, dataset: dict, staging_seconds: float) -> str:
+    stages = {"stage dataset": staging_seconds, **result["stage_seconds"]}
+    seconds = "  seconds   " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in stages.items())
+    if result.get("unchanged_since"):
+        return "\n".join(["", f"sknet-train: unchanged since release {result['unchanged_since']} (same dataset, "
+                           "training settings and code): nothing trained, LATEST not moved",
+                           "  to train anyway: make run RUN_ARGS=--force", seconds])
     release = result["release"]["uri"].removeprefix("file://")
     metrics = result["metrics"]
-    stages = {"stage dataset": staging_seconds, **result["stage_seconds"]}
     lines = [
         "",
         f"sknet-train completed{' on SYNTHETIC data' if result['synthetic_data'] else ''}",
         f"  dataset   {dataset['uri']}",
         f"  MINDIR    {release}/model.mindir",
+        f"  card      {release}/MODEL_CARD.md",
         f"  lineage   {release}/lineage.json",
         f"  metrics   {result['run_uri'].removeprefix('file://')}/eval.json  "
         f"(top-1 {metrics['top_1_accuracy']:.4f}, top-5 {metrics['top_5_accuracy']:.4f})",
         f"  curve     {result['run_uri'].removeprefix('file://')}/curve.png",
-        "  seconds   " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in stages.items()),
+        seconds,
     ]
     return "\n".join(lines)
 

@@ -38,3 +38,10 @@ def test_make_run_ships_a_model_on_the_embedded_default(tmp_path):
     assert sorted(p.name for p in checkpoints.glob("step-*.ckpt"))[-1] == "step-00000060.ckpt"  # mirrored
     stages = re.search(r"seconds\s+(.+)", proc.stdout).group(1)
     assert all(name in stages for name in ("stage dataset", "data", "train", "evaluate", "export", "release"))
+    assert Path(re.search(r"card\s+(\S+)", proc.stdout).group(1)).read_text().startswith("# Model card: sknet-tiny")
+
+    again = run_shell(command, clone)  # same data, settings and code: nothing to train
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert f"unchanged since release {run_id}" in again.stdout and "RUN_ARGS=--force" in again.stdout
+    releases = clone / "work" / "store" / "releases" / "sknet-tiny"
+    assert {p.name for p in releases.iterdir() if not p.name.startswith(".")} == {"LATEST", run_id}
