@@ -60,7 +60,11 @@ class StorageError(SknetError):
     """An object operation failed or an object is not what was expected."""
 
 
-class IncompleteError(StorageError):
+class PermanentStorageError(StorageError):
+    """A storage failure that trying again cannot fix: an invalid URI or key, a malformed object."""
+
+
+class IncompleteError(PermanentStorageError):
     """A prefix has no manifest: its publication never finished."""
 
 
@@ -163,7 +167,7 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if self.root not in path.parents and path != self.root:
-            raise StorageError(f"key {key!r} escapes {self.uri}")
+            raise PermanentStorageError(f"key {key!r} escapes {self.uri}")
         return path
 
     def _missing(self, op: str, key: str) -> StorageError:
@@ -240,7 +244,7 @@ class S3Store:
                  timeout_seconds: float = S3_TIMEOUT_SECONDS, client=None):
         bucket, _, prefix = uri[len(S3_SCHEME):].partition("/")
         if not bucket:
-            raise StorageError(f"{uri!r}: expected s3://bucket[/prefix]")
+            raise PermanentStorageError(f"{uri!r}: expected s3://bucket[/prefix]")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.uri = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
         self.client = client or s3_client(endpoint_url=endpoint_url, region=region, addressing_style=addressing_style,
@@ -529,7 +533,7 @@ def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None 
     if is_file_uri(uri):
         return LocalStore(file_uri_path(uri))
     if is_object_store_uri(uri):
-        raise StorageError(f"unsupported storage URI {uri!r}: expected s3://bucket/prefix or file:///path")
+        raise PermanentStorageError(f"unsupported storage URI {uri!r}: expected s3://bucket/prefix or file:///path")
     return LocalStore(uri)
 
 
@@ -685,7 +689,7 @@ def read_manifest(store: Store, prefix: str) -> dict:
     try:
         return json.loads(store.get_bytes(key))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StorageError(f"{store.uri}/{key}: not valid JSON ({exc})") from None
+        raise PermanentStorageError(f"{store.uri}/{key}: not valid JSON ({exc})") from None
 
 
 def store_from_config(storage, uri: str | None = None) -> Store:

@@ -13,14 +13,14 @@ from prefect.context import AssetContext
 
 from sknet.errors import ConfigError
 from sknet.launch.launcher import LaunchError
-from sknet.storage import IncompleteError, StorageError, is_object_store_uri
+from sknet.storage import PermanentStorageError, StorageError, is_object_store_uri
 
 
 def transient_only(task, task_run, state) -> bool:
     """Retry transient failures (storage/network, a crashed rank), never bad input or a gate miss."""
     error = state.result(raise_on_failure=False)
-    if isinstance(error, IncompleteError):
-        return False  # a prefix without a manifest will not complete by itself
+    if isinstance(error, PermanentStorageError):
+        return False  # a prefix without a manifest, a malformed object, a bad URI: waiting changes nothing
     if isinstance(error, (StorageError, ConnectionError, TimeoutError)):
         return True
     return (isinstance(error, LaunchError) and error.result is not None and error.result.failed_rank is not None

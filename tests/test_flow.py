@@ -8,7 +8,7 @@ from prefect.states import Failed
 
 from sknet.gate import GateFailed
 from sknet.launch.launcher import LaunchError, LaunchResult
-from sknet.storage import IncompleteError, StorageError
+from sknet.storage import IncompleteError, PermanentStorageError, StorageError
 from tasks._support import transient_only
 
 
@@ -29,6 +29,7 @@ def launch_failure(failed_rank, diverged=False):
     (launch_failure(None), False),                            # refused before start (e.g. too many ranks)
     (launch_failure("0", diverged=True), False),              # the same recipe would diverge again
     (IncompleteError("no manifest.json"), False),             # will not complete by waiting
+    (PermanentStorageError("manifest.json: not valid JSON"), False),  # a malformed object stays malformed
     (GateFailed("gate failed: top_1_accuracy 0.4 < threshold 0.9"), False),
     (ValueError("data.uri: no such directory"), False),
 ])

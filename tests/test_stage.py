@@ -316,3 +316,16 @@ def test_an_unreachable_url_is_a_clear_error_naming_it(tmp_path):
     with pytest.raises(DataError, match=rf"{re.escape(url)}: download failed"):
         stage(url, LocalStore(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
+
+
+def test_a_manifest_that_is_not_json_is_a_permanent_error_not_retried(store, staged, tmp_path):
+    from sknet.storage import PermanentStorageError
+    from tasks._support import transient_only
+    from prefect.states import Failed
+
+    uri, digest = staged
+    store.put_bytes(b"{not json", f"{digest}/manifest.json")
+    with pytest.raises(PermanentStorageError, match=r"manifest.json: not valid JSON") as error:
+        fetch(uri, store, tmp_path / "cache")
+    assert transient_only(None, None, Failed(data=error.value)) is False  # the fetch task fails at once
+    assert_nothing_cached(tmp_path / "cache", digest)
