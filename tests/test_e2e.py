@@ -181,7 +181,9 @@ def test_the_release_holds_verified_objects_and_lineage(site, nightly_run, tmp_p
     releases = s3_store(site, "releases/sknet-tiny")
     assert json.loads(releases.get_bytes("LATEST"))["version"] == run_id
     manifest = json.loads(releases.get_bytes(f"{run_id}/manifest.json"))
-    assert {"model.mindir", "checkpoint.ckpt", "config.yaml", "lineage.json"} <= set(manifest["files"])
+    assert {"model.mindir", "checkpoint.ckpt", "config.yaml", "lineage.json", "MODEL_CARD.md"} <= set(manifest["files"])
+    card = releases.get_bytes(f"{run_id}/MODEL_CARD.md").decode()
+    assert "SYNTHETIC" in card and site["dataset"] in card and "first release" in card
     lineage = json.loads(releases.get_bytes(f"{run_id}/lineage.json"))
     for name in ("model.mindir", "checkpoint.ckpt"):
         releases.get(f"{run_id}/{name}", tmp_path / name)
@@ -222,7 +224,7 @@ def test_the_ui_has_the_artifacts_and_asset_lineage(site, nightly_run):
     run_id = nightly_run["id"]
     artifacts = {a["key"]: a for a in api(site, "artifacts/filter", {"flow_runs": {"id": {"any_": [run_id]}}})}
     assert {"sknet-run-summary", "sknet-metrics", "sknet-epochs", "sknet-training-progress", "sknet-curve",
-            "sknet-release-model", "sknet-release-lineage", "sknet-release-manifest"} <= set(artifacts)
+            "sknet-release-model", "sknet-release-lineage", "sknet-release-manifest", "sknet-model-card"} <= set(artifacts)
     assert "PASS" in artifacts["sknet-run-summary"]["data"] and "SYNTHETIC" in artifacts["sknet-run-summary"]["data"]
     assert float(artifacts["sknet-training-progress"]["data"]) == 100
     assert [row["epoch"] for row in json.loads(artifacts["sknet-epochs"]["data"])] == [1, 2, 3]
