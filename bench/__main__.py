@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark, write bench/results/<name>.json, print a JSON summary.
 
 `python -m bench storage` (or mirror, launch, flow, models, chaos) runs one; `python -m bench chaos --runs N
---seed S` passes its options on (see bench/chaos.py). Exits 1 when the chaos bench's checks fail."""
+--seed S` passes its options on (see bench/chaos/run.py). Exits 1 when the chaos bench's checks fail."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The chaos bench's pieces (bench/chaos.py, infra/faultproxy.py), without a chaos run: the seeded fault plan,
+"""The chaos bench's pieces (bench/chaos/, infra/faultproxy.py), without a chaos run: the seeded fault plan,
 how a final state is classified, the temp-file patterns, the release and mirror checks on a file:// store,
 and the proxy's seeded fault rate."""
 
