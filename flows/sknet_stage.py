@@ -13,6 +13,7 @@ from prefect.events import emit_event
 
 from sknet.data.stage import DATASETS_PREFIX
 from sknet.errors import ConfigError
+from sknet.storage import join
 from tasks._support import refuse_untemplated, use_aws_credentials_block
 from tasks.data import stage_dataset
 
@@ -38,7 +39,7 @@ def sknet_stage(source: str, dest: str | None = None, publish_to: str | None = N
         use_aws_credentials_block(aws_credentials_block)
     if not (dest or publish_to):
         raise ConfigError("sknet-stage needs dest (a datasets prefix) or publish_to (a store URI)")
-    staged = stage_dataset(source, dest or f"{publish_to.rstrip('/')}/{DATASETS_PREFIX}", expected_md5)
+    staged = stage_dataset(source, dest or join(publish_to, DATASETS_PREFIX), expected_md5)
     if staged["published"]:
         event = emit_event(event=STAGED_EVENT, resource=dataset_resource(staged), payload=staged)
         get_run_logger().info("emitted %s for %s (event %s)", STAGED_EVENT, staged["uri"], event and event.id)

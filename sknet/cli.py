@@ -342,15 +342,13 @@ def _data_storage_command(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
     from sknet.data import stage as staging
-    from sknet.data.layout import TARBALL_MD5
     from sknet.storage import open_store
 
     def store_for(uri: str):
         return open_store(uri, endpoint_url=args.endpoint_url, region=args.region)
 
     if args.data_command == "stage":
-        return staging.stage_dataset(args.source, store_for(args.dest),
-                                     expected_md5=args.expected_md5 or TARBALL_MD5).to_dict()
+        return staging.stage_dataset(args.source, store_for(args.dest), expected_md5=args.expected_md5).to_dict()
     uri = args.uri if args.data_command == "fetch" else args.path
     store = store_for(staging.split_dataset_uri(uri)[0])
     if args.data_command == "fetch":

@@ -4,7 +4,6 @@ from prefect import get_run_logger, task
 
 from sknet.config import Config
 from sknet.data import stage as staging
-from sknet.data.layout import TARBALL_MD5
 from sknet.data.source import resolve_dataset
 from sknet.storage import open_store
 from tasks._support import retry_transient
@@ -24,7 +23,7 @@ def fetch_dataset(cfg: Config, cache_dir: str) -> dict:
 @task(name="stage-dataset", task_run_name="stage into {dest}", **retry_transient())
 def stage_dataset(source: str, dest: str, expected_md5: str | None = None) -> dict:
     """Publish SOURCE (URL, tarball or layout directory) under its manifest digest in DEST, unless already there."""
-    staged = staging.stage_dataset(source, open_store(dest), expected_md5=expected_md5 or TARBALL_MD5)
+    staged = staging.stage_dataset(source, open_store(dest), expected_md5=expected_md5)
     get_run_logger().info("%s %s%s", "staged" if staged.published else "already staged, nothing uploaded:",
                           staged.uri, " (SYNTHETIC data)" if staged.synthetic else "")
     return staged.to_dict()

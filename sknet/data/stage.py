@@ -126,16 +126,17 @@ class StagedDataset:
         return asdict(self)
 
 
-def stage(source: str, store: Store, *, expected_md5: str = TARBALL_MD5, work_dir: Path | None = None) -> str:
+def stage(source: str, store: Store, *, expected_md5: str | None = None, work_dir: Path | None = None) -> str:
     """Publish SOURCE (URL, tarball or layout directory) to `store` and return the dataset URI."""
     return stage_dataset(source, store, expected_md5=expected_md5, work_dir=work_dir).uri
 
 
-def stage_dataset(source: str, store: Store, *, expected_md5: str = TARBALL_MD5,
+def stage_dataset(source: str, store: Store, *, expected_md5: str | None = None,
                   work_dir: Path | None = None) -> StagedDataset:
-    """Publish SOURCE (URL, tarball or layout directory) to `store` unless it is already staged there."""
+    """Publish SOURCE (URL, tarball or layout directory) to `store` unless it is already staged there.
+    A tarball must have `expected_md5` (default: the official CIFAR-10 tarball's)."""
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="sknet-stage-") as scratch:
-        directory = _materialize(source, Path(scratch), expected_md5)
+        directory = _materialize(source, Path(scratch), expected_md5 or TARBALL_MD5)
         manifest = dataset_manifest(directory)
         digest = manifest["digest"]
         staged = StagedDataset(f"{store.uri}/{digest}", digest, bool(manifest["synthetic"]), published=False)
