@@ -28,8 +28,9 @@ def apply(url: str | None) -> str | None:
     is empty. Returns the automation's id, or None when removed."""
     check_url(url)
     definition = yaml.safe_load(AUTOMATION_FILE.read_text())
-    _remove(definition["name"])
+    _delete_automations(definition["name"])
     if not url:
+        _delete_block()
         return None
     for action in definition["actions"]:
         if action["type"] == "send-notification":
@@ -61,17 +62,23 @@ def _save_block(url: str) -> str:
     return str(block.save(BLOCK_NAME, overwrite=True))
 
 
-def _remove(name: str) -> None:
-    """Delete the automation called `name` and the webhook block, if they exist."""
+def _delete_automations(name: str) -> None:
+    """Delete every automation called `name` (there may be several, e.g. made by hand with `prefect automation
+    create`); the block is overwritten by the next save, so only turning notifications off deletes it."""
     from prefect.automations import Automation
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.exceptions import ObjectNotFound
 
-    while True:  # by name: there may be several, e.g. made by hand with `prefect automation create`
+    while True:
         try:
             Automation.read(name=name).delete()
         except (ValueError, ObjectNotFound):
-            break
+            return
+
+
+def _delete_block() -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.exceptions import ObjectNotFound
+
     try:
         CustomWebhookNotificationBlock.delete(BLOCK_NAME)
     except (ValueError, ObjectNotFound):

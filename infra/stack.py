@@ -216,20 +216,29 @@ def _kill_after(pid: int, timeout: float, kill) -> None:
             kill(pid, signal.SIGKILL)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.stack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status"])
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """--work, --home and --port: where a local stack lives (read back by `stack_from`)."""
     parser.add_argument("--work", type=Path, default=REPO / "work",
                         help="work dir of `make run` whose embedded store `up` deploys against (default work/)")
     parser.add_argument("--home", type=Path, default=None,
                         help="PREFECT_HOME of the stack: database, logs, PIDs (default: <work>/prefect)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SKNET_PREFECT_PORT", 4200)),
                         help="API/UI port on 127.0.0.1 (default 4200, or $SKNET_PREFECT_PORT)")
+
+
+def stack_from(args: argparse.Namespace, pool: str = POOL) -> Stack:
+    return Stack((args.home or args.work.resolve() / "prefect").resolve(), args.port, pool)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    add_stack_arguments(parser)
     parser.add_argument("--pool", default=POOL, help=f"process work pool (default {POOL})")
     args = parser.parse_args(argv)
     work = args.work.resolve()
-    stack = Stack((args.home or work / "prefect").resolve(), args.port, args.pool)
+    stack = stack_from(args, args.pool)
     if args.command == "down":
         stack.down()
         print("local stack stopped")

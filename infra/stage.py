@@ -9,20 +9,17 @@ stack (`make up`) and wait for it. A newly staged dataset emits `sknet.dataset.s
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from infra.stack import REPO, Stack
+from infra.stack import REPO, add_stack_arguments, stack_from
 
 DEPLOYMENT = "sknet-stage/manual"
 
 
 def stage_command(source: str, dest: str | None) -> list[str]:
-    """The `prefect deployment run` that stages SOURCE (a path made absolute: the worker has its own cwd)."""
-    if not source.startswith(("http://", "https://")):
-        source = str(Path(source).resolve())
+    """The `prefect deployment run` that stages SOURCE (a URL, or an absolute path: the worker has its own cwd)."""
     params = ["--param", f"source={source}", *(["--param", f"dest={dest}"] if dest else [])]
     return [sys.executable, "-m", "prefect", "deployment", "run", DEPLOYMENT, *params, "--watch"]
 
@@ -34,20 +31,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="the official tarball's URL, a tarball, or a layout directory (`sknet data synth --out`)")
     parser.add_argument("--dest", default=None,
                         help="datasets prefix, e.g. s3://bucket/datasets/cifar10 (default: the stack's store)")
-    parser.add_argument("--work", type=Path, default=REPO / "work", help="the work dir of `make up` (default work/)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("SKNET_PREFECT_PORT", 4200)),
-                        help="API port of the local stack (default 4200, or $SKNET_PREFECT_PORT)")
+    add_stack_arguments(parser)
     args = parser.parse_args(argv)
-    stack = Stack((args.work / "prefect").resolve(), args.port)
+    stack = stack_from(args)
     if not stack.healthy():
         print(f"make stage: error: no Prefect server answers at {stack.api_url}; start the stack with `make up` "
               "(or set SKNET_PREFECT_PORT to its port)", file=sys.stderr)
         return 2
-    if not args.source.startswith(("http://", "https://")) and not Path(args.source).exists():
+    source = args.source if args.source.startswith(("http://", "https://")) else Path(args.source).resolve()
+    if isinstance(source, Path) and not source.exists():
         print(f"make stage: error: SOURCE {args.source}: no such file or directory; expected a layout directory, "
               "a tarball or a URL", file=sys.stderr)
         return 2
-    return subprocess.run(stage_command(args.source, args.dest), cwd=REPO, env=stack.env()).returncode
+    return subprocess.run(stage_command(str(source), args.dest), cwd=REPO, env=stack.env()).returncode
 
 
 if __name__ == "__main__":
