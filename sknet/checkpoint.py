@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sknet.errors import CheckpointError
 from sknet.run_files import CHECKPOINTS_DIR, METRICS_FILE, MIRROR_SPOOL_DIR
-from sknet.storage import Store, StorageError, sha256_file
+from sknet.storage import Store, StorageError, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,7 @@ def record_path(checkpoint: str | Path) -> Path:
 def write_record(checkpoint: Path, step: int, name: Path | None = None) -> dict:
     """Hash `checkpoint` and write its record (for the file that will be called `name`)."""
     record = {"step": step, "bytes": checkpoint.stat().st_size, "sha256": sha256_file(checkpoint)}
-    target = record_path(name or checkpoint)
-    partial = target.with_name(f".partial-{target.name}")
-    partial.write_text(json.dumps(record) + "\n")
-    os.replace(partial, target)
+    write_atomic(record_path(name or checkpoint), lambda partial: partial.write_text(json.dumps(record) + "\n"))
     return record
 
 
@@ -130,8 +127,7 @@ def save_checkpoint(cell, output_dir: str | Path, step: int, keep: int) -> Path:
         ms.save_checkpoint(cell, str(partial))  # MindSpore writes `<partial stem>.tmp`, then renames it
         write_record(partial, step, name=final)
     except BaseException:  # a full disk, a signal: leave nothing half-written behind
-        for debris in (partial, partial.with_suffix(".tmp"), record_path(final).with_name(
-                f".partial-{record_path(final).name}")):
+        for debris in (partial, partial.with_suffix(".tmp")):  # write_record removes its own partial file
             debris.unlink(missing_ok=True)
         raise
     os.replace(partial, final)
@@ -141,16 +137,18 @@ def save_checkpoint(cell, output_dir: str | Path, step: int, keep: int) -> Path:
     return final
 
 
-def load_into(cell, path: str | Path, *, what: str = "network") -> None:
-    """Load every parameter of `cell` from `path`; fail naming the file when one is missing or misshaped."""
+def load_into(cell, path: str | Path, *, what: str = "network", verified: bool = False) -> None:
+    """Load every parameter of `cell` from `path`; fail naming the file when one is missing or misshaped.
+    The file is checked against its integrity record first, unless the caller just did (`verified`)."""
     import mindspore as ms
 
     path = Path(path)
-    if record_path(path).exists() or not path.is_file():
-        verify_checkpoint(path)
-    else:
-        log.warning("checkpoint %s has no integrity record (not written by `sknet train`): loading it unverified",
-                    path)
+    if not verified:
+        if record_path(path).exists() or not path.is_file():
+            verify_checkpoint(path)
+        else:
+            log.warning("checkpoint %s has no integrity record (not written by `sknet train`): loading it "
+                        "unverified", path)
     try:
         params = ms.load_checkpoint(str(path))
         for name in RECOMPUTED:

@@ -12,7 +12,6 @@ compiles, naming the keys, with the two ways out.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from sknet.config import Config
 from sknet.errors import ConfigError
 from sknet.run_files import RUN_RECORD_FILE
+from sknet.storage import write_atomic
 
 MAY_CHANGE = (
     "data.uri", "data.num_parallel_workers", "data.num_eval_samples", "storage.", "launch.", "gate.", "export.",
@@ -44,10 +44,8 @@ def check_run_dir(cfg: Config, output_dir: str | Path) -> None:
     path = Path(output_dir) / RUN_RECORD_FILE
     settings = training_settings(cfg)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
-        partial.write_text(json.dumps({"settings": settings}, indent=2, sort_keys=True) + "\n")
-        os.replace(partial, path)
+        write_atomic(path, lambda partial: partial.write_text(
+            json.dumps({"settings": settings}, indent=2, sort_keys=True) + "\n"))
         return
     try:
         recorded = json.loads(path.read_text())["settings"]

@@ -18,7 +18,6 @@ verified by MD5 ETag or by downloading and hashing them (`S3Store.verify`).
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import json
 import logging
@@ -28,14 +27,14 @@ import shutil
 import socket
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
 
 from sknet.errors import SknetError
+from sknet.locks import exclusive_lock
 
 MANIFEST = "manifest.json"
 CHUNK = 8 * 2**20  # multipart part size, and the read block for hashing
@@ -189,7 +188,7 @@ class LocalStore:
         return path.read_bytes()
 
     def put_bytes(self, data: bytes, key: str) -> None:
-        _write_atomic(self._path(key), lambda partial: partial.write_bytes(data))
+        write_atomic(self._path(key), lambda partial: partial.write_bytes(data))
 
     def get_versioned(self, key: str) -> Versioned | None:
         path = self._path(key)
@@ -202,7 +201,9 @@ class LocalStore:
     def put_bytes_if(self, data: bytes, key: str, tag: str | None) -> str:
         """Write `data` only if the object is still at version `tag` (None: only if there is none)."""
         path = self._path(key)
-        with _locked(path):
+        # one conditional write at a time, across threads (each open is its own lock) and processes of this
+        # host or of any host sharing the file system
+        with exclusive_lock(path.with_name(LOCK_PREFIX + path.name)):
             current = self.get_versioned(key)
             if (current.tag if current else None) != tag:
                 raise WriteConflict(f"put {self.uri}/{key}: changed by another writer since it was read")
@@ -263,14 +264,10 @@ class S3Store:
         return StorageError(f"{op} s3://{self.bucket}/{self._key(key)}{where}: {what}")
 
     def get(self, key: str, dest: Path) -> None:
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{dest.name}")
         try:
-            self.client.download_file(self.bucket, self._key(key), str(partial), Config=transfer_config())
-            os.replace(partial, dest)
+            write_atomic(Path(dest), lambda partial: self.client.download_file(
+                self.bucket, self._key(key), str(partial), Config=transfer_config()))
         except Exception as exc:
-            partial.unlink(missing_ok=True)
             raise self._fail("get", key, exc) from None
 
     def put(self, src: Path, key: str) -> None:
@@ -468,25 +465,11 @@ def _content_differs(where: str, key: str) -> StorageError:
     return StorageError(f"{where}/{key}: content differs from the manifest (sha256 mismatch)")
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive flock on `.lock-<name>` beside `path`: one conditional write at a time, across threads
-    (each open is its own lock) and processes of this host or of any host sharing the file system."""
-    lock = path.with_name(LOCK_PREFIX + path.name)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _copy_atomic(source: Path, target: Path) -> None:
-    _write_atomic(target, lambda partial: shutil.copyfile(source, partial))
+    write_atomic(target, lambda partial: shutil.copyfile(source, partial))
 
 
-def _write_atomic(target: Path, write: Callable[[Path], object]) -> None:
+def write_atomic(target: Path, write: Callable[[Path], object]) -> None:
     """`write` fills a temporary sibling, which then replaces `target` in one rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}")
@@ -684,10 +667,10 @@ def _utc_now() -> str:
 
 def read_manifest(store: Store, prefix: str) -> dict:
     key = join(prefix, MANIFEST)
-    if not store.exists(key):
+    if (held := store.get_versioned(key)) is None:  # one request, not a HEAD and then a GET
         raise IncompleteError(f"{store.uri}/{prefix}: no {MANIFEST}; the prefix is incomplete or not published")
     try:
-        return json.loads(store.get_bytes(key))
+        return json.loads(held.data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PermanentStorageError(f"{store.uri}/{key}: not valid JSON ({exc})") from None
 

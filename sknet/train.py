@@ -210,7 +210,7 @@ def _resume(run: _Training) -> int:
     latest = latest_verified_checkpoint(run.output_dir)
     if latest is not None:
         start_step, path = latest
-        load_into(run.train_step, path, what="training state")
+        load_into(run.train_step, path, what="training state", verified=True)  # latest_verified_checkpoint did
         log.info("resuming from %s (step %d of %d)", path, start_step, run.total_steps)
     if run.rank == 0:
         _truncate_metrics(run.output_dir / METRICS_FILE, after_step=start_step)

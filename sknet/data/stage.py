@@ -46,7 +46,9 @@ from sknet.data.layout import (
 )
 from sknet.errors import DataError
 from sknet.locks import exclusive_lock
-from sknet.storage import MANIFEST, Store, file_hash, join, publish, read_manifest, redact_url, sha256_file
+from sknet.storage import (
+    MANIFEST, Store, file_hash, join, publish, read_manifest, redact_url, sha256_file, write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -304,9 +306,7 @@ def _write_cache_record(path: Path, manifest: dict, layout: Path) -> None:
     """The staged manifest plus each file's `sampled_sha256`, taken from files just checked in full."""
     sampled = {name: sampled_sha256(layout / name) for name in sorted(manifest["files"])}
     record = {**manifest, "cache": {"sample_bytes": SAMPLE_BYTES, "sampled_sha256": sampled}}
-    partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    write_atomic(path, lambda partial: partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n"))
 
 
 def check_cached_copy(final: Path, digest: str, store: Store) -> None:
