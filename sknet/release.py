@@ -60,7 +60,8 @@ def publish_run(store: Store, run_id: str, files: Mapping[str, Path], metadata: 
 
 def publish_release(store: Store, model: str, version: str, files: Mapping[str, Path],
                     metadata: Mapping | None = None, *, beat_latest: BeatLatest | None = None,
-                    against_latest: Callable[[dict | None], Mapping[str, Path]] | None = None) -> dict:
+                    against_latest: Callable[[dict | None], Mapping[str, Path]] | None = None,
+                    file_facts: Mapping[str, dict] | None = None) -> dict:
     """Publish the release (manifest last, `released_at` in it), then move `LATEST` (`move_latest`).
 
     Returns the pointer LATEST holds. With `beat_latest`, a model that does not beat LATEST as it is
@@ -68,6 +69,9 @@ def publish_release(store: Store, model: str, version: str, files: Mapping[str, 
     that compare the release with LATEST as read before the upload (None before the first release), such
     as its model card; they join `files`. LATEST is read once for both, and `against_latest` is not called
     when LATEST already points at `version` (a retry after the move: the release is complete).
+
+    `file_facts` go into the manifest entries (see `sknet.storage.publish`): a sha256 known already is not
+    computed again, and the uploaded object is still checked against it.
 
     Publishing the same files again (a retried task or flow run) uploads nothing; other files under an
     existing version are refused, and so is a version another execution is writing right now
@@ -79,7 +83,7 @@ def publish_release(store: Store, model: str, version: str, files: Mapping[str, 
     _refuse_before_upload(store, model, version, metadata, beat_latest, current)
     if against_latest and not (current and current["version"] == version):
         files = {**files, **against_latest(current)}
-    manifest = _publish_version(store, release_prefix(model, version), files, metadata)
+    manifest = _publish_version(store, release_prefix(model, version), files, metadata, file_facts)
     return move_latest(store, model, version, manifest, beat_latest=beat_latest)
 
 
@@ -94,11 +98,13 @@ def _refuse_before_upload(store: Store, model: str, version: str, metadata: Mapp
                           f"{current['version']}", version, metadata, current, beat_latest)
 
 
-def _publish_version(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapping) -> dict:
+def _publish_version(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapping,
+                     file_facts: Mapping[str, dict] | None) -> dict:
     """The version's manifest: published now by this execution, or the stored one if its files are these."""
     if not store.exists(join(prefix, MANIFEST)):
         try:
-            return publish(store, prefix, files, metadata=metadata, progress=log.info, exclusive=True)
+            return publish(store, prefix, files, metadata=metadata, progress=log.info, file_facts=file_facts,
+                           exclusive=True)
         except WriteConflict:
             if not store.exists(join(prefix, MANIFEST)):
                 raise  # another execution is still writing this version

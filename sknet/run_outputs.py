@@ -51,8 +51,8 @@ def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:
     run = Path(plan.output_dir)
     (run / EVAL_FILE).write_text(json.dumps(dict(metrics), indent=2) + "\n")
     plot_training_curve(read_metrics(run), run / CURVE_FILE, title=(
-        f"{cfg.model.name}: top-1 {metrics['top_1_accuracy']:.4f}, top-5 {metrics['top_5_accuracy']:.4f}"
-        + (" (SYNTHETIC data)" if metrics.get("synthetic_data") else "")), metrics=metrics)
+        f"{cfg.model.name}: top-1 {metrics['top_1_accuracy']:.4f}, top-5 {metrics['top_5_accuracy']:.4f}"),
+        metrics=metrics)  # the figure adds "(SYNTHETIC data)" from metrics["synthetic_data"]
     files = {name: run / name for name in RUN_FILES}
     files.update({f"{LOGS_DIR}/{p.name}": p for p in (run / LOGS_DIR).glob("*.log")})
     publish_run(store_from_config(cfg.storage), plan.run_id, {k: p for k, p in files.items() if p.exists()},
@@ -111,6 +111,8 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
     pointer = publish_release(store, plan.model, plan.run_id, files,
                               metadata={"metrics": dict(metrics), "lineage_digest": lineage["config"]["digest"],
                                         "training_key": training_key(cfg, dataset["digest"])},
-                              beat_latest=beat, against_latest=card_against)
+                              beat_latest=beat, against_latest=card_against, file_facts={  # hashed already
+                                  "model.mindir": {"sha256": model["sha256"]},
+                                  "checkpoint.ckpt": {"sha256": run["checkpoint_sha256"]}})
     card = store.get_bytes(join(release_prefix(plan.model, plan.run_id), MODEL_CARD)).decode()
     return pointer, lineage, card  # the stored card: a retry's own one is not uploaded over it
