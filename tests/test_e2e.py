@@ -59,6 +59,7 @@ def webhook():
     receiver = WebhookReceiver()
     yield receiver
     receiver.server.shutdown()
+    receiver.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from faultproxy import FaultProxy
+from infra.faultproxy import FaultProxy
 from multipart import upload_in_parts
 from sknet.data.stage import dataset_manifest, fetch, stage, verify_remote
 from sknet.storage import S3Store, StorageError, publish, s3_client

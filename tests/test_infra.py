@@ -218,10 +218,12 @@ def test_a_server_that_dies_during_start_up_is_an_error_naming_its_log(tmp_path)
 
     stack = Stack(tmp_path / "prefect", free_port())
     (stack.home / "prefect.db").mkdir(parents=True)  # the server cannot open its database
-    with pytest.raises(RuntimeError, match=f"port {stack.port} exited during start-up; see .*server.log"):
-        stack.start_server(timeout=120)
+    try:
+        with pytest.raises(RuntimeError, match=f"port {stack.port} exited during start-up; see .*server.log"):
+            stack.start_server(timeout=120)
+    finally:
+        stack.down()  # also if it came up after all (the regression this test is for)
     assert "unable to open database file" in (stack.home / "server.log").read_text()
-    stack.down()
 
 
 def test_the_ranks_stop_grace_fits_inside_the_k8s_termination_grace_period():

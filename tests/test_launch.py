@@ -20,10 +20,11 @@ SLEEPER = [sys.executable, "-c", "import time; print('sleeping', flush=True); ti
 
 
 def processes_running(marker: str) -> list[psutil.Process]:
+    """Every process (but this one) with `marker` in its command line."""
     found = []
     for process in psutil.process_iter(["cmdline"]):
         try:
-            if any(marker in part for part in process.info["cmdline"] or []):
+            if process.pid != os.getpid() and any(marker in part for part in process.info["cmdline"] or []):
                 found.append(process)
         except psutil.Error:
             pass

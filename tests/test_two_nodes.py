@@ -20,6 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from test_launch import processes_running
+
 pytestmark = pytest.mark.slow
 
 MASTER_PORT = 8118  # any port: each namespace has its own network stack
@@ -31,18 +33,6 @@ VENV_BIN = Path(sys.executable).parent
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
-def processes_running(marker: str) -> list[psutil.Process]:
-    """Every process (but this one) with `marker` in its command line."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if process.pid != os.getpid() and any(marker in part for part in process.info["cmdline"] or []):
-                found.append(process)
-        except psutil.Error:
-            pass
-    return found
 
 
 def kill_all(processes: list[psutil.Process]) -> None:
