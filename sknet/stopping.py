@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sknet.errors import SknetError
@@ -103,7 +104,8 @@ class DivergenceGuard:
             return f"above train.max_loss={self.max_loss:g}"
         return None
 
-    def check(self, step: int, loss: float, last_checkpoint: Path | None) -> None:
+    def check(self, step: int, loss: float, last_checkpoint: Callable[[], Path | None]) -> None:
+        """Count `loss`; raise `Diverged` naming `last_checkpoint()` (asked only then) once patience runs out."""
         reason = self.reason(loss)
         self.bad = reason is not None
         self.in_a_row = self.in_a_row + 1 if self.bad else 0
@@ -111,7 +113,7 @@ class DivergenceGuard:
             log.warning("step %d: loss is %s (%s); %d of train.divergence_patience=%d", step, reason, loss,
                         self.in_a_row, self.patience)
         if self.in_a_row >= self.patience:
-            raise Diverged(step, loss, reason, last_checkpoint)
+            raise Diverged(step, loss, reason, last_checkpoint())
 
 
 class StopRequest:

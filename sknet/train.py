@@ -249,10 +249,7 @@ def _run_epoch(run: _Training, step: int, end_step: int, stop: StopRequest,
             speed = window_steps * run.images_per_step / (time.perf_counter() - window_started)
             window_started, window_steps = time.perf_counter(), 0
             _log_step(run, epoch, step, loss, speed)
-        run.guard.check(step, loss, (latest_checkpoint(run.output_dir) or (None, None))[1])
-        if run.rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
-            run.checkpoint(step)
-        if stop.agreed(run.ranks):
+        if _at_step_boundary(run, step, loss, stop):
             end_step = step
         if step == end_step:
             break
@@ -282,14 +279,21 @@ def _run_sunk_epoch(run: _Training, step: int, end_step: int, stop: StopRequest)
         losses.append(loss)
         if step % t.log_every_steps == 0 or step >= last:
             _log_step(run, epoch, step, loss, run.sink * run.images_per_step / (time.perf_counter() - sink_started))
-        run.guard.check(step, loss, (latest_checkpoint(run.output_dir) or (None, None))[1])
-        if run.rank == 0 and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
-            run.checkpoint(step)
-        if stop.agreed(run.ranks):
+        if _at_step_boundary(run, step, loss, stop):
             return step, loss, step
     if step % run.steps_per_epoch == 0:
         _log_epoch(run, epoch, step, losses, step - epoch * run.steps_per_epoch, time.perf_counter() - epoch_started)
     return step, loss, end_step
+
+
+def _at_step_boundary(run: _Training, step: int, loss: float, stop: StopRequest) -> bool:
+    """What every step (or sink) boundary does: the divergence guard, rank 0's checkpoint cadence and the ranks'
+    agreement on a SIGTERM; True when the ranks agreed to stop here."""
+    run.guard.check(step, loss, lambda: (latest_checkpoint(run.output_dir) or (None, None))[1])
+    every = run.cfg.train.checkpoint_every_steps
+    if run.rank == 0 and every and step % every == 0:
+        run.checkpoint(step)
+    return stop.agreed(run.ranks)
 
 
 def _log_epoch(run: _Training, epoch: int, step: int, losses: list[float], steps: int, seconds: float) -> None:
