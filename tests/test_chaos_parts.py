@@ -103,3 +103,23 @@ def test_the_proxy_fault_rate_is_seeded_and_comes_after_the_leading_faults():
     finally:
         for proxy in proxies:
             proxy.close()
+
+
+def test_the_bench_signals_a_process_only_while_its_pid_still_names_it():
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from bench.chaos.checks import send_signal
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        found = {"pid": sleeper.pid, "started": psutil.Process(sleeper.pid).create_time()}
+        assert send_signal({**found, "started": found["started"] - 5}, signal.SIGKILL) is False  # a reused PID
+        assert sleeper.poll() is None
+        assert send_signal(found, signal.SIGKILL) is True
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        sleeper.kill()

@@ -132,18 +132,23 @@ def run_processes(run_id: str) -> list[dict]:
                 role = "flow-run"
             else:
                 continue
-            found.append({"pid": process.pid, "role": role, "cmdline": command[:300]})
+            found.append({"pid": process.pid, "started": process.create_time(), "role": role,
+                          "cmdline": command[:300]})
         except psutil.Error:
             continue
     return found
 
 
-def send_signal(pid: int, sig: int) -> bool:
-    """Signal `pid`; False if it is gone (or not ours to signal)."""
+def send_signal(process: dict, sig: int) -> bool:
+    """Signal a process `run_processes` found; False if it is gone, its PID now names another process (another
+    start time), or it is not ours to signal."""
     import psutil
 
     try:
-        psutil.Process(pid).send_signal(sig)
+        found = psutil.Process(process["pid"])
+        if found.create_time() != process["started"]:
+            return False
+        found.send_signal(sig)
         return True
     except psutil.Error:
         return False

@@ -71,8 +71,8 @@ class Fault:
 class Injector:
     """Fires a run's faults when their moment comes and undoes the timed ones (S3 rate, ballast)."""
 
-    def __init__(self, site: Site, run_id: str, faults: list[dict], started_pids: set[int]):
-        self.site, self.run_id, self.started_pids = site, run_id, started_pids
+    def __init__(self, site: Site, run_id: str, faults: list[dict]):
+        self.site, self.run_id = site, run_id
         self.faults = [Fault(spec) for spec in faults]
         self.ballast = site.work / "ballast.bin"
 
@@ -98,7 +98,7 @@ class Injector:
                 return  # not there (yet, or any more): try again at the next tick
             sig = signal.SIGKILL if kind == "kill_rank" else signal.SIGTERM
             fault.detail.update({"pid": targets[0]["pid"], "signal": sig.name,
-                                 "delivered": send_signal(targets[0]["pid"], sig)})
+                                 "delivered": send_signal(targets[0], sig)})
         fault.injected_at = elapsed
         log.info("run %s: injected %s at %.1f s", self.run_id[:8], fault.to_dict(), elapsed)
 

@@ -70,14 +70,14 @@ class Watch:
             self.mirror_max.update(steps)
 
 
-def one_run(site: Site, index: int, faults: list[dict], started_pids: set[int]) -> dict:
+def one_run(site: Site, index: int, faults: list[dict], seen: dict[tuple, dict]) -> dict:
     """A smoke flow run with its faults, watched to its end (cancelled if hung), then its record."""
     run = site.api(f"deployments/{site.deployment_id}/create_flow_run", {"parameters": site.parameters})
     run_id = run["id"]
-    injector = Injector(site, run_id, faults, started_pids)
+    injector = Injector(site, run_id, faults)
     watch = Watch()
     created = time.monotonic()
-    state = watch_run(site, run_id, injector, watch, started_pids, created)
+    state = watch_run(site, run_id, injector, watch, seen, created)
     hung = state["type"] not in FINAL
     if hung:  # cancel it; whatever is left is killed below
         state = cancel(site, run_id)
@@ -104,7 +104,7 @@ def one_run(site: Site, index: int, faults: list[dict], started_pids: set[int]) 
     }
 
 
-def watch_run(site: Site, run_id: str, injector: Injector, watch: Watch, started_pids: set[int],
+def watch_run(site: Site, run_id: str, injector: Injector, watch: Watch, seen: dict[tuple, dict],
               created: float) -> dict:
     """Poll the run until it is final or RUN_TIMEOUT has passed, firing its faults when due: its last state."""
     run_dir = site.work / "runs" / run_id
@@ -116,7 +116,7 @@ def watch_run(site: Site, run_id: str, injector: Injector, watch: Watch, started
         processes = run_processes(run_id)
         for p in processes:
             watch.seen_processes.setdefault(p["pid"], p)
-            started_pids.add(p["pid"])
+            seen[p["pid"], p["started"]] = p  # a PID with its start time: never another process
         injector.tick(elapsed, _progress_step(run_dir), _trained(run_dir), processes)
         if time.monotonic() - watch.last_mirror_poll > 2:
             watch.last_mirror_poll = time.monotonic()
@@ -141,7 +141,7 @@ def stop_orphans(run_id: str) -> list[dict]:
     while (left := run_processes(run_id)) and time.monotonic() < deadline:
         time.sleep(1)
     for p in left:
-        send_signal(p["pid"], signal.SIGKILL)
+        send_signal(p, signal.SIGKILL)
     return left
 
 
@@ -230,7 +230,7 @@ def bench_chaos(runs: int = 8, seed: int = 12, max_minutes: float = 15) -> dict:
     logging.getLogger("sknet").setLevel(logging.WARNING)
     plans = plan_faults(runs, seed)
     records: list[dict] = []
-    started_pids: set[int] = set()
+    seen: dict[tuple, dict] = {}  # every run process, for the tear-down
     known_temp: set[str] = set()
     verified: dict[str, int] = {}
     teardown_problems: list[str] = []
@@ -249,7 +249,7 @@ def bench_chaos(runs: int = 8, seed: int = 12, max_minutes: float = 15) -> dict:
             if not _worker_alive(site):
                 log.warning("the worker is gone; starting another")
                 site.stack.start_worker({"AWS_ENDPOINT_URL": site.proxy.endpoint})
-            record = one_run(site, index, faults, started_pids)
+            record = one_run(site, index, faults, seen)
             record["worker_alive_after"] = _worker_alive(site)
             after_run(site, record, known_temp, verified)
             records.append(record)
@@ -259,7 +259,7 @@ def bench_chaos(runs: int = 8, seed: int = 12, max_minutes: float = 15) -> dict:
         error = f"{type(exc).__name__}: {exc}"
         log.exception("chaos bench stopped")
     finally:
-        teardown_problems = tear_down(site, started_pids)
+        teardown_problems = tear_down(site, seen)
         signal.signal(signal.SIGTERM, previous)
         subprocess.run(["rm", "-rf", str(scratch)], timeout=120) if not site.mounted else None
     return report(records, seed, runs, time.monotonic() - started, error, teardown_problems, machine())

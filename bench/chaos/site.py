@@ -80,12 +80,12 @@ def set_up(site: Site, seed: int) -> None:
         site.parameters["force"] = True  # train every run, though the settings are those of an earlier release
 
 
-def tear_down(site: Site, started_pids: set[int]) -> list[str]:
+def tear_down(site: Site, seen: dict[tuple, dict]) -> list[str]:
     """Stop everything started here, each step on its own (one failing does not skip the others)."""
     problems = []
     steps = [
         ("proxy fault rate", lambda: setattr(site.proxy, "rate", 0.0) if site.proxy else None),
-        ("leftover run processes", lambda: [send_signal(pid, signal.SIGKILL) for pid in started_pids]),
+        ("leftover run processes", lambda: [send_signal(p, signal.SIGKILL) for p in seen.values()]),
         ("prefect stack", lambda: site.stack.down() if site.stack else None),
         ("proxy", lambda: site.proxy.close() if site.proxy else None),
         ("moto", lambda: site.s3.stop() if site.s3 else None),
