@@ -13,7 +13,7 @@ from pathlib import Path
 from sknet.config import load_config
 from sknet.data.synth import write_synthetic_layout
 from sknet.launch.launcher import launch
-from sknet.train_log import parse_step_line
+from sknet.training.train_log import parse_step_line
 
 SAMPLES = 640
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bench.s3 import BUCKET, scratch_s3
-from sknet.checkpoint import BackgroundUploads, CheckpointMirror, checkpoint_path, write_record
+from sknet.training.checkpoint import BackgroundUploads, CheckpointMirror, checkpoint_path, write_record
 from sknet.storage import S3Store
 
 CHECKPOINT_MB = 100

@@ -89,7 +89,7 @@ def measure_memory(name: str, stem: str, steps: int = 2) -> dict:
 
 def _configure() -> None:
     os.environ.setdefault("GLOG_v", "3")
-    from sknet.runtime import configure
+    from sknet.training.runtime import configure
 
     configure("CPU")  # caps oneDNN at AVX2 unless ONEDNN_MAX_CPU_ISA is already set
 

@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from sknet.gate import GateFailed
     from sknet.jsonio import dumps
-    from sknet.stopping import DIVERGED_EXIT_CODE, Diverged, Preempted
+    from sknet.training.stopping import DIVERGED_EXIT_CODE, Diverged, Preempted
 
     try:
         result = _run(args)
@@ -304,12 +304,12 @@ def _run(args: argparse.Namespace) -> dict | None:
         print(f"# digest: {cfg.digest()}\n{cfg.to_yaml()}", end="")
         return None
     if args.command in ("train", "launch") and args.fresh and not getattr(args, "dry_run", False):
-        from sknet.run_record import move_aside
+        from sknet.training.run_record import move_aside
 
         if (moved := move_aside(cfg.train.output_dir)) is not None:
             logging.getLogger("sknet").warning("--fresh: the previous run is kept in %s", moved)
     if args.command == "train":
-        from sknet.train import train
+        from sknet.training.loop import train
 
         return train(cfg).to_dict()
     if args.command == "launch":

@@ -8,14 +8,14 @@ import numpy as np
 
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
-from sknet.runtime import configure
+from sknet.training.runtime import configure
 
 log = logging.getLogger(__name__)
 
 
 def load_network(cfg: Config, checkpoint: str):
     """The configured network with the checkpoint's parameters, in inference mode."""
-    from sknet.checkpoint import load_into
+    from sknet.training.checkpoint import load_into
     from sknet.model import build_model
 
     network = build_model(cfg.model.name, cfg.model.num_classes, cfg.model.stem)

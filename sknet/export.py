@@ -11,7 +11,7 @@ import numpy as np
 
 from sknet.config import Config
 from sknet.errors import ExportError
-from sknet.runtime import configure
+from sknet.training.runtime import configure
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sknet.run_files import METRICS_FILE
-from sknet.train_log import parse_step_line
+from sknet.training.train_log import parse_step_line
 
 
 def progress_of(line: str) -> tuple[int, int, float] | None:

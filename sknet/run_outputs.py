@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from sknet.checkpoint import latest_verified_checkpoint, read_record
+from sknet.training.checkpoint import latest_verified_checkpoint, read_record
 from sknet.config import Config
 from sknet.errors import CheckpointError
 from sknet.gate import Verdict, enforce, gate

@@ -1,7 +1,7 @@
 """Whether a run would only repeat a release (issue #13 §2): the training key, and the release that has it.
 
 A run's training key is the sha256 of what decides the model it trains: the dataset digest, the training
-settings (`sknet.run_record.training_settings`, which leave out where things are and what happens after
+settings (`sknet.training.run_record.training_settings`, which leave out where things are and what happens after
 training) plus `train.epochs`, and the code version (the git commit, with a digest of the uncommitted
 changes when there are any; the package version outside git). Each release records it in its manifest
 (`training_key`); a run whose key a release already has would train the same model again.
@@ -19,7 +19,7 @@ from pathlib import Path
 from sknet.config import Config
 from sknet.lineage import code_commit
 from sknet.release import list_releases
-from sknet.run_record import training_settings
+from sknet.training.run_record import training_settings
 from sknet.storage import Store
 
 PACKAGE = "sknet-pipeline"

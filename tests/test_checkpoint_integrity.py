@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_sknet
-from sknet.checkpoint import (
+from sknet.training.checkpoint import (
     CheckpointMirror, checkpoint_path, latest_verified_checkpoint, list_checkpoints, record_path, write_record,
 )
 from sknet.errors import CheckpointError
@@ -109,7 +109,7 @@ def test_a_failed_save_leaves_no_debris(tmp_path, monkeypatch):
     """A full disk while saving: MindSpore's own temp file and ours are removed, nothing gets a final name."""
     import mindspore as ms
 
-    from sknet.checkpoint import save_checkpoint
+    from sknet.training.checkpoint import save_checkpoint
 
     def full_disk(cell, path):
         Path(path).with_suffix(".tmp").write_bytes(b"half a checkpoint")  # as MindSpore leaves it

@@ -91,7 +91,7 @@ def test_cli_synth_output_passes_cli_verify(tmp_path):
 class TestPipeline:
     def test_training_batches_are_normalized_chw_float32_with_int32_labels(self, synthetic_data):
         from sknet.data.pipeline import build_dataset
-        from sknet.runtime import configure
+        from sknet.training.runtime import configure
 
         configure("CPU", seed=1)
         dataset = build_dataset(synthetic_data, train=True, batch_size=16, num_samples=40)

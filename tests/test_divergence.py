@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_sknet
-from sknet.checkpoint import list_checkpoints
+from sknet.training.checkpoint import list_checkpoints
 from sknet.config import load_config
 from sknet.launch.launcher import LaunchError, launch
 

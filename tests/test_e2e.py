@@ -175,7 +175,7 @@ def test_the_readme_nightly_run_completes(nightly_run):
 
 
 def test_the_release_holds_verified_objects_and_lineage(site, nightly_run, tmp_path):
-    from sknet.checkpoint import CheckpointMirror
+    from sknet.training.checkpoint import CheckpointMirror
     from sknet.storage import sha256_file
 
     run_id = nightly_run["id"]

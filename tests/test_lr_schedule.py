@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sknet.lr_schedule import learning_rates
+from sknet.training.lr_schedule import learning_rates
 
 
 def zoo(**overrides):

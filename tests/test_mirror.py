@@ -1,6 +1,6 @@
 """Checkpoint mirroring to object storage, with stand-in checkpoint files (no MindSpore needed)."""
 
-from sknet.checkpoint import CheckpointMirror, checkpoint_path, latest_checkpoint, write_record
+from sknet.training.checkpoint import CheckpointMirror, checkpoint_path, latest_checkpoint, write_record
 
 S3_PREFIX = "runs/r1/checkpoints"
 
@@ -46,7 +46,7 @@ def test_an_empty_mirror_pulls_nothing(store, tmp_path):
 
 
 def test_background_uploads_return_at_once_and_are_all_done_after_close(store, tmp_path):
-    from sknet.checkpoint import BackgroundUploads
+    from sknet.training.checkpoint import BackgroundUploads
 
     run = tmp_path / "run"
     uploaded = []
@@ -69,7 +69,7 @@ def test_background_uploads_return_at_once_and_are_all_done_after_close(store, t
 
 
 def test_a_failed_background_upload_is_a_warning_and_training_goes_on(tmp_path, caplog):
-    from sknet.checkpoint import BackgroundUploads
+    from sknet.training.checkpoint import BackgroundUploads
     from sknet.storage import LocalStore, StorageError
 
     class Unreachable(LocalStore):

@@ -4,7 +4,7 @@ import pytest
 from sknet.model import (
     SelectiveKernelConv, build_model, count_parameters, resnext50, sknet50, sknet_tiny,
 )
-from sknet.runtime import configure
+from sknet.training.runtime import configure
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_sknet
 from sknet.config import load_config
 from sknet.errors import ConfigError
-from sknet.run_record import check_run_dir, training_settings
+from sknet.training.run_record import check_run_dir, training_settings
 
 SHORT = ["data.num_train_samples=192", "train.epochs=2", "train.checkpoint_every_steps=6", "train.log_every_steps=3"]
 

@@ -3,7 +3,7 @@
 import pytest
 
 from sknet.errors import SknetError
-from sknet.runtime import device_id_for
+from sknet.training.runtime import device_id_for
 
 
 def test_a_rank_table_rank_binds_the_device_its_launcher_gave_it():
@@ -27,14 +27,14 @@ def test_a_malformed_device_id_is_named():
 
 def test_cpu_feeds_every_step_since_mindspore_has_no_sink_there():
     from sknet.config import load_config
-    from sknet.runtime import sink_size
+    from sknet.training.runtime import sink_size
 
     assert sink_size(load_config("cpu-smoke").train, steps_per_epoch=20) == 1
 
 
 def test_the_ascend_profile_sinks_a_third_of_an_epoch_between_host_syncs():
     from sknet.config import load_config
-    from sknet.runtime import sink_size
+    from sknet.training.runtime import sink_size
 
     train = load_config("cifar10-ascend8").train
     assert sink_size(train, steps_per_epoch=195) == 65  # 50,000 images / (32 × 8 ranks)
@@ -47,7 +47,7 @@ def test_the_ascend_profile_sinks_a_third_of_an_epoch_between_host_syncs():
 ])
 def test_a_sink_divides_the_epoch_and_the_log_and_checkpoint_cadence(steps_per_epoch, overrides, expected):
     from sknet.config import load_config
-    from sknet.runtime import sink_size
+    from sknet.training.runtime import sink_size
 
     train = load_config("cifar10-ascend8", overrides).train
     size = sink_size(train, steps_per_epoch)
@@ -60,7 +60,7 @@ def test_fixed_and_dynamic_loss_scaling():
     import mindspore as ms
 
     from sknet.config import load_config
-    from sknet.runtime import loss_scaling
+    from sknet.training.runtime import loss_scaling
 
     manager, optimizer_scale = loss_scaling(load_config("cpu-smoke").train)
     assert isinstance(manager, ms.FixedLossScaleManager) and optimizer_scale == 1024.0

@@ -20,7 +20,7 @@ def train_until(out, data, *extra, stop_after_steps=None):
     """One training process, optionally stopped at a step boundary as a preempted run would be."""
     overrides = [f"data.uri={data}", f"train.output_dir={out}", *SHORT, *extra]
     code = (
-        "import json, sys; from sknet.config import load_config; from sknet.train import train; "
+        "import json, sys; from sknet.config import load_config; from sknet.training.loop import train; "
         f"r = train(load_config('cpu-smoke', {overrides!r}), stop_after_steps={stop_after_steps!r}); "
         "print(json.dumps(r.to_dict()))"
     )
@@ -111,7 +111,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_a_rerun_finishes(synthetic_dat
 
 def test_a_crashed_run_resumed_on_another_machine_equals_an_uninterrupted_run(reference, synthetic_data, tmp_path,
                                                                              s3_server, bucket):
-    from sknet.checkpoint import CheckpointMirror
+    from sknet.training.checkpoint import CheckpointMirror
     from sknet.storage import S3Store
 
     mirror = [f"train.checkpoint_mirror=s3://{bucket}/runs/r1/checkpoints",

@@ -1,8 +1,8 @@
-"""The training step line: one format, written by sknet.train and parsed back wherever it is read."""
+"""The training step line: one format, written by sknet.training.loop and parsed back wherever it is read."""
 
 import math
 
-from sknet.train_log import StepLine, format_step_line, parse_step_line
+from sknet.training.train_log import StepLine, format_step_line, parse_step_line
 
 
 def test_a_formatted_step_line_parses_back_to_its_values():

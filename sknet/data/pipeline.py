@@ -24,7 +24,7 @@ def build_dataset(
 
     Training: RandomCrop 32 pad 4 + horizontal flip; both: resize when `image_size` is not 32,
     rescale to [0, 1], normalize with the CIFAR mean/std, HWC→CHW. `num_samples` caps the total
-    across shards; each shard reads its own disjoint part. Seeds come from `sknet.runtime.configure`.
+    across shards; each shard reads its own disjoint part. Seeds come from `sknet.training.runtime.configure`.
     """
     import mindspore as ms
     import mindspore.dataset as ds

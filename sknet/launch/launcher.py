@@ -10,7 +10,7 @@ Backends (`launch.backend`):
 
 Every line a rank prints goes to `<output_dir>/logs/rank-N.log` and, prefixed `[rank N]`, to a
 callback. The first rank to fail, or the wall-clock timeout, stops all ranks (TERM, then KILL, per
-process group). A relaunch of the same run resumes from its newest checkpoint (see `sknet.train`).
+process group). A relaunch of the same run resumes from its newest checkpoint (see `sknet.training.loop`).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sknet.checkpoint import checkpoint_dir
+from sknet.training.checkpoint import checkpoint_dir
 from sknet.config import Config
 from sknet.errors import LaunchError
 from sknet.jsonio import dumps
 from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.ports import free_port
-from sknet.run_record import check_run_dir
-from sknet.stopping import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV, launcher_identity
+from sknet.training.run_record import check_run_dir
+from sknet.training.stopping import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV, launcher_identity
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ def _pull_mirrored_checkpoint(cfg: Config, output_dir: Path, on_line: Callable[[
     ranks, started with SKNET_LAUNCHED=1, do not pull themselves)."""
     if not cfg.train.checkpoint_mirror:
         return
-    from sknet.checkpoint import CheckpointMirror
+    from sknet.training.checkpoint import CheckpointMirror
     from sknet.storage import store_from_config
 
     mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))

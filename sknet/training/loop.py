@@ -17,20 +17,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sknet.checkpoint import (
+from sknet.training.checkpoint import (
     BackgroundUploads, CheckpointMirror, latest_checkpoint, latest_verified_checkpoint, load_into, save_checkpoint,
 )
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import DataError
-from sknet.run_record import check_run_dir
+from sknet.training.run_record import check_run_dir
 from sknet.run_files import METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
-from sknet.runtime import configure, loss_scaling, sink_size
-from sknet.lr_schedule import learning_rates
+from sknet.training.runtime import configure, loss_scaling, sink_size
+from sknet.training.lr_schedule import learning_rates
 from sknet.storage import store_from_config
 from sknet.jsonio import dumps, json_safe
-from sknet.stopping import Diverged, DivergenceGuard, LAUNCHED_ENV, Preempted, StopRequest, watch_launcher
-from sknet.train_log import format_step_line
+from sknet.training.stopping import Diverged, DivergenceGuard, LAUNCHED_ENV, Preempted, StopRequest, watch_launcher
+from sknet.training.train_log import format_step_line
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The training step line: written by `sknet.train` once per logged step, read back from rank output.
+"""The training step line: written by `sknet.training.loop` once per logged step, read back from rank output.
 
     epoch 2/3 step 25/60 loss 1.8423 lr 0.04000 61.2 img/s
 
@@ -29,7 +29,7 @@ class StepLine:
 
 def format_step_line(epoch: int, epochs: int, step: int, total_steps: int, loss: float, lr: float,
                      images_per_sec: float) -> str:
-    """The line `sknet.train` logs after `step` (epoch and step 1-based)."""
+    """The line `sknet.training.loop` logs after `step` (epoch and step 1-based)."""
     return STEP_FORMAT % (epoch, epochs, step, total_steps, loss, lr, images_per_sec)
 
 
