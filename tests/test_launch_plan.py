@@ -1,5 +1,6 @@
 """What `sknet launch` starts on this host, checked with `--dry-run` (no device needed): rank-table ranks
-bind the table's devices, a merged table starts only this host's ranks, bad settings fail before anything."""
+bind the table's devices (physical in the table, logical in DEVICE_ID), a merged table starts only this host's
+ranks, HCCL ranks get their timeouts, bad settings fail before anything."""
 
 import json
 
@@ -8,8 +9,19 @@ import pytest
 from conftest import run_sknet
 from sknet.config import load_config
 from sknet.launch.launcher import LaunchError, dry_run
+from sknet.launch.ranks import HCCL_TIMEOUTS, plan_processes
 from sknet.launch.ranktable import build_rank_table, merge_rank_tables, read_hccn_conf, write_rank_table
 from test_ranktable import GOLDEN
+
+HCCL_KEYS = ("HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT")
+
+
+@pytest.fixture(autouse=True)
+def _plain_host(monkeypatch):
+    """No container mapping and no operator HCCL settings unless a test sets them (importing MindSpore in this
+    process sets HCCL_CONNECT_TIMEOUT=600 when it is unset)."""
+    for key in ("ASCEND_VISIBLE_DEVICES", *HCCL_KEYS):
+        monkeypatch.delenv(key, raising=False)
 
 
 def ascend_cfg(tmp_path, table: dict, *overrides: str):
@@ -31,20 +43,60 @@ def test_ranks_bind_the_devices_the_rank_table_gives_them(tmp_path):
     ranks = by_rank(dry_run(cfg, devices=8))
     assert sorted(ranks) == [0, 1, 2, 3]
     for rank, process in ranks.items():
-        assert process["device_id"] == 4 + rank
+        assert process["device_id"] == process["physical_device_id"] == 4 + rank  # no container: the same ids
         assert process["env"]["DEVICE_ID"] == str(4 + rank) and process["env"]["RANK_ID"] == str(rank)
         assert process["env"]["RANK_SIZE"] == "4"
         assert process["env"]["RANK_TABLE_FILE"] == str(tmp_path / "rank_table.json")
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
-def test_visible_device_remapping_gives_the_ids_the_processes_see(tmp_path):
+def test_in_a_container_each_rank_binds_the_logical_id_of_its_tables_physical_npu(tmp_path, monkeypatch):
     table = table_for("10.0.0.1", range(4), visible=[4, 5, 6, 7])
+    assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["4", "5", "6", "7"]
+    monkeypatch.setenv("ASCEND_VISIBLE_DEVICES", "4,5,6,7")  # physical NPUs 4-7, seen inside as 0-3
     cfg = ascend_cfg(tmp_path, table, "launch.ranks=4", "launch.server_id=10.0.0.1")
     ranks = by_rank(dry_run(cfg, devices=4))
     assert [ranks[r]["env"]["DEVICE_ID"] for r in range(4)] == ["0", "1", "2", "3"]
+    assert [(ranks[r]["device_id"], ranks[r]["physical_device_id"]) for r in range(4)] == [(0, 4), (1, 5), (2, 6),
+                                                                                            (3, 7)]
     ips = [d["device_ip"] for d in table["server_list"][0]["device"]]
     assert ips == [read_hccn_conf(GOLDEN / "hccn-server1.conf")[p] for p in (4, 5, 6, 7)]
+
+
+def test_a_table_device_this_container_cannot_see_is_refused_naming_device_table_and_visible_list(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("ASCEND_VISIBLE_DEVICES", "0-3")
+    cfg = ascend_cfg(tmp_path, table_for("10.0.0.1", range(4, 8)), "launch.ranks=4", "launch.server_id=10.0.0.1")
+    with pytest.raises(LaunchError, match=rf"rank table {tmp_path}/rank_table.json gives device_id 4 \(a physical "
+                                          r"NPU\) to this host, but it is not visible here: ASCEND_VISIBLE_DEVICES="
+                                          r"0-3 \(physical NPUs 0, 1, 2, 3\)"):
+        dry_run(cfg, devices=8)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ascend_ranks_get_the_hccl_timeouts(tmp_path):
+    cfg = ascend_cfg(tmp_path, table_for("10.0.0.1", range(8)), "launch.ranks=8", "launch.server_id=10.0.0.1")
+    for process in dry_run(cfg, devices=8)["processes"]:
+        assert {k: process["env"][k] for k in HCCL_KEYS} == {"HCCL_CONNECT_TIMEOUT": "1200",
+                                                              "HCCL_EXEC_TIMEOUT": "612"}
+
+
+def test_an_msrun_node_gets_the_hccl_timeouts_and_a_cpu_cluster_none(tmp_path):
+    msrun = load_config("cpu-smoke", ["launch.backend=msrun", "launch.ranks=2", f"train.output_dir={tmp_path}"])
+    (process,) = dry_run(msrun)["processes"]
+    assert {k: process["env"][k] for k in HCCL_KEYS} == HCCL_TIMEOUTS
+    cpu = load_config("cpu-smoke", ["launch.ranks=2", f"train.output_dir={tmp_path}"])
+    assert all(not set(HCCL_KEYS) & set(p["env"]) for p in dry_run(cpu)["processes"])
+
+
+def test_an_operators_own_hccl_timeouts_win(tmp_path, monkeypatch):
+    monkeypatch.setenv("HCCL_CONNECT_TIMEOUT", "3600")
+    monkeypatch.setenv("HCCL_EXEC_TIMEOUT", "1836")
+    cfg = ascend_cfg(tmp_path, table_for("10.0.0.1", range(8)), "launch.ranks=8", "launch.server_id=10.0.0.1")
+    for process in dry_run(cfg, devices=8)["processes"]:
+        assert (process["env"]["HCCL_CONNECT_TIMEOUT"], process["env"]["HCCL_EXEC_TIMEOUT"]) == ("3600", "1836")
+    for process in plan_processes(cfg, 0, environ={"HCCL_EXEC_TIMEOUT": "1836"}):  # what _start adds on top
+        assert process.env["HCCL_CONNECT_TIMEOUT"] == "1200" and "HCCL_EXEC_TIMEOUT" not in process.env
 
 
 def test_a_merged_table_starts_only_this_hosts_ranks_with_their_global_ids(tmp_path):

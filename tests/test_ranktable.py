@@ -9,11 +9,23 @@ import pytest
 
 from conftest import run_sknet
 from sknet.launch.ranktable import (
-    RankTableError, build_rank_table, merge_rank_tables, parse_devices, physical_devices, query_hccn_tool,
-    read_hccn_conf,
+    RankTableError, build_rank_table, merge_rank_tables, parse_devices, parse_visible_devices, physical_devices,
+    query_hccn_tool, read_hccn_conf,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
+SERVER1_IPS = {0: "192.168.100.101", 1: "192.168.101.101", 2: "192.168.102.101", 3: "192.168.103.101",
+               4: "192.168.100.100", 5: "192.168.101.100", 6: "192.168.102.100", 7: "192.168.103.100"}  # its hccn.conf
+
+
+@pytest.fixture(autouse=True)
+def _bare_metal(monkeypatch):
+    """No container mapping unless a test sets one (a CI runner inside an Ascend container would have it)."""
+    monkeypatch.delenv("ASCEND_VISIBLE_DEVICES", raising=False)
+
+
+def devices_of(table: dict) -> list[tuple[str, str, str]]:
+    return [(d["device_id"], d["device_ip"], d["rank_id"]) for d in table["server_list"][0]["device"]]
 
 
 def golden(name):
@@ -32,10 +44,54 @@ def test_one_server_eight_devices(tmp_path):
     assert table == golden("1x8")
 
 
-def test_four_devices_on_4_7_seen_as_0_3(tmp_path):
+def test_a_table_names_the_physical_npus_behind_the_ids_the_ranks_see(tmp_path):
     table = cli_table(tmp_path, "--hccn-conf", str(GOLDEN / "hccn-server1.conf"), "--devices", "0-3",
                       "--visible-devices", "4,5,6,7", "--server-ip", "10.0.0.1")
+    assert devices_of(table) == [(str(p), SERVER1_IPS[p], str(rank)) for rank, p in enumerate(range(4, 8))]
     assert table == golden("1x4-visible-4-7")
+
+
+def test_ascend_visible_devices_gives_the_physical_npus_and_the_default_device_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASCEND_VISIBLE_DEVICES", "4-7")  # what the Ascend Docker runtime sets in the container
+    table = cli_table(tmp_path, "--hccn-conf", str(GOLDEN / "hccn-server1.conf"), "--server-ip", "10.0.0.1")
+    assert [d[0] for d in devices_of(table)] == ["4", "5", "6", "7"]
+
+
+def test_visible_devices_flag_overrides_ascend_visible_devices(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASCEND_VISIBLE_DEVICES", "0,1,2,3")
+    table = cli_table(tmp_path, "--hccn-conf", str(GOLDEN / "hccn-server1.conf"), "--devices", "0-1",
+                      "--visible-devices", "4,5,6,7", "--server-ip", "10.0.0.1")
+    assert [d[0] for d in devices_of(table)] == ["4", "5"]
+
+
+@pytest.mark.parametrize("spec", ["4,5,6,7", "4-7", "4-5,6,7", "Ascend910-4,Ascend910-5,Ascend910-6,Ascend910-7",
+                                  "7,6,5,4"])
+def test_visible_devices_are_read_in_every_form_the_docker_runtime_takes(spec):
+    assert parse_visible_devices(spec, "ASCEND_VISIBLE_DEVICES") == [4, 5, 6, 7]
+    assert parse_visible_devices("void", "ASCEND_VISIBLE_DEVICES") == []
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("4,x", r"ASCEND_VISIBLE_DEVICES='4,x': 'x' is not a device"),
+    ("7-4", r"ASCEND_VISIBLE_DEVICES='7-4': '7-4' is not a device"),
+    ("4,4-5", r"ASCEND_VISIBLE_DEVICES='4,4-5': device\(s\) \[4\] listed more than once"),
+])
+def test_malformed_visible_devices_name_the_variable_and_value(spec, message):
+    with pytest.raises(RankTableError, match=message):
+        parse_visible_devices(spec, "ASCEND_VISIBLE_DEVICES")
+
+
+@pytest.mark.parametrize("devices, visible", [("0-2", list(range(8))), ("5-7", list(range(8))),
+                                              ("0-2", [4, 5, 6, 7])])
+def test_an_ascend_910_job_of_other_than_1_2_4_or_8_devices_is_refused(devices, visible):
+    with pytest.raises(RankTableError, match=r"3 devices \[.*\]: an Ascend 910 server's HCCS runs jobs of 1, 2, 4 or 8 devices"):
+        physical_devices(parse_devices(devices), visible)
+
+
+@pytest.mark.parametrize("devices, physical", [("3", [3]), ("6-7", [6, 7]), ("4-7", [4, 5, 6, 7]),
+                                               ("0-7", list(range(8)))])
+def test_an_ascend_910_job_of_1_2_4_or_8_devices_in_one_group_is_accepted(devices, physical):
+    assert physical_devices(parse_devices(devices), list(range(8))) == physical
 
 
 def test_two_servers_merged_continue_rank_ids(tmp_path):

@@ -4,7 +4,8 @@ Backends (`launch.backend`):
 - `cpu`: MindSpore's dynamic cluster on this host (the mechanism behind msrun): one scheduler process
   plus one worker per rank, CPU collectives over `mccl`. We spawn them ourselves so that every rank is
   our child: its exit code, its output and its process group are ours to watch and to stop.
-- `ascend`: one process per NPU with DEVICE_ID, RANK_ID, RANK_SIZE and RANK_TABLE_FILE (HCCL).
+- `ascend`: one process per NPU with DEVICE_ID (logical), RANK_ID, RANK_SIZE and RANK_TABLE_FILE (HCCL).
+  `ascend` and `msrun` ranks get HCCL_CONNECT_TIMEOUT / HCCL_EXEC_TIMEOUT unless already set (see `ranks`).
 - `msrun`: MindSpore's own launcher, for one or several nodes; per-rank output is followed in its
   `worker_N.log` files, and a failed rank is reported by msrun's exit (after its own ~35 s wait).
 
@@ -286,8 +287,9 @@ def _never_raising(on_line: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def dry_run(cfg: Config, *, devices: int | None = None) -> dict:
-    """What `launch` would start on this host, without starting it: each process's ranks, device,
-    command and the environment it adds (secret-looking values masked). Nothing is written."""
+    """What `launch` would start on this host, without starting it: each process's ranks, device (the
+    logical `device_id` it binds and the table's `physical_device_id`), command and the environment it adds
+    (secret-looking values masked). Nothing is written."""
     port = cfg.launch.master_port or "<free port>"
     plan = check_launchable(cfg, devices, port)
     output_dir = Path(cfg.train.output_dir).resolve()
@@ -295,6 +297,7 @@ def dry_run(cfg: Config, *, devices: int | None = None) -> dict:
     inherited = {k: v for k, v in os.environ.items() if k.startswith(DRY_RUN_INHERITED)}
     return {"backend": cfg.launch.backend, "ranks": cfg.launch.ranks, "output_dir": str(output_dir),
             "processes": [{"name": p.name, "ranks": list(p.ranks), "device_id": p.device_id,
+                           "physical_device_id": p.physical_device_id,
                            "command": _command_of(cfg, p, port, output_dir / LOGS_DIR, rank_command),
                            "env": _masked({**inherited, **p.env})} for p in plan]}
 

@@ -1,26 +1,43 @@
 """Which processes a launch starts on this host, and with what environment.
 
 - `cpu`: a scheduler plus one worker per rank (MindSpore's dynamic cluster over `mccl`), all on this host.
-- `ascend`: one process per device of THIS host's entry in the HCCL rank table: DEVICE_ID is the table's
-  `device_id` (the id the process sees: `sknet ranktable --visible-devices` already remapped it), RANK_ID
-  its global `rank_id`, RANK_SIZE the table's size. In a merged table each host starts only its own ranks.
+- `ascend`: one process per device of THIS host's entry in the HCCL rank table. The table's `device_id` is
+  the PHYSICAL NPU; the process's DEVICE_ID is its LOGICAL id, the index of that NPU among this host's
+  visible ones (ASCEND_VISIBLE_DEVICES, set by the Ascend Docker runtime and the k8s device plugin; without
+  it, logical == physical). RANK_ID is the device's global `rank_id`, RANK_SIZE the table's size. In a
+  merged table each host starts only its own ranks.
 - `msrun`: one msrun process per node; msrun starts this node's ranks and assigns their devices.
+
+`ascend` and `msrun` processes also get the HCCL timeouts below, unless the launcher's environment sets them.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sknet.config import Config
 from sknet.errors import LaunchError
-from sknet.launch.ranktable import load_rank_table, rank_size
+from sknet.launch.ranktable import VISIBLE_DEVICES_ENV, load_rank_table, rank_size, visible_devices
 
 SCHEDULER = "sched"
 MSRUN = "msrun"
 SCHEDULER_TOPOLOGY_TIMEOUT = "120"  # seconds the cpu ranks wait for each other to join
+HCCL_TIMEOUTS = {  # seconds; for the ascend and msrun backends, unless the launcher's environment sets them
+    # Socket link setup between ranks (CANN: 120-7200, default 120; MindSpore raises an unset one to 600 on
+    # import). Eight ranks reach it after compiling SKNet-50 side by side on shared host CPUs, minutes apart;
+    # 20 min absorbs that, and costs nothing when a rank dies: the launcher then stops every rank at once.
+    "HCCL_CONNECT_TIMEOUT": "1200",
+    # A running collective waiting for a peer (CANN default 1836; on a 910 it is floored to a multiple of 68
+    # within (0, 17340]; at most 1091 in an A2/A3's AIV mode). 612 = 9 x 68 means the same on every chip: far
+    # above any in-run wait (rank 0's checkpoint save takes seconds), and a hung collective fails ~20 min
+    # sooner than by default, well within launch.timeout_minutes.
+    "HCCL_EXEC_TIMEOUT": "612",
+}
 
 
 class LaunchPlanError(LaunchError):
@@ -31,7 +48,8 @@ class LaunchPlanError(LaunchError):
 class RankProcess:
     name: str  # the global rank ("0", "1", …), "sched" or "msrun"
     env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment
-    device_id: int | None = None
+    device_id: int | None = None  # the LOGICAL id the process binds (its DEVICE_ID)
+    physical_device_id: int | None = None  # the rank table's device_id: the NPU on the server
     ranks: tuple[int, ...] = ()  # the global ranks this process runs (msrun: all of this node's)
 
 
@@ -84,16 +102,24 @@ def check_multi_node(cfg: Config) -> None:
                               "on each node, so the nodes would never meet), e.g. launch.master_port=8118")
 
 
-def plan_processes(cfg: Config, port: int | str, addresses: set[str] | None = None) -> list[RankProcess]:
-    """The processes this host starts for `cfg`; `port` is the scheduler's (msrun's master) port."""
+def plan_processes(cfg: Config, port: int | str, addresses: set[str] | None = None,
+                   environ: Mapping[str, str] | None = None) -> list[RankProcess]:
+    """The processes this host starts for `cfg`; `port` is the scheduler's (msrun's master) port, `environ`
+    the launcher's environment (default `os.environ`)."""
     check_multi_node(cfg)
+    environ = os.environ if environ is None else environ
     if cfg.launch.backend == "cpu":
         return _cpu_processes(cfg.launch.ranks, str(port))
     if cfg.launch.backend == "ascend":
-        return _ascend_processes(cfg, host_addresses() if addresses is None else addresses)
+        return _ascend_processes(cfg, host_addresses() if addresses is None else addresses, environ)
     local = cfg.launch.ranks // cfg.launch.nodes
     first = cfg.launch.node_rank * local
-    return [RankProcess(MSRUN, ranks=tuple(range(first, first + local)))]
+    return [RankProcess(MSRUN, hccl_env(environ), ranks=tuple(range(first, first + local)))]
+
+
+def hccl_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """HCCL_TIMEOUTS, less those the launcher's environment sets (an operator's value wins)."""
+    return {key: value for key, value in HCCL_TIMEOUTS.items() if key not in environ}
 
 
 def _cpu_processes(ranks: int, port: str) -> list[RankProcess]:
@@ -105,7 +131,7 @@ def _cpu_processes(ranks: int, port: str) -> list[RankProcess]:
     return [scheduler, *workers]
 
 
-def _ascend_processes(cfg: Config, addresses: set[str]) -> list[RankProcess]:
+def _ascend_processes(cfg: Config, addresses: set[str], environ: Mapping[str, str]) -> list[RankProcess]:
     if not cfg.launch.rank_table:
         raise LaunchPlanError("launch.backend=ascend needs launch.rank_table (make one with `sknet ranktable`)")
     path = Path(cfg.launch.rank_table).resolve()
@@ -117,10 +143,28 @@ def _ascend_processes(cfg: Config, addresses: set[str]) -> list[RankProcess]:
         raise LaunchPlanError(f"launch.ranks={cfg.launch.ranks}, but rank table {path} lists {size} devices "
                               f"across {len(table['server_list'])} server(s); they must be equal")
     server = this_server(table, cfg.launch.server_id, addresses, str(path))
-    return [RankProcess(device["rank_id"], {"DEVICE_ID": device["device_id"], "RANK_ID": device["rank_id"],
-                                            "RANK_SIZE": str(size), "RANK_TABLE_FILE": str(path)},
-                        device_id=int(device["device_id"]), ranks=(int(device["rank_id"]),))
-            for device in server["device"]]
+    visible = visible_devices(environ=environ)
+    common = {"RANK_SIZE": str(size), "RANK_TABLE_FILE": str(path), **hccl_env(environ)}
+    processes = []
+    for device in server["device"]:
+        rank, physical = device["rank_id"], int(device["device_id"])
+        logical = _logical_device(physical, visible, path, environ)
+        processes.append(RankProcess(rank, {"DEVICE_ID": str(logical), "RANK_ID": rank, **common},
+                                     device_id=logical, physical_device_id=physical, ranks=(int(rank),)))
+    return processes
+
+
+def _logical_device(physical: int, visible: list[int] | None, table: Path, environ: Mapping[str, str]) -> int:
+    """The id a process on this host binds for the table's physical NPU: its index among the visible ones."""
+    if visible is None:
+        return physical
+    if physical not in visible:
+        raise LaunchPlanError(
+            f"rank table {table} gives device_id {physical} (a physical NPU) to this host, but it is not visible "
+            f"here: {VISIBLE_DEVICES_ENV}={environ[VISIBLE_DEVICES_ENV]} (physical NPUs "
+            f"{', '.join(map(str, visible)) or 'none'}); write the table for this host's NPUs (`sknet ranktable` "
+            f"reads {VISIBLE_DEVICES_ENV}) or give the container that NPU")
+    return visible.index(physical)
 
 
 def _is_loopback(address: str) -> bool:

@@ -1,17 +1,23 @@
 """HCCL rank tables (format v1.0) for Ascend 910 servers.
 
 One table lists, per server, each device's id, its NIC IP (from `hccn_tool -i N -ip -g` or
-`/etc/hccn.conf` lines `address_N=IP`) and its global rank. On an Ascend 910 (910A) server the eight NPUs
-form two HCCS groups, 0-3 and 4-7: a job may use devices within one group, or all eight. An Atlas A2
-(910B) server connects all eight: any set of its devices may form a job (CANN HCCL docs).
-Device ids in a table are the ids the processes see (DEVICE_ID); with `visible_devices` (a container
-that exposes physical NPUs 4-7 as 0-3, say) the IP is read for the physical device behind each id.
+`/etc/hccn.conf` lines `address_N=IP`) and its global rank. A table's `device_id` is the PHYSICAL NPU id
+(HCCL's definition; the model zoo's hccl_tools writes the physical ids of `--visible_devices`); a
+process's DEVICE_ID is its LOGICAL id, its index among the NPUs it can see. They differ in a container:
+the Ascend Docker runtime and the k8s device plugin expose the physical NPUs named in
+ASCEND_VISIBLE_DEVICES (e.g. 4-7), which the processes inside see as 0-3 (ascending physical order).
+Without that variable the two ids are the same.
+
+On an Ascend 910 (910A) server the eight NPUs form two HCCS groups, 0-3 and 4-7: a job takes 1, 2 or 4
+devices within one group, or all eight. An Atlas A2 (910B) server connects all eight: any set of its
+devices may form a job (CANN HCCL docs).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import socket
@@ -23,9 +29,13 @@ from sknet.errors import SknetError
 
 DEVICES_PER_SERVER = 8
 HCCS_GROUPS = (range(0, 4), range(4, 8))  # Ascend 910 (910A); the 910B has no such split
+HCCS_JOB_SIZES = (1, 2, 4, 8)  # devices per job an Ascend 910 server's HCCS allows
+VISIBLE_DEVICES_ENV = "ASCEND_VISIBLE_DEVICES"  # physical NPUs of this container (Ascend Docker runtime, k8s)
 CHIPS = ("910", "910B")
 HCCN_CONF = Path("/etc/hccn.conf")
 _ADDRESS = re.compile(r"^address_(\d+)\s*=\s*(\S+)$")
+_NAMED_DEVICE = re.compile(r"Ascend\w+-(\d+)")  # ASCEND_VISIBLE_DEVICES=Ascend910-4,Ascend910-5
+_DEVICE_SPAN = re.compile(r"(\d+)(?:-(\d+))?")  # 4 or 4-7
 
 
 class RankTableError(SknetError):
@@ -45,33 +55,66 @@ def parse_devices(spec: str) -> list[int]:
     return list(range(first, last + 1))
 
 
-def parse_visible_devices(spec: str | None) -> list[int]:
-    if not spec:
-        return list(range(DEVICES_PER_SERVER))
-    try:
-        ids = [int(part) for part in spec.split(",")]
-    except ValueError:
-        raise RankTableError(f"--visible-devices {spec!r}: expected comma-separated ids like 4,5,6,7") from None
-    if len(set(ids)) != len(ids) or any(not 0 <= i < DEVICES_PER_SERVER for i in ids):
-        raise RankTableError(f"--visible-devices {spec!r}: expected distinct ids within 0-{DEVICES_PER_SERVER - 1}")
-    return ids
+def parse_visible_devices(spec: str, source: str = "--visible-devices") -> list[int]:
+    """Physical NPU ids as the Ascend Docker runtime reads ASCEND_VISIBLE_DEVICES: `4,5,6,7`, `4-7`,
+    `0-2,4` or `Ascend910-4,Ascend910-5` (`void`: none), sorted: index i is logical id i."""
+    spec = spec.strip()
+    if spec == "void":
+        return []
+    ids: list[int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        named, span = _NAMED_DEVICE.fullmatch(part), _DEVICE_SPAN.fullmatch(part)
+        first, last = (int(span.group(1)), int(span.group(2) or span.group(1))) if span else (0, -1)
+        if named:
+            ids.append(int(named.group(1)))
+        elif first <= last:
+            ids.extend(range(first, last + 1))
+        else:
+            raise RankTableError(f"{source}={spec!r}: {part!r} is not a device; expected physical NPU ids like "
+                                 "4,5,6,7, ranges like 4-7, or names like Ascend910-4")
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        raise RankTableError(f"{source}={spec!r}: device(s) {repeated} listed more than once")
+    return sorted(ids)
 
 
-def physical_devices(devices: Sequence[int], visible: Sequence[int], chip: str = "910") -> list[int]:
-    """Map process-visible ids to physical NPUs, and check the chip's HCCS grouping rule on those."""
+def visible_devices(override: str | None = None, environ: Mapping[str, str] | None = None) -> list[int] | None:
+    """This host's visible physical NPUs in logical order: `override` (--visible-devices), else
+    ASCEND_VISIBLE_DEVICES, else None (no remapping: logical id == physical id)."""
+    environ = os.environ if environ is None else environ
+    if override:
+        return parse_visible_devices(override)
+    if environ.get(VISIBLE_DEVICES_ENV, "").strip():
+        return parse_visible_devices(environ[VISIBLE_DEVICES_ENV], VISIBLE_DEVICES_ENV)
+    return None
+
+
+def physical_devices(devices: Sequence[int], visible: Sequence[int] | None, chip: str = "910") -> list[int]:
+    """Map logical ids (as the processes see them) to physical NPUs; check the chip's HCCS rule on those."""
     if chip not in CHIPS:
         raise RankTableError(f"--chip {chip!r}: expected one of {', '.join(CHIPS)}")
+    visible = list(range(DEVICES_PER_SERVER)) if visible is None else list(visible)
+    shown = ",".join(map(str, visible)) or "none"
+    if not devices:
+        raise RankTableError(f"no devices to put in the table (visible physical devices: {shown})")
     if max(devices) >= len(visible):
-        raise RankTableError(
-            f"device {max(devices)} is not visible: only {len(visible)} visible devices ({','.join(map(str, visible))})"
-        )
+        raise RankTableError(f"device {max(devices)} is not visible: only {len(visible)} visible devices ({shown})")
     physical = [visible[d] for d in devices]
+    if max(physical) >= DEVICES_PER_SERVER:
+        raise RankTableError(f"physical device {max(physical)}: expected ids within 0-{DEVICES_PER_SERVER - 1}")
     full_server = sorted(physical) == list(range(DEVICES_PER_SERVER))
     in_one_group = any(set(physical) <= set(group) for group in HCCS_GROUPS)
     if chip == "910" and not (full_server or in_one_group):
         raise RankTableError(
             f"physical devices {physical} cross the HCCS groups 0-3 / 4-7 of an Ascend 910: use devices within "
             "one group, or all 0-7 (an Atlas A2 / 910B server has no such groups: --chip 910B)"
+        )
+    if chip == "910" and len(physical) not in HCCS_JOB_SIZES:
+        raise RankTableError(
+            f"{len(physical)} devices {physical}: an Ascend 910 server's HCCS runs jobs of "
+            f"{', '.join(map(str, HCCS_JOB_SIZES[:-1]))} or {HCCS_JOB_SIZES[-1]} devices (within one group "
+            "0-3 / 4-7, or all eight); "
+            "an Atlas A2 / 910B server takes any number: --chip 910B"
         )
     return physical
 
@@ -120,8 +163,8 @@ def query_hccn_tool(devices: Sequence[int], tool: str = "hccn_tool") -> dict[int
 
 def build_rank_table(device_ips: Mapping[int, str], devices: Sequence[int], server_ip: str,
                      visible: Sequence[int] | None = None, chip: str = "910") -> dict:
-    """A one-server table; `device_ips` is keyed by physical device id."""
-    visible = list(visible) if visible is not None else list(range(DEVICES_PER_SERVER))
+    """A one-server table for the logical `devices`; it names their PHYSICAL NPUs (`visible[d]`, identity
+    without `visible`). `device_ips` is keyed by physical device id."""
     physical = physical_devices(devices, visible, chip)
     missing = [p for p in physical if p not in device_ips]
     if missing:
@@ -134,8 +177,8 @@ def build_rank_table(device_ips: Mapping[int, str], devices: Sequence[int], serv
         "server_list": [{
             "server_id": server_ip,
             "device": [
-                {"device_id": str(d), "device_ip": device_ips[p], "rank_id": str(rank)}
-                for rank, (d, p) in enumerate(zip(devices, physical))
+                {"device_id": str(p), "device_ip": device_ips[p], "rank_id": str(rank)}
+                for rank, p in enumerate(physical)
             ],
             "host_nic_ip": "reserve",
         }],
