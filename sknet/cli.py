@@ -10,8 +10,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sknet.errors import SknetError
+
+if TYPE_CHECKING:
+    from sknet.config import Config
 
 EXAMPLES = """\
 examples:
@@ -22,6 +26,7 @@ examples:
   sknet eval --config cpu-smoke --set data.uri=work/data --checkpoint work/runs/smoke/checkpoints/step-00000060.ckpt
   sknet export --config cpu-smoke --checkpoint CKPT --out work/model.mindir --dynamic-batch
   sknet release ls --store s3://my-bucket/sknet --model sknet50
+  sknet preflight --config cifar10-ascend8 --set launch.rank_table=rank_table_8p.json   # a new Ascend host
 """
 
 
@@ -64,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_command(commands)
     _add_export_command(commands)
     _add_release_commands(commands)
+    _add_preflight_command(commands)
     return parser
 
 
@@ -214,6 +220,40 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     )
 
 
+PREFLIGHT_EXAMPLES = """\
+examples:
+  sknet preflight --config cifar10-ascend8 --set launch.rank_table=rank_table_8p.json   # a new Ascend host
+  sknet preflight --config cifar10-ascend8 --set launch.rank_table=rt.json --quick      # seconds: no smoke run
+  sknet preflight --config cpu-smoke --set launch.ranks=2                               # CPU: a real mccl smoke
+"""
+
+
+def _add_preflight_command(commands: argparse._SubParsersAction) -> None:
+    """`sknet preflight`: the check of a new host before its first night."""
+    preflight = commands.add_parser(
+        "preflight", help="check this host before a run: versions, NPUs, device links vs hccn.conf, the launch "
+        "plan, a collective smoke (JSON on stdout, a table on stderr; exit 1 if a check fails)",
+        description="Run every check on its own, with the settings of the run this host will take:\n"
+        "  versions      Python, MindSpore, numpy; NPU driver and CANN (against what MindSpore accepts)\n"
+        "  npu-smi       every chip: Health OK, HBM free, no process on it\n"
+        "  device-links  per planned device: hccn_tool link UP, net health Success\n"
+        "  device-ips    per planned device: hccn_tool's IP = hccn.conf's = the rank table's\n"
+        "  launch-plan   what `sknet launch --dry-run` computes, or why it refuses\n"
+        "  collective    (slow) every rank through the launcher: group size, an all-reduce of ones,\n"
+        "                a 64 MiB all-reduce's bandwidth\n"
+        "A check that cannot run on this host is skipped with the reason. A table goes to stderr, the JSON\n"
+        "report to stdout. Exit 0: no check failed; 1: a check failed; 2: bad input.",
+        epilog=PREFLIGHT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(preflight)
+    preflight.add_argument("--quick", action="store_true",
+                           help="leave out the slow checks (the collective smoke): seconds, as before a nightly run")
+    preflight.add_argument("--work", default="work/preflight", metavar="DIR",
+                           help="scratch directory for smoke runs (default work/preflight; kept only on failure)")
+    preflight.add_argument("--hccn-conf", default="/etc/hccn.conf", metavar="FILE",
+                           help="the device IPs to compare hccn_tool with (address_N=IP lines; default /etc/hccn.conf)")
+
+
 RELEASE_EXAMPLES = """\
 examples:
   sknet release ls --store s3://my-bucket/sknet                       # every model's versions, LATEST marked
@@ -267,11 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from sknet.gate import GateFailed
     from sknet.jsonio import dumps
+    from sknet.preflight.runner import PreflightFailed
     from sknet.training.stopping import DIVERGED_EXIT_CODE, Diverged, Preempted
 
     try:
         result = _run(args)
-    except GateFailed as exc:
+    except (GateFailed, PreflightFailed) as exc:
         print(f"sknet: {exc}", file=sys.stderr)
         return 1
     except Preempted as exc:
@@ -335,6 +376,8 @@ def _run(args: argparse.Namespace) -> dict | None:
         print(json.dumps(verdict.to_dict(), indent=2))
         enforce(verdict)
         return None
+    if args.command == "preflight":
+        return _preflight(cfg, args)
     if args.command == "eval":
         from sknet.evaluate import evaluate
 
@@ -379,6 +422,20 @@ def _ranktable(args: argparse.Namespace) -> dict:
         table = rt.build_rank_table(ips, devices, args.server_ip or rt.default_server_ip(), visible, args.chip)
     path = rt.write_rank_table(table, args.out)
     return {"out": str(path), "servers": int(table["server_count"]), "ranks": rt.rank_size(table)}
+
+
+def _preflight(cfg: Config, args: argparse.Namespace) -> None:
+    """The table on stderr as the checks finish, the JSON report on stdout; `PreflightFailed` if one failed."""
+    from sknet.jsonio import dumps
+    from sknet.preflight.registry import run_preflight
+    from sknet.preflight.runner import TABLE_HEADER, enforce, format_row, summary
+
+    print(TABLE_HEADER, file=sys.stderr, flush=True)
+    report = run_preflight(cfg, args.work, quick=args.quick, hccn_conf=args.hccn_conf,
+                           on_result=lambda result: print(format_row(result), file=sys.stderr, flush=True))
+    print(summary(report), file=sys.stderr)
+    print(dumps(report, indent=2))
+    enforce(report)
 
 
 def _read_json(path: str) -> dict:
