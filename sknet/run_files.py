@@ -12,6 +12,7 @@
     checkpoints/     step-NNNNNNNN.ckpt files (checkpoint)
     logs/            rank-N.log, one per rank (launcher)
     ranks/           rank-N/: each rank's working directory (compiler and amp scratch files)
+    compile-cache/   MindSpore's compile cache: a resumed or retried run loads the graph instead of compiling it
     .mirror-spool/   checkpoints waiting for their background upload to train.checkpoint_mirror
 """
 
@@ -28,6 +29,7 @@ MODEL_FILE = "model.mindir"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 RANKS_DIR = "ranks"
+COMPILE_CACHE_DIR = "compile-cache"
 MIRROR_SPOOL_DIR = ".mirror-spool"  # checkpoint snapshots waiting for their upload
 
 

@@ -25,37 +25,6 @@ def test_a_malformed_device_id_is_named():
         device_id_for("Ascend", {"DEVICE_ID": "npu4"})
 
 
-def test_cpu_feeds_every_step_since_mindspore_has_no_sink_there():
-    from sknet.config import load_config
-    from sknet.training.runtime import sink_size
-
-    assert sink_size(load_config("cpu-smoke").train, steps_per_epoch=20) == 1
-
-
-def test_the_ascend_profile_sinks_a_third_of_an_epoch_between_host_syncs():
-    from sknet.config import load_config
-    from sknet.training.runtime import sink_size
-
-    train = load_config("cifar10-ascend8").train
-    assert sink_size(train, steps_per_epoch=195) == 65  # 50,000 images / (32 × 8 ranks)
-
-
-@pytest.mark.parametrize("steps_per_epoch, overrides, expected", [
-    (100, ["train.sink_size=20", "train.log_every_steps=10", "train.checkpoint_every_steps=0"], 10),
-    (90, ["train.sink_size=0", "train.log_every_steps=50", "train.checkpoint_every_steps=1000"], 10),
-    (97, ["train.sink_size=0", "train.log_every_steps=50"], 1),
-])
-def test_a_sink_divides_the_epoch_and_the_log_and_checkpoint_cadence(steps_per_epoch, overrides, expected):
-    from sknet.config import load_config
-    from sknet.training.runtime import sink_size
-
-    train = load_config("cifar10-ascend8", overrides).train
-    size = sink_size(train, steps_per_epoch)
-    assert size == expected
-    assert steps_per_epoch % size == 0 and train.log_every_steps % size == 0
-    assert train.checkpoint_every_steps % size == 0
-
-
 def test_fixed_and_dynamic_loss_scaling():
     import mindspore as ms
 

@@ -88,7 +88,8 @@ def test_too_few_samples_for_one_batch_is_an_error(synthetic_data, tmp_path):
     assert "gives no full batch of train.batch_size=32" in proc.stderr
 
 
-def test_sigterm_checkpoints_at_the_next_step_and_a_rerun_finishes(synthetic_data, tmp_path):
+def test_sigterm_checkpoints_at_the_next_step_and_a_rerun_finishes_as_if_never_stopped(reference, synthetic_data,
+                                                                                     tmp_path):
     import signal
 
     command = [sys.executable, "-m", "sknet", "train", "--config", "cpu-smoke", "--set",
@@ -107,6 +108,25 @@ def test_sigterm_checkpoints_at_the_next_step_and_a_rerun_finishes(synthetic_dat
     finished = run_json("-q", "train", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
                         f"train.output_dir={tmp_path}", *SHORT, "train.checkpoint_every_steps=0")
     assert finished["complete"] is True and finished["resumed_from_step"] == stopped["steps"]
+    cache = [p.name for p in (tmp_path / "compile-cache").iterdir()]
+    assert len(cache) == 1, cache  # the rerun used the first run's compile cache entry (same code and settings)
+    assert_same_weights(reference["checkpoint"], finished["checkpoint"])
+
+
+def test_sigterm_during_start_up_exits_at_once_instead_of_waiting_for_a_step(synthetic_data, tmp_path):
+    import signal
+
+    command = [sys.executable, "-m", "sknet", "train", "--config", "cpu-smoke", "--set",
+               f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}", *SHORT]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "GLOG_v": "3"})
+    for line in process.stderr:
+        if "training sknet_tiny" in line:  # logged just before Model.train compiles the graph
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stderr.read()
+    assert process.wait(60) == 143, rest[-2000:]
+    assert "SIGTERM during start-up" in rest and " step 1/12 " not in rest  # not after a compile and a step
+    assert not (tmp_path / "checkpoints").exists()  # nothing half-written: no step ran
 
 
 def test_a_crashed_run_resumed_on_another_machine_equals_an_uninterrupted_run(reference, synthetic_data, tmp_path,

@@ -1,10 +1,14 @@
-"""One rank's training: distributed init, model, optimizer, loop, checkpoints, resume, metrics log.
+"""One rank's training: distributed init, model, optimizer, data, resume, and MindSpore's `Model.train`.
 
 Launched once per rank (by `sknet train`, or by the launcher for several ranks). Rank 0 writes
 `<output_dir>/metrics.jsonl`, `<output_dir>/checkpoints/` and `<output_dir>/result.json`.
-Resuming from the latest checkpoint yields the same parameters as an uninterrupted run: each epoch's
-data order and augmentation are seeded by (seed, epoch), and the batches before the checkpoint are
-replayed and skipped.
+
+The loop is MindSpore's `Model.train` on every target — with a dataset sink on Ascend/GPU (`sink_size` steps
+per device call, the path the model zoo measured), without one on CPU — over ONE dataset and one compiled
+graph per run. What we add acts at step (or sink) boundaries as callbacks (`sknet.training.callbacks`).
+Resuming from the newest checkpoint yields the same parameters as an uninterrupted run: the dataset restarts
+at the checkpoint's global step by replaying its pipeline (`set_init_step` without fast recovery), so every
+batch has the order and augmentation it would have had.
 """
 
 from __future__ import annotations
@@ -17,20 +21,23 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sknet.training.checkpoint import (
-    BackgroundUploads, CheckpointMirror, latest_checkpoint, latest_verified_checkpoint, load_into, save_checkpoint,
-)
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import DataError
-from sknet.training.run_record import check_run_dir
-from sknet.run_files import METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
-from sknet.training.runtime import configure, loss_scaling, sink_size
-from sknet.training.lr_schedule import learning_rates
-from sknet.storage import store_from_config
 from sknet.jsonio import dumps, json_safe
+from sknet.run_files import COMPILE_CACHE_DIR, METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
+from sknet.storage import store_from_config
+from sknet.training.checkpoint import (
+    BackgroundUploads, CheckpointMirror, latest_checkpoint, latest_verified_checkpoint, load_into, save_checkpoint,
+)
+from sknet.training.lr_schedule import learning_rates
+from sknet.training.run_record import check_run_dir
+from sknet.training.runtime import configure, loss_scaling, use_compile_cache
+from sknet.training.steps import TrainCall, sink_size, train_call
+from sknet.training.callbacks import (
+    GuardDivergence, Progress, ReadStep, RunShape, SaveCheckpoints, StepLog, StopAtBoundary,
+)
 from sknet.training.stopping import Diverged, DivergenceGuard, LAUNCHED_ENV, Preempted, StopRequest, watch_launcher
-from sknet.training.train_log import format_step_line
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +54,10 @@ class TrainResult:
     images_per_sec: float
     synthetic_data: bool
     complete: bool
+    startup_seconds: float | None = None  # Model.train's start to its first step boundary: the compile, mostly
 
     def to_dict(self) -> dict:
         return json_safe(asdict(self))
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The dataset seed of one epoch: independent of where a run started or resumed."""
-    return (seed * 1_000_003 + epoch) % 2**32
 
 
 def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
@@ -73,6 +76,8 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
         mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))
         if os.environ.get(LAUNCHED_ENV) != "1" and (pulled := mirror.pull(output_dir)) is not None:
             log.info("pulled checkpoint of step %d from %s", pulled, mirror.store.uri)  # the launcher pulls once per node
+    cache = use_compile_cache(output_dir / COMPILE_CACHE_DIR, cfg.to_dict())  # a resumed or retried run skips the compile
+    log.info("compile cache: %s", cache or "off (no entry script, or MS_COMPILER_CACHE_ENABLE is not 1)")
     # amp O1/O2 and the graph compiler write scratch files into the cwd: each rank gets its own.
     work = output_dir / RANKS_DIR / _process_name()
     work.mkdir(parents=True, exist_ok=True)
@@ -86,18 +91,19 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
 
 @dataclass(frozen=True)
 class _Training:
-    """One rank's built training state: where it runs, what it trains, and the per-step schedule."""
+    """One rank's built training state: where it runs, what it trains, the data and the loop's shape."""
 
     cfg: Config
-    data_dir: Path
     output_dir: Path
     uploads: BackgroundUploads | None  # copies checkpoints to train.checkpoint_mirror off this thread
     rank: int
     ranks: int
     steps_per_epoch: int
-    rates: object  # numpy array: the learning rate of each global step
+    rates: object  # numpy array: the learning rate of each update
     network: object  # mindspore.nn.Cell
     train_step: object  # the network with loss, optimizer and loss scaling: one call, one step
+    model: object  # mindspore.train.Model over `train_step`: the loop
+    dataset: object  # this rank's shard, all epochs: ONE dataset per run (a sink compiles once per dataset)
     guard: DivergenceGuard
     sink: int  # steps per device sink; 1: the host feeds (and syncs) every step
 
@@ -108,10 +114,6 @@ class _Training:
     @property
     def images_per_step(self) -> int:
         return self.cfg.train.batch_size * self.ranks
-
-    def dataset(self, epoch: int):
-        """This rank's shard of the training data for `epoch`, shuffled and augmented by (seed, epoch)."""
-        return _dataset(self.cfg, self.data_dir, epoch, self.rank, self.ranks)
 
     def checkpoint(self, step: int) -> None:
         """Save the training state of `step` locally, then copy it to the mirror if there is one; never a
@@ -129,23 +131,56 @@ def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_
     run = _build(cfg, data_dir, output_dir, uploads)
     start_step = _resume(run)
     log.info(
-        "training %s (%s stem) on %s: %d epochs × %d steps, batch %d × %d rank(s), %s",
+        "training %s (%s stem) on %s: %d epochs × %d steps, batch %d × %d rank(s), %s, %s",
         cfg.model.name, cfg.model.stem, cfg.train.device_target, cfg.train.epochs, run.steps_per_epoch,
-        cfg.train.batch_size, run.ranks, "SYNTHETIC data" if synthetic else f"data {data_dir}",
+        cfg.train.batch_size, run.ranks, f"{run.sink} steps per sink" if run.sink > 1 else "no dataset sink",
+        "SYNTHETIC data" if synthetic else f"data {data_dir}",
     )
     end_step = run.total_steps if stop_after_steps is None else min(run.total_steps, stop_after_steps)
+    progress = Progress(step=start_step)
     started = time.perf_counter()
     try:
-        step, loss = _run_epochs(run, start_step, end_step, stop)
+        _fit(run, progress, end_step, stop)
     except Diverged as exc:
-        _record(run, start_step, exc.step, float("nan"), started, synthetic)
+        _record(run, start_step, exc.step, float("nan"), started, synthetic, progress)
         raise
+    step = progress.step
     if run.rank == 0 and (latest_checkpoint(output_dir) or (None,))[0] != step:
         run.checkpoint(step)
-    result = _record(run, start_step, step, loss, started, synthetic)
+    result = _record(run, start_step, step, progress.loss, started, synthetic, progress)
     if step < end_step:  # stopped early: SIGTERM reached this rank or another one
         raise Preempted(step, output_dir)
     return result
+
+
+def _fit(run: _Training, progress: Progress, end_step: int, stop: StopRequest) -> None:
+    """MindSpore's `Model.train` from `progress.step` to `end_step` (or a SIGTERM), with our callbacks acting at
+    each step boundary (each sink's end with a dataset sink). Resumes mid-epoch: the dataset starts at the global
+    step (`set_init_step`), replaying its pipeline so that data order and augmentation match an uninterrupted run."""
+    if progress.step >= end_step:
+        return
+    call = train_call(progress.step, run.steps_per_epoch, run.total_steps, run.sink)
+    if progress.step:
+        run.dataset.set_init_step(progress.step)
+    run.model.train(call.epoch, run.dataset, callbacks=training_callbacks(run, progress, call, end_step, stop),
+                    dataset_sink_mode=call.dataset_sink_mode, sink_size=call.sink_size,
+                    initial_epoch=call.initial_epoch)
+
+
+def training_callbacks(run: _Training, progress: Progress, call: TrainCall, end_step: int,
+                       stop: StopRequest) -> list:
+    """The callbacks of `sknet.training.callbacks`, in the order they must act at each boundary."""
+    t = run.cfg.train
+    shape = RunShape(rank=run.rank, epochs=t.epochs, steps_per_epoch=run.steps_per_epoch,
+                     images_per_step=run.images_per_step, log_every_steps=t.log_every_steps, end_step=end_step,
+                     rates=run.rates, fixed_loss_scale=t.loss_scale if t.loss_scale_mode == "fixed" else None)
+    return [
+        ReadStep(progress, call),
+        StepLog(progress, shape, run.train_step.optimizer, lambda record: _log_metrics(run.output_dir, run.rank, record)),
+        GuardDivergence(progress, run.guard, run.output_dir),
+        SaveCheckpoints(progress, t.checkpoint_every_steps if run.rank == 0 else 0, run.checkpoint),
+        StopAtBoundary(progress, stop, run.ranks, end_step),
+    ]
 
 
 def _process_name() -> str:
@@ -155,12 +190,15 @@ def _process_name() -> str:
     return f"rank-{os.environ.get('RANK_ID', '0')}"
 
 
-def _dataset(cfg: Config, data_dir: Path, epoch: int, rank: int, ranks: int):
-    import mindspore as ms
+def _dataset(cfg: Config, data_dir: Path, rank: int, ranks: int):
+    """This rank's shard of the training data for the whole run, shuffled and augmented from `train.seed`.
+    A resumed run replays the pipeline up to its step (no fast recovery): the same batches, bit for bit."""
+    import mindspore.dataset as ds
 
     from sknet.data.pipeline import build_dataset
 
-    ms.dataset.config.set_seed(epoch_seed(cfg.train.seed, epoch))
+    ds.config.set_seed(cfg.train.seed)
+    ds.config.set_fast_recovery(False)
     return build_dataset(
         data_dir, train=True, batch_size=cfg.train.batch_size, image_size=cfg.data.image_size,
         num_samples=cfg.data.num_train_samples, num_shards=ranks, shard_id=rank,
@@ -168,8 +206,17 @@ def _dataset(cfg: Config, data_dir: Path, epoch: int, rank: int, ranks: int):
     )
 
 
+def build_train_step(network, optimizer, loss_fn, train):
+    """The cell one step calls: MindSpore's own, by `ms.amp.build_train_network` (a loss-scaling cell that returns
+    `(loss, overflow, scale)` for a dynamic loss scale, a plain `TrainOneStepCell` for a fixed one)."""
+    import mindspore as ms
+
+    manager, _ = loss_scaling(train)
+    return ms.amp.build_train_network(network, optimizer, loss_fn, level=train.amp_level, loss_scale_manager=manager)
+
+
 def _build(cfg: Config, data_dir: Path, output_dir: Path, uploads: BackgroundUploads | None) -> _Training:
-    """Seed the runtime, join the ranks, size the epoch, and build network, schedule and train step."""
+    """Seed the runtime, join the ranks, size the epoch, and build network, schedule, train step and loop."""
     import mindspore as ms
     from mindspore import nn
 
@@ -178,29 +225,28 @@ def _build(cfg: Config, data_dir: Path, output_dir: Path, uploads: BackgroundUpl
     t = cfg.train
     configure(t.device_target, t.seed)
     rank, ranks = _init_distributed()
-    steps_per_epoch = _dataset(cfg, data_dir, 0, rank, ranks).get_dataset_size()
+    dataset = _dataset(cfg, data_dir, rank, ranks)
+    steps_per_epoch = dataset.get_dataset_size()
     if steps_per_epoch == 0:
         raise DataError(
             f"data.num_train_samples={cfg.data.num_train_samples} gives no full batch of "
             f"train.batch_size={t.batch_size} on each of {ranks} rank(s)"
         )
+    sink = sink_size(t, steps_per_epoch)  # refuses a cadence that would starve the sink, before any compile
     rates = learning_rates(
         t.lr_schedule, base_lr=t.base_lr, total_steps=steps_per_epoch * t.epochs, steps_per_epoch=steps_per_epoch,
         warmup_epochs=t.warmup_epochs, warmup_start_lr=t.warmup_start_lr, end_lr=t.end_lr,
         poly_power=t.poly_power,
     )
     network = build_model(cfg.model.name, cfg.model.num_classes, cfg.model.stem)
-    manager, optimizer_loss_scale = loss_scaling(t)
+    _, optimizer_loss_scale = loss_scaling(t)
     optimizer = nn.Momentum(
         _parameter_groups(network, t.weight_decay), learning_rate=ms.Tensor(rates),
         momentum=t.momentum, loss_scale=optimizer_loss_scale,
     )
-    train_step = ms.amp.build_train_network(
-        network, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), level=t.amp_level,
-        loss_scale_manager=manager,
-    )
-    return _Training(cfg, data_dir, output_dir, uploads, rank, ranks, steps_per_epoch, rates, network, train_step,
-                     DivergenceGuard(t.divergence_patience, t.max_loss), sink_size(t, steps_per_epoch))
+    train_step = build_train_step(network, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), t)
+    return _Training(cfg, output_dir, uploads, rank, ranks, steps_per_epoch, rates, network, train_step,
+                     ms.train.Model(train_step), dataset, DivergenceGuard(t.divergence_patience, t.max_loss), sink)
 
 
 def _resume(run: _Training) -> int:
@@ -217,103 +263,8 @@ def _resume(run: _Training) -> int:
     return start_step
 
 
-def _run_epochs(run: _Training, step: int, end_step: int, stop: StopRequest) -> tuple[int, float]:
-    """Train from global `step` up to `end_step`, or to the step SIGTERM arrived in: (last step, its loss)."""
-    loss = float("nan")
-    while step < end_step:
-        step, loss, end_step = _run_epoch(run, step, end_step, stop, loss)
-    return step, loss
-
-
-def _run_epoch(run: _Training, step: int, end_step: int, stop: StopRequest,
-               loss: float) -> tuple[int, float, int]:
-    """The rest of the epoch holding global `step` (its earlier batches replayed and skipped), at most to
-    `end_step`: logs steps, checkpoints, logs the epoch if it finished. Returns (step, loss, end_step),
-    `end_step` moved back to `step` when SIGTERM arrived."""
-    if run.sink > 1:
-        return _run_sunk_epoch(run, step, end_step, stop)
-    t = run.cfg.train
-    epoch = step // run.steps_per_epoch
-    skip = step - epoch * run.steps_per_epoch
-    epoch_losses, epoch_started = [], time.perf_counter()
-    window_started, window_steps = time.perf_counter(), 0
-    batches = run.dataset(epoch).create_tuple_iterator(num_epochs=1)
-    for index, (images, labels) in enumerate(batches):
-        if index < skip:
-            continue
-        loss = float(run.train_step(images, labels).asnumpy())
-        step += 1
-        window_steps += 1
-        epoch_losses.append(loss)
-        if step % t.log_every_steps == 0 or step == end_step:
-            speed = window_steps * run.images_per_step / (time.perf_counter() - window_started)
-            window_started, window_steps = time.perf_counter(), 0
-            _log_step(run, epoch, step, loss, speed)
-        if _at_step_boundary(run, step, loss, stop):
-            end_step = step
-        if step == end_step:
-            break
-    if step % run.steps_per_epoch == 0 and epoch_losses:
-        _log_epoch(run, epoch, step, epoch_losses, len(epoch_losses), time.perf_counter() - epoch_started)
-    return step, loss, end_step
-
-
-def _run_sunk_epoch(run: _Training, step: int, end_step: int, stop: StopRequest) -> tuple[int, float, int]:
-    """`_run_epoch` with dataset sink (Ascend/GPU): `run.sink` steps run on the device per call and the host
-    sees the last one's loss. Logging, the divergence guard, checkpoints and SIGTERM act at sink boundaries
-    (`sink_size` divides the epoch and both cadences). Not yet run on an NPU: CPU has no sink."""
-    import mindspore as ms
-
-    t = run.cfg.train
-    epoch = step // run.steps_per_epoch
-    dataset = run.dataset(epoch)
-    if skip := step - epoch * run.steps_per_epoch:
-        dataset = dataset.skip(skip)
-    sunk = ms.data_sink(run.train_step, dataset, sink_size=run.sink, jit_config=ms.JitConfig())
-    last = min((epoch + 1) * run.steps_per_epoch, end_step)
-    losses, epoch_started, loss = [], time.perf_counter(), float("nan")
-    while step < last:
-        sink_started = time.perf_counter()
-        loss = float(sunk().asnumpy())
-        step += run.sink
-        losses.append(loss)
-        if step % t.log_every_steps == 0 or step >= last:
-            _log_step(run, epoch, step, loss, run.sink * run.images_per_step / (time.perf_counter() - sink_started))
-        if _at_step_boundary(run, step, loss, stop):
-            return step, loss, step
-    if step % run.steps_per_epoch == 0:
-        _log_epoch(run, epoch, step, losses, step - epoch * run.steps_per_epoch, time.perf_counter() - epoch_started)
-    return step, loss, end_step
-
-
-def _at_step_boundary(run: _Training, step: int, loss: float, stop: StopRequest) -> bool:
-    """What every step (or sink) boundary does: the divergence guard, rank 0's checkpoint cadence and the ranks'
-    agreement on a SIGTERM; True when the ranks agreed to stop here."""
-    run.guard.check(step, loss, lambda: (latest_checkpoint(run.output_dir) or (None, None))[1])
-    every = run.cfg.train.checkpoint_every_steps
-    if run.rank == 0 and every and step % every == 0:
-        run.checkpoint(step)
-    return stop.agreed(run.ranks)
-
-
-def _log_epoch(run: _Training, epoch: int, step: int, losses: list[float], steps: int, seconds: float) -> None:
-    """The epoch's record: mean of the losses the host saw, images/s over its `steps`."""
-    _log_metrics(run.output_dir, run.rank, {
-        "event": "epoch", "step": step, "epoch": epoch + 1, "loss": sum(losses) / len(losses),
-        "images_per_sec": round(steps * run.images_per_step / seconds, 2), "seconds": round(seconds, 3),
-    })
-
-
-def _log_step(run: _Training, epoch: int, step: int, loss: float, speed: float) -> None:
-    """One step's metrics record (rank 0) and its step line in the log."""
-    lr = run.rates[step - 1]
-    _log_metrics(run.output_dir, run.rank, {"event": "step", "step": step, "epoch": epoch + 1, "loss": loss,
-                                            "lr": float(lr), "images_per_sec": round(speed, 2)})
-    log.info("%s", format_step_line(epoch + 1, run.cfg.train.epochs, step, run.total_steps, loss, lr, speed))
-
-
-def _record(run: _Training, start_step: int, step: int, loss: float, started: float,
-            synthetic: bool) -> TrainResult:
+def _record(run: _Training, start_step: int, step: int, loss: float, started: float, synthetic: bool,
+            progress: Progress) -> TrainResult:
     """Write result.json (rank 0) and this rank's record (shard, parameter digest); return the result."""
     output_dir = run.output_dir
     elapsed = time.perf_counter() - started
@@ -326,6 +277,7 @@ def _record(run: _Training, start_step: int, step: int, loss: float, started: fl
         seconds=round(elapsed, 3),
         images_per_sec=round(done * run.images_per_step / elapsed, 2) if done else 0.0,
         synthetic_data=synthetic, complete=step == run.total_steps and not run.guard.bad,
+        startup_seconds=progress.startup_seconds,
     )
     if run.rank == 0:
         (output_dir / RESULT_FILE).write_text(dumps(result.to_dict(), indent=2) + "\n")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import math
+import hashlib
 import os
-from collections.abc import Mapping
+import shutil
+import sys
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 
 from sknet.errors import SknetError
 
@@ -65,6 +68,60 @@ def configure(device_target: str = "CPU", seed: int | None = None, graph_mode: b
         ds.config.set_seed(seed)
 
 
+# Config keys that cannot change the compiled graph: where things are, how long to wait, what happens after
+# training. Every other key (model, data shape, batch, optimizer and schedule values, epochs: the learning-rate
+# array's length, ranks, sink and cadence) names the compile cache, since MindSpore does not check them.
+NOT_IN_GRAPH = ("data.uri", "storage.", "train.output_dir", "train.checkpoint_mirror", "gate.", "export.",
+                "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.rank_table", "launch.server_id",
+                "launch.master_addr", "launch.master_port")
+
+
+def use_compile_cache(run_cache: Path, config: Mapping[str, Mapping], environ: MutableMapping[str, str] = os.environ
+                      ) -> Path | None:
+    """Turn on MindSpore's compile cache under `run_cache` (call before the first compile): a resumed or retried
+    run then loads its graph instead of compiling it again (minutes for SKNet-50 on Ascend). Returns the
+    directory used, or None when the cache stays off.
+
+    MindSpore validates a cache only against the entry script and the files it imports that are not on
+    `sys.path` (`mindspore/graph/api.py`, `_get_compile_cache_dep_files`): for `python -m sknet` that is
+    `__main__.py` alone; nor does it check parameter shapes (a cached graph of a shorter run indexes past
+    a longer run's learning rates). So the cache lives in a subdirectory named by a digest of this package's
+    source, the MindSpore version and the config (`config`, as `Config.to_dict()`) less `NOT_IN_GRAPH`;
+    other subdirectories are stale and removed. MindSpore reads the entry script's imports, so a process
+    without one (`python -c`, an interactive session) runs without the cache. An operator's own
+    `MS_COMPILER_CACHE_ENABLE` / `MS_COMPILER_CACHE_PATH` win.
+    """
+    if environ.get("MS_COMPILER_CACHE_ENABLE", "1") != "1" or not (sys.argv and Path(sys.argv[0]).is_file()):
+        return None
+    if "MS_COMPILER_CACHE_PATH" in environ:
+        return Path(environ["MS_COMPILER_CACHE_PATH"])
+    path = run_cache / _graph_digest(config)
+    if run_cache.is_dir():
+        for stale in run_cache.iterdir():
+            if stale != path:
+                shutil.rmtree(stale, ignore_errors=True)
+    environ["MS_COMPILER_CACHE_ENABLE"] = "1"
+    environ["MS_COMPILER_CACHE_PATH"] = str(path)
+    return path
+
+
+def _graph_digest(config: Mapping[str, Mapping]) -> str:
+    """sha256 (12 hex) of every module of the `sknet` package, the installed MindSpore's version and the
+    config keys that shape the graph."""
+    import json
+    from importlib import metadata
+
+    shaping = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()
+               if not any(f"{section}.{key}" == rule or (rule.endswith(".") and f"{section}.".startswith(rule))
+                          for rule in NOT_IN_GRAPH)}
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(metadata.version("mindspore").encode())
+    digest.update(json.dumps(shaping, sort_keys=True, default=str).encode())
+    for source in sorted(package.rglob("*.py")):
+        digest.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def loss_scaling(train) -> tuple[object, float]:
     """(loss-scale manager, the optimizer's loss_scale) for `train.loss_scale_mode`.
 
@@ -82,17 +139,3 @@ def loss_scaling(train) -> tuple[object, float]:
 
 
 DYNAMIC_SCALE_WINDOW = 1000  # clean steps before a dynamic loss scale doubles
-
-
-def sink_size(train, steps_per_epoch: int) -> int:
-    """Steps per device sink (1: no sink, the host feeds every step).
-
-    CPU: 1, MindSpore has no dataset sink there. Ascend/GPU: `train.sink_size` (0: `train.log_every_steps`),
-    lowered to divide the epoch and the logging and checkpoint cadence, so that logging, checkpoints,
-    resume and SIGTERM still fall on sink boundaries.
-    """
-    if train.device_target == "CPU":
-        return 1
-    wanted = train.sink_size or train.log_every_steps
-    cadence = math.gcd(steps_per_epoch, train.log_every_steps, train.checkpoint_every_steps)
-    return max(d for d in range(1, wanted + 1) if cadence % d == 0)

@@ -122,12 +122,23 @@ class StopRequest:
     With several ranks the signal reaches them a moment apart, possibly a step apart: `agreed` sums the
     flags over all ranks (one tiny all-reduce per step boundary), so every rank stops after the same step
     and none is left waiting in the next step's gradient all-reduce.
+
+    Before the first boundary (start-up: the graph compile, a resumed dataset replaying its pipeline) there is
+    nothing new to save and no boundary may come for minutes: a SIGTERM then exits at once (143). A thread sees
+    it through `signal.set_wakeup_fd`, which the C-level handler writes even while the main thread is in
+    MindSpore's C++ code (where Python handlers wait).
     """
 
     def __init__(self):
         self.requested = False
+        self.boundary_reached = False
         self._previous = None
         self._all_reduce = None
+        self._wakeup: tuple[int, int] | None = None  # (our pipe's write end, the wakeup fd before ours)
+
+    def reached_boundary(self) -> None:
+        """Called at each step boundary: from now on a SIGTERM stops the run at the next one."""
+        self.boundary_reached = True
 
     def agreed(self, ranks: int) -> bool:
         """Whether any rank was asked to stop (every rank gets the same answer); call on every rank at once."""
@@ -144,12 +155,31 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            read, write = os.pipe()
+            os.set_blocking(write, False)
+            self._wakeup = (write, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
+            threading.Thread(target=self._exit_during_start_up, args=(read,), name="sigterm-at-start-up",
+                             daemon=True).start()
         return self
 
     def _handle(self, signum, frame) -> None:
         log.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
         self.requested = True
 
+    def _exit_during_start_up(self, read: int) -> None:
+        while signals := os.read(read, 64):
+            if signal.SIGTERM in signals and not self.boundary_reached:
+                log.warning("SIGTERM during start-up (compiling, or replaying the data up to the resumed step): "
+                            "nothing new to checkpoint, exiting now")
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                os._exit(128 + signal.SIGTERM)
+        os.close(read)  # __exit__ closed the write end
+
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+        if self._wakeup is not None:
+            write, previous = self._wakeup
+            signal.set_wakeup_fd(previous)
+            os.close(write)
