@@ -27,22 +27,26 @@ def read_metrics(output_dir: str | Path) -> list[dict]:
 
 
 def epoch_rows(records: list[dict]) -> list[dict]:
-    """One row per finished epoch: epoch, last step, mean loss, images/s, seconds."""
+    """One row per finished epoch: epoch, last step, mean loss, images/s, seconds, the steps an overflow skipped
+    and the loss scale at the epoch's end (None in logs written before they were recorded)."""
     return [{"epoch": r["epoch"], "step": r["step"], "mean_loss": None if r["loss"] is None else round(r["loss"], 4),
-             "images_per_sec": r["images_per_sec"], "seconds": r["seconds"]}
+             "images_per_sec": r["images_per_sec"], "seconds": r["seconds"],
+             "skipped_steps": r.get("skipped_steps"), "loss_scale": r.get("loss_scale")}
             for r in records if r["event"] == "epoch"]
 
 
-PANELS = ("loss", "learning rate", "images/s", "evaluation")
+PANELS = ("loss", "learning rate", "images/s", "evaluation", "loss scale", "skipped steps")
 LOSS_COLOR, EPOCH_COLOR, LR_COLOR, SPEED_COLOR = "#1f77b4", "#d62728", "#2ca02c", "#9467bd"
-TOP1_COLOR, TOP5_COLOR = "#ff7f0e", "#8c564b"
+TOP1_COLOR, TOP5_COLOR, SCALE_COLOR, SKIPPED_COLOR = "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"
+DEFAULT_SIZE = (1200, 1050)
 EMPTY_TEXT = "no steps logged yet"
 
 
-def plot_training_curve(records: list[dict], out: str | Path, *, title: str, size=(1200, 800),
+def plot_training_curve(records: list[dict], out: str | Path, *, title: str, size=DEFAULT_SIZE,
                         metrics: Mapping | None = None, synthetic: bool | None = None) -> Path:
-    """A PNG of `size` pixels with four panels: loss per logged step (line) and per epoch (dots), learning
-    rate and images/s per step, and the eval top-1/top-5 of `metrics` (when given). `title` is on top, marked
+    """A PNG of `size` pixels with six panels: loss per logged step (line) and per epoch (dots), learning
+    rate and images/s per step, the eval top-1/top-5 of `metrics` (when given), the loss scale per step and the
+    steps an overflow skipped per epoch. `title` is on top, marked
     SYNTHETIC when `synthetic` (default: `metrics["synthetic_data"]`) and it does not say so already."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -52,7 +56,7 @@ def plot_training_curve(records: list[dict], out: str | Path, *, title: str, siz
     return out
 
 
-def training_figure(records: list[dict], *, title: str, size=(1200, 800), metrics: Mapping | None = None,
+def training_figure(records: list[dict], *, title: str, size=DEFAULT_SIZE, metrics: Mapping | None = None,
                     synthetic: bool | None = None):
     """The matplotlib Figure `plot_training_curve` saves (Agg-renderable, never registered with pyplot)."""
     from matplotlib.figure import Figure
@@ -66,15 +70,21 @@ def training_figure(records: list[dict], *, title: str, size=(1200, 800), metric
     if not records:
         figure.text(0.5, 0.5, EMPTY_TEXT, ha="center", va="center", fontsize=16, color="gray")
         return figure
-    loss_ax, lr_ax, speed_ax, eval_ax = figure.subplots(2, 2, sharex=True).flat
+    axes = figure.subplots(3, 2, sharex=True).flat
+    loss_ax, lr_ax, speed_ax, eval_ax, scale_ax, skipped_ax = axes
     steps = [r for r in records if r.get("event") == "step"]
-    _plot_loss(loss_ax, steps, [r for r in records if r.get("event") == "epoch"])
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    _plot_loss(loss_ax, steps, epochs)
     _plot_series(lr_ax, steps, "lr", "learning rate", LR_COLOR)
     _plot_series(speed_ax, steps, "images_per_sec", "images/s", SPEED_COLOR)
     _plot_eval(eval_ax, metrics, max((r["step"] for r in records), default=0))
-    for ax in (speed_ax, eval_ax):
+    _plot_series(scale_ax, steps, "loss_scale", "loss scale", SCALE_COLOR)
+    if scale_ax.lines and scale_ax.lines[0].get_xdata().size:
+        scale_ax.set_yscale("log", base=2)  # a dynamic scale moves by factors of 2
+    _plot_skipped(skipped_ax, epochs)
+    for ax in (scale_ax, skipped_ax):
         ax.set_xlabel("step")
-    for ax in (loss_ax, lr_ax, speed_ax, eval_ax):
+    for ax in axes:
         ax.grid(True, alpha=0.3)
     return figure
 
@@ -116,6 +126,20 @@ def _plot_eval(ax, metrics: Mapping | None, last_step: int) -> None:
         ax.legend(loc="upper left", fontsize=8)
     else:
         ax.text(0.5, 0.5, "not evaluated", transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
+def _plot_skipped(ax, epochs: list[dict]) -> None:
+    """The steps whose update an overflow skipped, one bar per epoch at its last step."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title("steps skipped on overflow, per epoch")
+    ax.set_ylabel("skipped steps")
+    xs, ys = _xy(epochs, "skipped_steps")
+    spacing = min((b - a for a, b in zip(xs, xs[1:])), default=xs[0] if xs else 1)
+    ax.bar(xs, ys, width=0.6 * spacing, color=SKIPPED_COLOR)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if not xs:
+        ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
 def _xy(records: list[dict], key: str) -> tuple[list, list]:

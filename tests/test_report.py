@@ -3,7 +3,8 @@
 import pytest
 
 from sknet.report import (
-    EMPTY_TEXT, EPOCH_COLOR, LOSS_COLOR, LR_COLOR, SPEED_COLOR, TOP1_COLOR, TOP5_COLOR, epoch_rows,
+    EMPTY_TEXT, EPOCH_COLOR, LOSS_COLOR, LR_COLOR, SCALE_COLOR, SKIPPED_COLOR, SPEED_COLOR, TOP1_COLOR, TOP5_COLOR,
+    epoch_rows,
     plot_training_curve, progress_of, read_metrics, training_figure,
 )
 
@@ -15,14 +16,18 @@ def test_progress_is_parsed_from_a_rank_prefixed_log_line():
 
 
 def _records(steps: int = 40, per_epoch: int = 10) -> list[dict]:
-    """Known metrics: loss falling from 2.3, lr decaying from 0.1, 50-70 images/s, an epoch record every 10 steps."""
+    """Known metrics: loss falling from 2.3, lr decaying from 0.1, 50-70 images/s, a dynamic loss scale halved by
+    an overflow at steps 3 and 12, an epoch record every 10 steps."""
     records = []
     for step in range(1, steps + 1):
+        scale = 65536.0 / 2 ** ((step >= 3) + (step >= 12))
         records.append({"event": "step", "step": step, "epoch": (step - 1) // per_epoch + 1, "loss": 2.3 - step / 25,
-                        "lr": 0.1 * (1 - step / (steps + 1)), "images_per_sec": 60.0 + 10 * (step % 2)})
+                        "lr": 0.1 * (1 - step / (steps + 1)), "images_per_sec": 60.0 + 10 * (step % 2),
+                        "loss_scale": scale, "overflow": step in (3, 12)})
         if step % per_epoch == 0:
             records.append({"event": "epoch", "step": step, "epoch": step // per_epoch, "loss": 2.3 - step / 25,
-                            "images_per_sec": 60.0, "seconds": 5.0})
+                            "images_per_sec": 60.0, "seconds": 5.0, "skipped_steps": int(step in (10, 20)),
+                            "loss_scale": scale})
     return records
 
 
@@ -41,11 +46,15 @@ def _pixels_near(image, box, color, tolerance=40) -> int:
     return int((np.abs(pixels - np.array(color)).sum(axis=-1) <= tolerance).sum())
 
 
-def test_the_figure_has_labelled_panels_for_loss_lr_speed_and_eval():
+def test_the_figure_has_labelled_panels_for_loss_lr_speed_eval_loss_scale_and_skipped_steps():
     figure = training_figure(_records(), title="sknet50: top-1 0.42", metrics=EVAL)
-    loss, lr, speed, evaluation = figure.axes
-    assert [ax.get_ylabel() for ax in figure.axes] == ["loss", "learning rate", "images/s", "accuracy"]
-    assert [speed.get_xlabel(), evaluation.get_xlabel()] == ["step", "step"]
+    loss, lr, speed, evaluation, scale, skipped = figure.axes
+    assert [ax.get_ylabel() for ax in figure.axes] == ["loss", "learning rate", "images/s", "accuracy",
+                                                       "loss scale", "skipped steps"]
+    assert [scale.get_xlabel(), skipped.get_xlabel()] == ["step", "step"]
+    assert sorted(set(scale.lines[0].get_ydata())) == [16384.0, 32768.0, 65536.0]
+    assert [(bar.get_x() + bar.get_width() / 2, bar.get_height()) for bar in skipped.patches] == [
+        (10, 1), (20, 1), (30, 0), (40, 0)]
     assert figure.get_suptitle() == "sknet50: top-1 0.42 (SYNTHETIC data)"
     step_line, epoch_dots = loss.lines[:2]
     assert list(step_line.get_xdata()) == list(range(1, 41)) and list(epoch_dots.get_xdata()) == [10, 20, 30, 40]
@@ -62,20 +71,26 @@ def test_synthetic_is_not_said_twice_and_real_data_is_not_marked():
     assert training_figure(_records(), title="x", synthetic=True).get_suptitle() == "x (SYNTHETIC data)"
 
 
-def test_the_png_draws_each_panel_in_its_quadrant(tmp_path):
+def test_the_png_draws_each_panel_in_its_place(tmp_path):
     from PIL import Image
 
-    png = plot_training_curve(_records(), tmp_path / "curve.png", title="t", metrics=EVAL, size=(1000, 700))
+    png = plot_training_curve(_records(), tmp_path / "curve.png", title="t", metrics=EVAL, size=(1000, 900))
     image = Image.open(png)
-    assert image.format == "PNG" and image.size == (1000, 700)
+    assert image.format == "PNG" and image.size == (1000, 900)
     image = image.convert("RGB")
-    top_left, top_right = (0, 0, 500, 350), (500, 0, 1000, 350)
-    bottom_left, bottom_right = (0, 350, 500, 700), (500, 350, 1000, 700)
-    for box, color in [(top_left, LOSS_COLOR), (top_left, EPOCH_COLOR), (top_right, LR_COLOR),
-                       (bottom_left, SPEED_COLOR), (bottom_right, TOP1_COLOR), (bottom_right, TOP5_COLOR)]:
-        assert _pixels_near(image, box, _rgb(color)) > 50, (box, color)
-    assert _pixels_near(image, bottom_right, _rgb(LOSS_COLOR)) < 10  # each series stays in its own panel
-    assert _pixels_near(image, top_left, _rgb(LR_COLOR)) < 10
+    left, right = (0, 500), (500, 1000)
+    top, middle, bottom = (0, 300), (300, 600), (600, 900)
+
+    def box(column, row):
+        return column[0], row[0], column[1], row[1]
+
+    for place, color in [(box(left, top), LOSS_COLOR), (box(left, top), EPOCH_COLOR), (box(right, top), LR_COLOR),
+                         (box(left, middle), SPEED_COLOR), (box(right, middle), TOP1_COLOR),
+                         (box(right, middle), TOP5_COLOR), (box(left, bottom), SCALE_COLOR),
+                         (box(right, bottom), SKIPPED_COLOR)]:
+        assert _pixels_near(image, place, _rgb(color)) > 50, (place, color)
+    assert _pixels_near(image, box(right, middle), _rgb(LOSS_COLOR)) < 10  # each series stays in its own panel
+    assert _pixels_near(image, box(left, top), _rgb(LR_COLOR)) < 10
 
 
 def test_the_eval_panel_says_not_evaluated_without_metrics():
@@ -94,8 +109,9 @@ def test_epoch_rows_and_curve_come_from_the_metrics_log(smoke_run, tmp_path):
     assert all(r["images_per_sec"] > 0 and r["seconds"] > 0 for r in rows)
     png = plot_training_curve(records, tmp_path / "curve.png", title="top-1 0.9", metrics=EVAL)
     image = Image.open(png)
-    assert image.format == "PNG" and image.size == (1200, 800)
-    assert _pixels_near(image.convert("RGB"), (0, 0, 600, 400), _rgb(LOSS_COLOR)) > 50  # the loss line was drawn
+    assert image.format == "PNG" and image.size == (1200, 1050)
+    assert _pixels_near(image.convert("RGB"), (0, 0, 600, 350), _rgb(LOSS_COLOR)) > 50  # the loss line was drawn
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 0] and {r["loss_scale"] for r in rows} == {1024.0}
     figure = training_figure(records, title="top-1 0.9")
     assert len(figure.axes[1].lines[0].get_xdata()) == len([r for r in records if r["event"] == "step"])
 
