@@ -1,4 +1,4 @@
-"""The nightly flow: data → train → evaluate → publish run → gate → export → release.
+"""The nightly flow: (preflight on Ascend →) data → train → evaluate → publish run → gate → export → release.
 
 When a release was already trained from the same dataset, training settings, epochs and code (its training
 key, `sknet.training_key`), the run stops after fetching the dataset: `unchanged since release <version>`.
@@ -26,6 +26,7 @@ from tasks.data import fetch_dataset
 from tasks.evaluate import evaluate
 from tasks.export import export
 from tasks.gate import gate_model
+from tasks.preflight import preflight
 from tasks.publish import publish_release, publish_run
 from tasks.train import train
 
@@ -50,7 +51,7 @@ def sknet_train(
         dataset_uri: a staged dataset (s3://…/datasets/cifar10/<digest>) or a local layout; default `data.uri`.
         gate_threshold: minimum `gate.metric` (0–1) for a release; default `gate.threshold`.
         publish_to: storage URI for runs/ and releases/; default `storage.uri`.
-        work_dir: local scratch for the dataset cache and run directories.
+        work_dir: local scratch for the dataset cache, run directories and preflight.
         aws_credentials_block: a Prefect AwsCredentials block for the bucket; default: the worker's environment.
         run_id: names the run's directory, checkpoint mirror and release version; default: this flow run's id.
             Several nodes of one job (launch.nodes > 1) must share it: one flow run per node, same run_id.
@@ -62,20 +63,20 @@ def sknet_train(
     if aws_credentials_block:
         use_aws_credentials_block(aws_credentials_block)
     get_run_logger().info("config %s, digest %s; publishing to %s", config, cfg.digest()[:12], plan.store_uri)
+    if cfg.train.device_target == "Ascend":  # NPUs, driver, links, plan: a broken host fails in the first minute
+        preflight(cfg, work_dir)
     seconds: dict[str, float] = {}
     with _timed(seconds, "data"):
         dataset = fetch_dataset(cfg, plan.cache_dir)
     if not force and (previous := unchanged_release(cfg, plan, dataset)):
         return _unchanged(previous, dataset, seconds)
-    # From here on every stage reads the verified local copy: ranks never download, and eval/export see
-    # exactly the bytes that were checked against the manifest.
+    # every later stage reads the verified local copy: ranks never download, eval/export see the checked bytes
     cfg = cfg.override({"data.uri": dataset["path"]})
     with _timed(seconds, "train"):
         run = train.with_options(assets=[plan.checkpoint_mirror], asset_deps=[asset_key(dataset["uri"])])(
             cfg, dataset["digest"])
     if not run["holds_rank_zero"]:  # another node of this job holds rank 0: it evaluates and releases
-        return {"release": None, "run_uri": plan.run_uri, "metrics": None, "synthetic_data": dataset["synthetic"],
-                "stage_seconds": seconds, "local_ranks": run["local_ranks"]}
+        return _other_node(plan, dataset, run, seconds)
     with _timed(seconds, "evaluate"):
         metrics = evaluate(cfg, run["checkpoint"])
     with _timed(seconds, "publish-run"):
@@ -98,6 +99,12 @@ def _timed(seconds: dict[str, float], stage: str):
     started = time.perf_counter()
     yield
     seconds[stage] = round(time.perf_counter() - started, 2)
+
+
+def _other_node(plan, dataset: dict, run: dict, seconds: dict[str, float]) -> dict:
+    """The result of a node that trained its ranks of a multi-node job without rank 0."""
+    return {"release": None, "run_uri": plan.run_uri, "metrics": None, "synthetic_data": dataset["synthetic"],
+            "stage_seconds": seconds, "local_ranks": run["local_ranks"]}
 
 
 def _unchanged(release: dict, dataset: dict, seconds: dict[str, float]) -> dict:

@@ -173,3 +173,17 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
     _, forced, forced_tasks, _ = smoke(force=True)
     assert "unchanged_since" not in forced and {"train", "evaluate", "export", "release"} <= forced_tasks
     assert forced["release"]["version"] != version
+
+
+@pytest.mark.slow
+def test_the_ascend_profile_on_a_host_without_npus_fails_at_preflight_before_fetching_data(prefect_api, synthetic_data,
+                                                                                         tmp_path):
+    from flows.sknet_train import sknet_train
+
+    state = sknet_train(config="cifar10-ascend8", dataset_uri=str(synthetic_data),
+                        publish_to=f"file://{tmp_path / 'bucket'}", work_dir=str(tmp_path / "work"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"preflight failed on this host: .*launch-plan: the launch plan is refused: "
+                                        r"launch.backend=ascend needs launch.rank_table"):
+        state.result()
+    assert [run.name for run in task_runs_of(state)] == ["preflight this Ascend host"]  # nothing fetched or run

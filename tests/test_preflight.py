@@ -22,6 +22,7 @@ RANK_TABLE = TESTS / "golden" / "ranktable-1x8.json"  # server 10.0.0.1, devices
 STANDIN_ENV = ("NPU_STANDIN_CHIP", "NPU_STANDIN_HEALTH", "NPU_STANDIN_PROCESS", "NPU_STANDIN_LINK_DOWN",
                "NPU_STANDIN_NET_HEALTH", "NPU_STANDIN_IP", "NPU_STANDIN_HCCN_CONF")
 NPU_CHECKS = ("versions", "npu-smi", "device-links", "device-ips", "launch-plan")
+SLOW_SKIPPED = {"collective": "skip", "sink-smoke": "skip", "sigterm": "skip"}  # what --quick leaves out
 
 
 def npu_smi_output(**faults: str) -> str:
@@ -117,20 +118,20 @@ def test_quick_leaves_out_the_slow_checks_and_says_so(tmp_path):
 def test_a_healthy_ascend_host_passes_every_fast_check(ascend_host, tmp_path, capsys):
     code, report, table = preflight_on_ascend(tmp_path, capsys)
     assert code == 0 and report["passed"] is True
-    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "collective": "skip"}
+    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), **SLOW_SKIPPED}
     assert "NPU driver 25.2.0" in detail(report, "versions") and "CANN 8.3" in detail(report, "versions")
     assert detail(report, "device-ips").endswith("0=192.168.100.101, 1=192.168.101.101, 2=192.168.102.101, "
                                                  "3=192.168.103.101, 4=192.168.100.100, 5=192.168.101.100, "
                                                  "6=192.168.102.100, 7=192.168.103.100")
     assert table.splitlines()[0].split() == ["check", "status", "seconds", "detail"]
-    assert "preflight passed: 5 passed, 0 failed, 1 skipped" in table
+    assert "preflight passed: 5 passed, 0 failed, 3 skipped" in table
 
 
 def test_a_link_that_is_down_is_named_and_the_other_checks_still_run(ascend_host, tmp_path, capsys):
     ascend_host.setenv("NPU_STANDIN_LINK_DOWN", "3")
     code, report, table = preflight_on_ascend(tmp_path, capsys)
     assert code == 1 and report["passed"] is False
-    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "device-links": "fail", "collective": "skip"}
+    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "device-links": "fail", **SLOW_SKIPPED}
     assert detail(report, "device-links").startswith(
         "device 3 (rank 3): link DOWN (hccn_tool -i 3 -link -g), expected UP")
     assert "device-links   FAIL" in table and "sknet: preflight failed: device-links" in table
@@ -141,7 +142,7 @@ def test_a_device_ip_that_differs_from_hccn_conf_names_the_device_both_ips_and_b
     ascend_host.setenv("NPU_STANDIN_IP", "5=10.9.9.9")
     code, report, _ = preflight_on_ascend(tmp_path, capsys)
     assert code == 1
-    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "device-ips": "fail", "collective": "skip"}
+    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "device-ips": "fail", **SLOW_SKIPPED}
     assert detail(report, "device-ips").splitlines() == [
         f"device 5 (rank 5): hccn_tool -i 5 -ip -g gives 10.9.9.9, but {HCCN_CONF} (address_5) gives 192.168.101.100",
         f"device 5 (rank 5): hccn_tool -i 5 -ip -g gives 10.9.9.9, but rank table {RANK_TABLE} gives 192.168.101.100",
@@ -153,7 +154,7 @@ def test_a_chip_whose_health_is_not_ok_is_named_and_the_other_checks_still_run(a
     ascend_host.setenv("NPU_STANDIN_HEALTH", "2=Alarm")
     code, report, _ = preflight_on_ascend(tmp_path, capsys)
     assert code == 1
-    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "npu-smi": "fail", "collective": "skip"}
+    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "npu-smi": "fail", **SLOW_SKIPPED}
     assert detail(report, "npu-smi") == "NPU 2 chip 0 (910ProB, 0000:41:00.0): Health is Alarm, expected OK"
 
 
@@ -180,11 +181,12 @@ def test_an_unknown_profile_is_bad_input_exit_2(capsys):
 # --- this CPU machine, for real ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cpu_preflight(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
-    """`sknet preflight` of the CPU profile with 2 ranks, as an operator runs it (one real collective smoke)."""
+def cpu_preflight(synthetic_data, tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """`sknet preflight` of the CPU profile with 2 ranks, as an operator runs it (one real collective smoke, one
+    training smoke, one SIGTERM), on a local layout (data.uri) so that it makes no synthetic one."""
     work = tmp_path_factory.mktemp("preflight-work")
-    proc = run_sknet("preflight", "--config", "cpu-smoke", "--set", "launch.ranks=2", "--work", str(work),
-                     check=False)
+    proc = run_sknet("preflight", "--config", "cpu-smoke", "--set", "launch.ranks=2", f"data.uri={synthetic_data}",
+                     "--work", str(work), check=False)
     return proc, json.loads(proc.stdout), work
 
 
@@ -192,7 +194,7 @@ def test_on_cpu_the_npu_checks_skip_with_the_reason_and_the_rest_passes(cpu_pref
     proc, report, _ = cpu_preflight
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert statuses(report) == {"versions": "pass", "npu-smi": "skip", "device-links": "skip", "device-ips": "skip",
-                                "launch-plan": "pass", "collective": "pass"}
+                                "launch-plan": "pass", "collective": "pass", "sink-smoke": "pass", "sigterm": "pass"}
     assert detail(report, "npu-smi") == "train.device_target=CPU: this run uses no NPU"
     assert "numpy 1.26." in detail(report, "versions")
 
@@ -211,3 +213,33 @@ def test_the_table_goes_to_stderr_and_only_json_to_stdout(cpu_preflight):
     proc, _, _ = cpu_preflight
     assert proc.stdout.lstrip().startswith("{") and "preflight passed:" in proc.stderr
     assert "collective     pass" in proc.stderr
+
+
+def test_the_training_smoke_trains_two_windows_per_epoch_through_the_launcher_with_one_compile(cpu_preflight):
+    _, report, _ = cpu_preflight
+    smoke = next(c for c in report["checks"] if c["name"] == "sink-smoke")
+    assert smoke["data"]["sink_size"] == 4 and smoke["data"]["ms_per_step"] > 0  # CPU: windows of 4 steps
+    assert "4 sinks of 4 steps, the step advancing by 4 each" in smoke["detail"]
+    assert len(smoke["data"]["rss_mb"]) == 3
+
+
+def test_sigterm_stops_both_ranks_after_one_step_with_a_checkpoint_that_verifies(cpu_preflight):
+    _, report, _ = cpu_preflight
+    sigterm = next(c for c in report["checks"] if c["name"] == "sigterm")
+    assert sigterm["data"]["ranks"] == 2 and sigterm["data"]["step"] >= 1
+    assert "its checkpoint verifies" in sigterm["detail"]
+
+
+def test_a_recompiling_or_leaking_run_fails_the_sink_judgement():
+    from sknet.config import load_config
+    from sknet.preflight.training import _judge_sinks
+
+    cfg = load_config("cpu-smoke")
+    steady = [{"images_per_sec": 32.0, "rss_mb": 1000.0}] * 4  # 4 steps × 32 images: 4 s a sink
+    assert "ms/step steady" in _judge_sinks(steady, 4, 32, cfg).detail
+    recompiled = [steady[0], steady[1], {"images_per_sec": 4.0, "rss_mb": 1000.0}, steady[3]]  # epoch 2's first
+    with pytest.raises(Failed, match="sink 3 took 32.0 s.*compiled again"):
+        _judge_sinks(recompiled, 4, 32, cfg)
+    leaking = [*steady[:3], {"images_per_sec": 32.0, "rss_mb": 1500.0}]
+    with pytest.raises(Failed, match="grew from 1000 MB to 1500 MB"):
+        _judge_sinks(leaking, 4, 32, cfg)

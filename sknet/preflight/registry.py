@@ -13,6 +13,7 @@ from sknet.preflight.hccn import check_device_ips, check_device_links
 from sknet.preflight.launch_plan import check_launch_plan
 from sknet.preflight.npu_smi import check_npu_smi
 from sknet.preflight.runner import Check, CheckResult, Context, run_checks
+from sknet.preflight.training import check_sigterm, check_sink_smoke
 from sknet.preflight.versions import check_versions
 
 CHECKS: list[Check] = [
@@ -22,9 +23,12 @@ CHECKS: list[Check] = [
     Check("device-ips", check_device_ips),
     Check("launch-plan", check_launch_plan),
     Check("collective", check_collective, slow=True),
+    Check("sink-smoke", check_sink_smoke, slow=True),
+    Check("sigterm", check_sigterm, slow=True),
 ]
 
 DEFAULT_WORK = Path("work/preflight")
+QUICK_TIMEOUT_SECONDS = 300  # the fast checks take seconds; a hung driver tool times out in one minute each
 
 
 def run_preflight(cfg: Config, work: str | Path = DEFAULT_WORK, *, quick: bool = False,
@@ -33,3 +37,36 @@ def run_preflight(cfg: Config, work: str | Path = DEFAULT_WORK, *, quick: bool =
     """Run every check (the fast ones only with `quick`): `{"passed": bool, "checks": [...]}`."""
     ctx = Context(cfg=cfg, work=Path(work), hccn_conf=Path(hccn_conf))
     return run_checks(CHECKS if checks is None else checks, ctx, quick=quick, on_result=on_result)
+
+
+def check_host(cfg: Config, work: str | Path = DEFAULT_WORK) -> dict:
+    """The fast checks (`sknet preflight --quick`) in a process of their own, as the flow runs them before an
+    Ascend run: importing MindSpore sets `HCCL_CONNECT_TIMEOUT` in the importing process, which must stay the
+    launcher's to set. The report; `PreflightFailed` naming each failed check and why."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from sknet.preflight.runner import FAIL, PreflightFailed
+
+    Path(work).mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=work) as config:
+        config.write(cfg.to_yaml())
+        config.flush()
+        command = [sys.executable, "-m", "sknet", "-q", "preflight", "--quick", "--config", config.name,
+                   "--work", str(work)]
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=QUICK_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise PreflightFailed(f"sknet preflight --quick did not finish within {QUICK_TIMEOUT_SECONDS} s") from None
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise PreflightFailed(f"sknet preflight exited {proc.returncode} without a report: "
+                              f"{proc.stderr.strip()[-2000:]}") from None
+    failed = [f"{c['name']}: {c['detail']}" for c in report["checks"] if c["status"] == FAIL]
+    if failed:
+        raise PreflightFailed("preflight failed on this host: " + "; ".join(failed))
+    return report
+
