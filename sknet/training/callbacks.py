@@ -97,8 +97,11 @@ class StepLog(Callback):
     """Step lines and records at the log cadence, one epoch record at each epoch's end."""
 
     def __init__(self, progress: Progress, shape: RunShape, optimizer, write_record):
+        import psutil
+
         self.progress, self.shape, self.optimizer, self.write = progress, shape, optimizer, write_record
         self.last_step = progress.step
+        self.process = psutil.Process()  # this rank's host memory goes with each step record
 
     def on_train_begin(self, run_context) -> None:
         now = time.perf_counter()
@@ -127,7 +130,8 @@ class StepLog(Callback):
         lr = float(shape.rates[max(updates_applied(self.optimizer), 1) - 1])
         epoch = (p.step - 1) // shape.steps_per_epoch + 1
         self.write({"event": "step", "step": p.step, "epoch": epoch, "loss": p.loss, "lr": lr,
-                    "images_per_sec": round(speed, 2), "loss_scale": self._loss_scale(), "overflow": p.overflow})
+                    "images_per_sec": round(speed, 2), "loss_scale": self._loss_scale(), "overflow": p.overflow,
+                    "rss_mb": round(self.process.memory_info().rss / 2**20, 1)})
         log.info("%s", format_step_line(epoch, shape.epochs, p.step, shape.total_steps, p.loss, lr, speed))
 
     def _log_epoch(self) -> None:
