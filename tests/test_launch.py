@@ -76,6 +76,9 @@ class TestTwoCpuRanks:
                  "train.checkpoint_every_steps=2", "train.log_every_steps=1", "train.keep_checkpoints=5"]
 
     def test_data_parallel_ranks_end_with_identical_weights_on_disjoint_shards(self, synthetic_data, tmp_path):
+        from sknet.model import build_model
+        from sknet.training.runtime import fusion_split_indices
+
         cfg = load_config("cpu-smoke", [*self.OVERRIDES, f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}"])
         lines = []
         result = launch(cfg, on_line=lines.append)
@@ -84,6 +87,9 @@ class TestTwoCpuRanks:
         assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]
         assert [(r["shard_id"], r["num_shards"]) for r in ranks] == [(0, 2), (1, 2)]
         assert ranks[0]["batches_per_epoch"] == 8  # 256 samples / 2 shards / batch 16
+        tiny = [p.size for p in build_model("sknet_tiny", 10, "cifar").trainable_params()]  # 81 gradients
+        assert ranks[0]["all_reduce_fusion"] == ranks[1]["all_reduce_fusion"] == fusion_split_indices(tiny)
+        assert len(ranks[0]["all_reduce_fusion"]) == 3  # four fused all-reduces a step
         assert any(line.startswith("[rank 1] ") and "step 16/16" in line for line in lines)
         assert "step 16/16" in (tmp_path / "logs" / "rank-0.log").read_text()
 

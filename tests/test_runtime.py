@@ -45,3 +45,22 @@ def test_a_dynamic_loss_scale_on_cpu_is_refused_with_the_way_out():
 
     with pytest.raises(ConfigError, match="train.loss_scale_mode=dynamic needs Ascend or GPU"):
         load_config("cpu-smoke", ["train.loss_scale_mode=dynamic"])
+
+
+def test_sknet50s_gradients_are_all_reduced_in_four_runs_of_about_equal_bytes():
+    from sknet.model import build_model
+    from sknet.training.runtime import fusion_split_indices
+
+    sizes = [p.size for p in build_model("sknet50", 10, "imagenet").trainable_params()]
+    cuts = fusion_split_indices(sizes)
+    assert len(sizes) == 273 and cuts == sorted(set(cuts)) and len(cuts) == 3 and 0 < cuts[0] and cuts[-1] < 273
+    runs = [sum(sizes[a:b]) for a, b in zip([0, *cuts], [*cuts, len(sizes)])]
+    assert sum(runs) == sum(sizes)
+    assert max(runs) < 0.4 * sum(sizes)  # no run holds most of the bytes: each all-reduce can overlap backprop
+
+
+def test_a_network_of_few_parameters_gets_fewer_runs_not_empty_ones():
+    from sknet.training.runtime import fusion_split_indices
+
+    assert fusion_split_indices([10, 1000, 10]) == [2]
+    assert fusion_split_indices([5]) == []

@@ -32,7 +32,7 @@ from sknet.training.checkpoint import (
 )
 from sknet.training.lr_schedule import learning_rates
 from sknet.training.run_record import check_run_dir
-from sknet.training.runtime import configure, loss_scaling, use_compile_cache
+from sknet.training.runtime import configure, fusion_split_indices, loss_scaling, use_compile_cache
 from sknet.training.steps import TrainCall, sink_size, train_call
 from sknet.training.callbacks import (
     GuardDivergence, Progress, ReadStep, RunShape, SaveCheckpoints, StepLog, StopAtBoundary,
@@ -239,6 +239,9 @@ def _build(cfg: Config, data_dir: Path, output_dir: Path, uploads: BackgroundUpl
         poly_power=t.poly_power,
     )
     network = build_model(cfg.model.name, cfg.model.num_classes, cfg.model.stem)
+    if ranks > 1:  # gradients all-reduced in a few fused runs, not one collective per parameter
+        sizes = [p.size for p in network.trainable_params()]
+        ms.set_auto_parallel_context(all_reduce_fusion_config=fusion_split_indices(sizes))
     _, optimizer_loss_scale = loss_scaling(t)
     optimizer = nn.Momentum(
         _parameter_groups(network, t.weight_decay), learning_rate=ms.Tensor(rates),
@@ -283,9 +286,16 @@ def _record(run: _Training, start_step: int, step: int, loss: float, started: fl
         (output_dir / RESULT_FILE).write_text(dumps(result.to_dict(), indent=2) + "\n")
     rank_record = {"rank": run.rank, "ranks": run.ranks, "shard_id": run.rank, "num_shards": run.ranks,
                    "steps": step, "batches_per_epoch": run.steps_per_epoch,
-                   "parameters_sha256": parameters_digest(run.network)}
+                   "parameters_sha256": parameters_digest(run.network), "all_reduce_fusion": _fusion_config(run)}
     (output_dir / rank_record_file(run.rank)).write_text(dumps(rank_record, indent=2) + "\n")
     return result
+
+
+def _fusion_config(run: _Training) -> list[int] | None:
+    """The gradient all-reduce fusion cut points this rank compiled with (None on one rank)."""
+    import mindspore as ms
+
+    return ms.get_auto_parallel_context("all_reduce_fusion_config") if run.ranks > 1 else None
 
 
 def _finite_parameters(network) -> bool:
