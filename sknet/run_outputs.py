@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sknet.training.checkpoint import latest_verified_checkpoint, read_record
 from sknet.config import Config
-from sknet.errors import CheckpointError
+from sknet.errors import CheckpointError, SknetError
 from sknet.gate import Verdict, enforce, gate
 from sknet.lineage import lineage_record
 from sknet.model_card import model_card
@@ -19,7 +19,7 @@ from sknet.release import (
 )
 from sknet.report import plot_training_curve, read_metrics
 from sknet.run_files import (
-    CONFIG_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE,
+    CONFIG_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE, RESULT_FILE,
 )
 from sknet.storage import join, store_from_config
 from sknet.training_key import release_with_key, training_key
@@ -36,6 +36,7 @@ def training_outcome(launched: Mapping, output_dir: str | Path) -> dict:
     if 0 not in launched.get("local_ranks", [0]):
         return {**launched, "holds_rank_zero": False, "checkpoint": None, "checkpoint_sha256": None,
                 "step": None, "final_loss": None}
+    _check_complete(Path(output_dir))
     newest = latest_verified_checkpoint(output_dir)
     if newest is None:
         raise CheckpointError(f"training finished but {output_dir}/checkpoints holds no checkpoint")
@@ -44,6 +45,23 @@ def training_outcome(launched: Mapping, output_dir: str | Path) -> dict:
     return {**launched, "holds_rank_zero": True, "checkpoint": str(checkpoint),
             "checkpoint_sha256": read_record(checkpoint)["sha256"], "step": step,  # just verified
             "final_loss": losses[-1] if losses else None}
+
+
+class IncompleteTraining(SknetError):
+    """The ranks exited, but the training did not run to its last step: nothing of it is evaluated or released."""
+
+
+def _check_complete(output_dir: Path) -> None:
+    """Rank 0's result.json must say the run reached its last step with a finite loss."""
+    try:
+        result = json.loads((output_dir / RESULT_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IncompleteTraining(f"training left no readable {output_dir / RESULT_FILE} ({exc})") from None
+    if result.get("complete") is not True:
+        raise IncompleteTraining(
+            f"training in {output_dir} is not complete (step {result.get('steps')} of "
+            f"{result.get('epochs')} epochs, final loss {result.get('final_loss')}): nothing is evaluated or "
+            "released; see result.json and the rank logs")
 
 
 def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:
@@ -113,6 +131,6 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
                                         "training_key": training_key(cfg, dataset["digest"])},
                               beat_latest=beat, against_latest=card_against, file_facts={  # hashed already
                                   "model.mindir": {"sha256": model["sha256"]},
-                                  "checkpoint.ckpt": {"sha256": run["checkpoint_sha256"]}})
+                                  "checkpoint.ckpt": {"sha256": run["checkpoint_sha256"]}}, holder=plan.flow_run_id)
     card = store.get_bytes(join(release_prefix(plan.model, plan.run_id), MODEL_CARD)).decode()
     return pointer, lineage, card  # the stored card: a retry's own one is not uploaded over it

@@ -13,6 +13,7 @@ def test_a_node_without_rank_zero_finishes_without_a_checkpoint(tmp_path):
 
 
 def test_the_node_with_rank_zero_must_have_a_checkpoint(tmp_path):
+    (tmp_path / "result.json").write_text('{"complete": true, "steps": 60}')
     with pytest.raises(CheckpointError, match=rf"{tmp_path}/checkpoints holds no checkpoint"):
         training_outcome({"ok": True, "local_ranks": [0, 1]}, tmp_path)
 

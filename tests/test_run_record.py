@@ -9,7 +9,7 @@ import pytest
 from conftest import run_sknet
 from sknet.config import load_config
 from sknet.errors import ConfigError
-from sknet.training.run_record import check_run_dir, training_settings
+from sknet.training.run_record import check_run_dir, dataset_digest, training_settings
 
 SHORT = ["data.num_train_samples=192", "train.epochs=2", "train.checkpoint_every_steps=6", "train.log_every_steps=3"]
 
@@ -21,8 +21,9 @@ def train(data, out, *extra, check=True):
 
 def test_settings_that_decide_the_checkpoints_are_recorded_and_the_others_are_not():
     settings = training_settings(load_config("cpu-smoke"))
-    assert {"model.name", "train.batch_size", "train.base_lr", "train.seed", "data.image_size"} <= set(settings)
-    assert not {"data.uri", "train.epochs", "train.output_dir", "storage.uri", "launch.ranks"} & set(settings)
+    assert {"model.name", "train.batch_size", "train.base_lr", "train.seed", "data.image_size",
+            "launch.ranks"} <= set(settings)  # the number of ranks sets the global batch
+    assert not {"data.uri", "train.epochs", "train.output_dir", "storage.uri", "launch.backend"} & set(settings)
 
 
 @pytest.mark.parametrize("override, key", [("train.batch_size=16", "train.batch_size: 32 → 16"),
@@ -30,7 +31,7 @@ def test_settings_that_decide_the_checkpoints_are_recorded_and_the_others_are_no
                                            ("train.base_lr=0.2", "train.base_lr: 0.05 → 0.2")])
 def test_a_directory_holding_another_run_is_refused_naming_the_keys_and_the_ways_out(
         synthetic_data, tmp_path, override, key):
-    check_run_dir(load_config("cpu-smoke"), tmp_path)
+    check_run_dir(load_config("cpu-smoke"), tmp_path, dataset_digest(synthetic_data))
     extra = [override, "data.image_size=64"] if "stem" in override else [override]
     started = time.monotonic()
     proc = run_sknet("train", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
@@ -42,12 +43,13 @@ def test_a_directory_holding_another_run_is_refused_naming_the_keys_and_the_ways
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_the_launcher_refuses_it_before_starting_any_rank(tmp_path):
+def test_the_launcher_refuses_it_before_starting_any_rank(synthetic_data, tmp_path):
     from sknet.launch.launcher import launch
 
-    check_run_dir(load_config("cpu-smoke"), tmp_path)
+    check_run_dir(load_config("cpu-smoke"), tmp_path, dataset_digest(synthetic_data))
     with pytest.raises(ConfigError, match=r"train\.seed: 1 → 7"):
-        launch(load_config("cpu-smoke", ["train.seed=7", f"train.output_dir={tmp_path}"]), on_line=lambda line: None)
+        launch(load_config("cpu-smoke", ["train.seed=7", f"train.output_dir={tmp_path}", f"data.uri={synthetic_data}"]),
+               on_line=lambda line: None)
     assert not (tmp_path / "logs").exists()
 
 

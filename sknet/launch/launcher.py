@@ -36,7 +36,7 @@ from sknet.errors import LaunchError
 from sknet.jsonio import dumps
 from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.ports import free_port
-from sknet.training.run_record import check_run_dir
+from sknet.training.run_record import check_run_dir, dataset_digest
 from sknet.training.stopping import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV, launcher_identity
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
 
@@ -241,7 +241,7 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     port = cfg.launch.master_port or free_port()
     plan = check_launchable(cfg, devices, port)
     output_dir = Path(cfg.train.output_dir).resolve()
-    check_run_dir(cfg, output_dir)
+    check_run_dir(cfg, output_dir, _dataset_of(cfg, command))
     log_dir = output_dir / LOGS_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / CONFIG_FILE
@@ -267,6 +267,14 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
             for tail in tails:
                 tail.close()
         return _conclude(cfg, output_dir, processes, local_ranks, started, failed, reason)
+
+
+def _dataset_of(cfg: Config, command: Sequence[str] | None) -> str | None:
+    """The digest of the dataset the ranks train on (`data.uri`, a local layout), checked against the run
+    directory's record; None for a launch of another program (`command`), which trains nothing."""
+    from sknet.data.layout import local_dataset_path
+
+    return None if command else dataset_digest(local_dataset_path(cfg.data.uri))
 
 
 def _never_raising(on_line: Callable[[str], None]) -> Callable[[str], None]:

@@ -21,8 +21,8 @@ import shutil
 import threading
 from pathlib import Path
 
-from sknet.errors import CheckpointError
-from sknet.run_files import CHECKPOINTS_DIR, METRICS_FILE, MIRROR_SPOOL_DIR
+from sknet.errors import CheckpointError, ConfigError
+from sknet.run_files import CHECKPOINTS_DIR, METRICS_FILE, MIRROR_SPOOL_DIR, RUN_RECORD_FILE
 from sknet.storage import Store, StorageError, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
@@ -170,12 +170,32 @@ def _step_of(key: str) -> int | None:
 
 
 class CheckpointMirror:
-    """A run's checkpoints (and its metrics log) under a store prefix: pushed as written, pulled to resume."""
+    """A run's checkpoints (with its run record and metrics log) under a store prefix: pushed as written, pulled
+    to resume. The run record (`run.json`: the dataset digest and the settings that decide the weights) says
+    whose checkpoints they are: a run with another record never pulls them."""
 
     LOG = METRICS_FILE
 
     def __init__(self, store: Store):
         self.store = store
+
+    def check_same_run(self, output_dir: str | Path) -> None:
+        """Refuse (`ConfigError`, naming each `key: old → new`) to continue a mirrored run with another record."""
+        from sknet.training.run_record import read_run_record, record_differences
+
+        local = Path(output_dir) / RUN_RECORD_FILE
+        if not local.exists() or not self.store.exists(RUN_RECORD_FILE):  # a mirror from before records: as is
+            return
+        try:
+            mirrored = json.loads(self.store.get_bytes(RUN_RECORD_FILE))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{self.store.uri}/{RUN_RECORD_FILE}: not a run record ({exc})") from None
+        differ = record_differences(mirrored, read_run_record(local))
+        if differ:
+            raise ConfigError(
+                f"the checkpoint mirror {self.store.uri} holds another training ({', '.join(differ)}): this run "
+                "cannot continue its checkpoints. A run id names one training: use another run id (or "
+                "train.checkpoint_mirror), or remove that mirror if its run is abandoned")
 
     def steps(self) -> list[int]:
         return sorted(step for o in self.store.list() if (step := _step_of(o.key)) is not None)
@@ -187,6 +207,8 @@ class CheckpointMirror:
         directory's files."""
         source = checkpoint or checkpoint_path(output_dir, step)
         name = checkpoint_path("", step).name
+        if (record := Path(output_dir) / RUN_RECORD_FILE).exists():
+            self.store.put(record, RUN_RECORD_FILE)  # whose checkpoints these are, before the first of them
         self.store.put(source, name)
         self.store.put(record_path(source), record_path(name).name)  # last: a checkpoint without it is unfinished
         log_file = metrics or Path(output_dir) / self.LOG
@@ -198,7 +220,9 @@ class CheckpointMirror:
 
     def pull(self, output_dir: str | Path) -> int | None:
         """Download the newest mirrored checkpoint that verifies, if it is newer than the local ones; its step,
-        or None. A copy is checked against its record before it replaces anything local."""
+        or None. A copy is checked against its record before it replaces anything local; a mirror of another
+        training (its run record differs from `output_dir`'s) is refused first."""
+        self.check_same_run(output_dir)
         local = latest_checkpoint(output_dir)
         for step in reversed(self.steps()):
             if local is not None and local[0] >= step:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
-from sknet.errors import DataError
+from sknet.errors import CheckpointError, DataError
 from sknet.jsonio import dumps, json_safe
 from sknet.run_files import COMPILE_CACHE_DIR, METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
 from sknet.storage import store_from_config
@@ -31,7 +31,7 @@ from sknet.training.checkpoint import (
     BackgroundUploads, CheckpointMirror, latest_checkpoint, latest_verified_checkpoint, load_into, save_checkpoint,
 )
 from sknet.training.lr_schedule import learning_rates
-from sknet.training.run_record import check_run_dir
+from sknet.training.run_record import check_run_dir, dataset_digest
 from sknet.training.runtime import configure, fusion_split_indices, loss_scaling, use_compile_cache
 from sknet.training.steps import TrainCall, sink_size, train_call
 from sknet.training.callbacks import (
@@ -69,7 +69,8 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
     data_dir = local_dataset_path(cfg.data.uri).resolve()
     report = verify_layout(data_dir)  # cheap; never compile or train on a bad copy
     output_dir = Path(cfg.train.output_dir).resolve()
-    check_run_dir(cfg, output_dir)  # a directory holding another run is refused before anything compiles
+    if os.environ.get(LAUNCHED_ENV) != "1":  # the launcher checked and recorded the run directory for its ranks
+        check_run_dir(cfg, output_dir, dataset_digest(report.path))  # another run's directory: refused here
     watch_launcher(cfg.launch.stop_grace_seconds)
     mirror = None
     if cfg.train.checkpoint_mirror:  # also proves the bucket is reachable before any compute
@@ -259,6 +260,11 @@ def _resume(run: _Training) -> int:
     latest = latest_verified_checkpoint(run.output_dir)
     if latest is not None:
         start_step, path = latest
+        if start_step > run.total_steps:
+            raise CheckpointError(
+                f"checkpoint {path} is of step {start_step}, past this run's last step {run.total_steps} "
+                f"({run.cfg.train.epochs} epochs × {run.steps_per_epoch} steps): it is another run's, or "
+                "train.epochs shrank. Use another train.output_dir, or --fresh to move that run aside")
         load_into(run.train_step, path, what="training state", verified=True)  # latest_verified_checkpoint did
         log.info("resuming from %s (step %d of %d)", path, start_step, run.total_steps)
     if run.rank == 0:

@@ -1,12 +1,14 @@
-"""A run directory knows its run: `run.json` records the training-relevant settings of the run that first
-used it, and a later run there must have the same ones.
+"""A run directory knows its run: `run.json` records the dataset (its digest) and the training-relevant
+settings of the run that first used it, and a later run there — or one that pulls its mirrored checkpoints on
+another machine — must have the same ones.
 
 What may change between the runs of one directory (`MAY_CHANGE`): where things are and how they are watched
-(data.uri, storage, launch, logging and checkpoint cadence, the divergence guard), what happens after
-training (gate, export), and `train.epochs` — more epochs continue the run, with the learning-rate schedule
-recomputed for the new length. Everything else (model, data size and shape, batch, seed, optimizer,
-schedule, precision, device) decides what the checkpoints contain, so a change is refused before anything
-compiles, naming the keys, with the two ways out.
+(data.uri — the digest says which data it is —, storage, how the ranks are launched, logging and checkpoint
+cadence, the divergence guard), what happens after training (gate, export, eval), and `train.epochs` — more
+epochs continue the run, with the learning-rate schedule recomputed for the new length. Everything else
+(the dataset, model, data size and shape, batch, the number of ranks, seed, optimizer, schedule, precision,
+device) decides what the checkpoints contain, so a change is refused before anything compiles, naming the
+keys, with the two ways out.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from sknet.run_files import RUN_RECORD_FILE
 from sknet.storage import write_atomic
 
 MAY_CHANGE = (
-    "data.uri", "data.num_parallel_workers", "data.num_eval_samples", "storage.", "launch.", "gate.", "export.",
+    "data.uri", "data.num_parallel_workers", "data.num_eval_samples", "storage.", "gate.", "export.",
+    "launch.backend", "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.rank_table", "launch.server_id",
+    "launch.nodes", "launch.node_rank", "launch.master_addr", "launch.master_port",
     "train.output_dir", "train.checkpoint_mirror", "train.log_every_steps", "train.checkpoint_every_steps",
     "train.keep_checkpoints", "train.divergence_patience", "train.max_loss", "train.sink_size", "train.epochs",
 )
+DATASET_KEY = "dataset_digest"  # in run.json beside "settings"
 
 
 def training_settings(cfg: Config) -> dict[str, Any]:
@@ -39,24 +44,59 @@ def training_settings(cfg: Config) -> dict[str, Any]:
     return flat
 
 
-def check_run_dir(cfg: Config, output_dir: str | Path) -> None:
-    """Record the run's settings in a new run directory; refuse one that holds a run with other settings."""
+def run_record(cfg: Config, dataset: str | None) -> dict[str, Any]:
+    """What `run.json` holds for a run of `cfg` on the dataset of digest `dataset` (None: a launch that trains
+    nothing, such as preflight's collective smoke)."""
+    return {"settings": training_settings(cfg), DATASET_KEY: dataset}
+
+
+def dataset_digest(layout: str | Path) -> str:
+    """The identity of a local CIFAR-10 layout: the digest a fetched copy was verified against (its `.verified`
+    marker, written by `sknet.data.stage.fetch` after a full check), else the digest of its file table (the
+    staged manifest's, computed by hashing the files: ≈184 MB)."""
+    from sknet.data.layout import layout_dir
+    from sknet.data.stage import VERIFIED_MARKER, dataset_manifest
+
+    directory = layout_dir(layout)
+    marker = directory / VERIFIED_MARKER
+    if marker.is_file() and len(digest := marker.read_text().strip()) == 64:
+        return digest
+    return dataset_manifest(directory)["digest"]
+
+
+def record_differences(recorded: dict, expected: dict) -> list[str]:
+    """`key: old → new` for each setting (and the dataset) in which two run records differ."""
+    old = {**recorded.get("settings", {}), DATASET_KEY: recorded.get(DATASET_KEY)}
+    new = {**expected["settings"], DATASET_KEY: expected[DATASET_KEY]}
+    if old[DATASET_KEY] is None or new[DATASET_KEY] is None:  # not recorded (older record), or no training
+        old[DATASET_KEY] = new[DATASET_KEY]
+    return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def check_run_dir(cfg: Config, output_dir: str | Path, dataset: str | None) -> None:
+    """Record the run (settings, `dataset` digest) in a new run directory; refuse one that holds another run."""
     path = Path(output_dir) / RUN_RECORD_FILE
-    settings = training_settings(cfg)
-    if not path.exists():
-        write_atomic(path, lambda partial: partial.write_text(
-            json.dumps({"settings": settings}, indent=2, sort_keys=True) + "\n"))
-        return
+    expected = run_record(cfg, dataset)
+    if path.exists():
+        recorded = read_run_record(path)
+        differ = record_differences(recorded, expected)
+        expected[DATASET_KEY] = dataset or recorded.get(DATASET_KEY)
+        if differ:
+            raise ConfigError(
+                f"{output_dir} holds a run with other settings ({', '.join(differ)}); its checkpoints cannot "
+                "continue this one. Use another train.output_dir, or --fresh to move that run aside (it is kept, "
+                "renamed)")
+    write_atomic(path, lambda partial: partial.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n"))
+
+
+def read_run_record(path: Path) -> dict:
     try:
-        recorded = json.loads(path.read_text())["settings"]
+        record = json.loads(path.read_text())
+        if not isinstance(record["settings"], dict):
+            raise TypeError("settings is not a mapping")
+        return record
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: not a run record ({exc}); move the directory aside or use --fresh") from None
-    differ = sorted(k for k in recorded.keys() | settings.keys() if recorded.get(k) != settings.get(k))
-    if differ:
-        changes = ", ".join(f"{k}: {recorded.get(k)!r} → {settings.get(k)!r}" for k in differ)
-        raise ConfigError(
-            f"{output_dir} holds a run with other settings ({changes}); its checkpoints cannot continue this "
-            "one. Use another train.output_dir, or --fresh to move that run aside (it is kept, renamed)")
 
 
 def move_aside(output_dir: str | Path) -> Path | None:
