@@ -25,7 +25,7 @@ from tasks._support import asset_key, refuse_untemplated, use_aws_credentials_bl
 from tasks.data import fetch_dataset
 from tasks.evaluate import evaluate
 from tasks.export import export
-from tasks.gate import gate_model
+from tasks.gate import gate_model, regate
 from tasks.preflight import preflight
 from tasks.publish import publish_release, publish_run
 from tasks.train import train
@@ -53,12 +53,12 @@ def sknet_train(
         publish_to: storage URI for runs/ and releases/; default `storage.uri`.
         work_dir: local scratch for the dataset cache, run directories and preflight.
         aws_credentials_block: a Prefect AwsCredentials block for the bucket; default: the worker's environment.
-        run_id: names the run's directory, checkpoint mirror and release version; default: this flow run's id.
-            Several nodes of one job (launch.nodes > 1) must share it: one flow run per node, same run_id.
+        run_id: names the run's directory, checkpoint mirror and release version: one path segment, [A-Za-z0-9._-]+;
+            default: this flow run's id. Several nodes of one job (launch.nodes > 1) share it, one flow run each.
         force: train even if a release already has this run's training key (see `unchanged_since`).
     """
     refuse_untemplated(dataset_uri=dataset_uri, publish_to=publish_to)
-    cfg, plan = plan_run(config, overrides, run_id=run_id or flow_run.get_id() or "local", work_dir=work_dir,
+    cfg, plan = plan_run(config, overrides, run_id=run_id, flow_run_id=flow_run.get_id(), work_dir=work_dir,
                          dataset_uri=dataset_uri, gate_threshold=gate_threshold, publish_to=publish_to)
     if aws_credentials_block:
         use_aws_credentials_block(aws_credentials_block)
@@ -69,7 +69,7 @@ def sknet_train(
     with _timed(seconds, "data"):
         dataset = fetch_dataset(cfg, plan.cache_dir)
     if not force and (previous := unchanged_release(cfg, plan, dataset)):
-        return _unchanged(previous, dataset, seconds)
+        return _unchanged(cfg, plan, previous, dataset, seconds)
     # every later stage reads the verified local copy: ranks never download, eval/export see the checked bytes
     cfg = cfg.override({"data.uri": dataset["path"]})
     with _timed(seconds, "train"):
@@ -107,8 +107,10 @@ def _other_node(plan, dataset: dict, run: dict, seconds: dict[str, float]) -> di
             "stage_seconds": seconds, "local_ranks": run["local_ranks"]}
 
 
-def _unchanged(release: dict, dataset: dict, seconds: dict[str, float]) -> dict:
-    """The result of a run that trains nothing: `release` has its training key. Logged and summarized."""
+def _unchanged(cfg, plan, release: dict, dataset: dict, seconds: dict[str, float]) -> dict:
+    """The result of a run that trains nothing: `release` has its training key. Re-gated by this run's gate
+    (a miss fails the run), logged and summarized."""
+    regate(cfg, release, plan.model)
     get_run_logger().info("unchanged since release %s (%s): same dataset, training settings, epochs and code; "
                           "nothing trained, LATEST not moved (force=True trains anyway)", release["version"],
                           release["uri"])

@@ -99,6 +99,18 @@ def gate_against_latest(cfg: Config, metrics: Mapping, model: str) -> Verdict:
                         champion_metrics=champion, margin=cfg.gate.margin))
 
 
+def regate_release(cfg: Config, release: Mapping, model: str) -> Verdict:
+    """The verdict on the release an unchanged run would repeat (its recorded metrics), by this run's gate: a
+    gate-only change (threshold, compare_to_latest, margin) is judged, never passed as "unchanged". With
+    gate.compare_to_latest the release must beat LATEST, unless it is LATEST. Raises `GateFailed` on a miss."""
+    champion = None
+    if cfg.gate.compare_to_latest and not release.get("latest"):
+        current = latest_release(store_from_config(cfg.storage), model)
+        champion = current.get("metrics") if current else None
+    return enforce(gate(dict(release.get("metrics") or {}), metric=cfg.gate.metric, threshold=cfg.gate.threshold,
+                        champion_metrics=champion, margin=cfg.gate.margin))
+
+
 def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, metrics: Mapping,
                   model: Mapping) -> tuple[dict, dict, str]:
     """Publish MINDIR, checkpoint, config, lineage and model card as version `plan.run_id` (its manifest records

@@ -1,53 +1,68 @@
 """Whether a run would only repeat a release (issue #13 §2): the training key, and the release that has it.
 
-A run's training key is the sha256 of what decides the model it trains: the dataset digest, the training
-settings (`sknet.training.run_record.training_settings`, which leave out where things are and what happens after
-training) plus `train.epochs`, and the code version (the git commit, with a digest of the uncommitted
-changes when there are any; the package version outside git). Each release records it in its manifest
-(`training_key`); a run whose key a release already has would train the same model again.
+The rule: the key covers everything that changes a release's files or its measured metrics, and nothing else.
+So it holds
+- the dataset digest (the data trained on and evaluated on);
+- the settings that decide the weights (`sknet.training.run_record.training_settings`: model, data size and
+  shape, batch per rank and the number of ranks — together the global batch —, seed, optimizer, schedule,
+  precision, device) and `train.epochs`;
+- the evaluation settings (`data.num_eval_samples`: the metrics are measured on them) and the export settings
+  (`export.*`: the MINDIR and its round-trip check);
+- the versions of the packages that compute any of these (MindSpore, numpy);
+- the code: a digest of every module of the `sknet` package as it is on disk, tracked in git or not (ranks,
+  evaluation and export import only sknet code; a git commit would miss an untracked module and change with
+  every README edit).
+Not in it: where things are (paths, URIs, storage), how the ranks are launched, the logging, checkpoint and
+sink cadence and the divergence guard (they change neither the weights nor the metrics), and the gate: a
+gate-only change re-gates the release the run would repeat (`sknet.run_outputs.regate_release`).
+Each release records its key in its manifest (`training_key`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
 from sknet.config import Config
-from sknet.lineage import code_commit
 from sknet.release import list_releases
-from sknet.training.run_record import training_settings
 from sknet.storage import Store
+from sknet.training.run_record import training_settings
 
-PACKAGE = "sknet-pipeline"
+KEYED_PACKAGES = ("mindspore", "numpy")
+PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def code_version() -> str:
-    """`git:<commit>` (`+dirty:<digest of git diff HEAD>` with uncommitted changes), else `sknet-pipeline <version>`."""
-    commit = code_commit()
-    if commit == "unknown":  # not a git checkout: an installed package
+def code_version(root: Path = PACKAGE_ROOT) -> str:
+    """`sknet-src:<sha256 of every module under root, with its path>`: the code that trains, evaluates and exports."""
+    digest = hashlib.sha256()
+    for source in sorted(root.rglob("*.py")):
+        digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes() + b"\0")
+    return f"sknet-src:{digest.hexdigest()}"
+
+
+def package_versions() -> dict[str, str]:
+    """The installed versions of `KEYED_PACKAGES` ("not installed" for a missing one)."""
+    versions = {}
+    for name in KEYED_PACKAGES:
         try:
-            return f"{PACKAGE} {metadata.version(PACKAGE)}"
+            versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            return "unknown"
-    if commit.endswith("+dirty"):  # two different sets of uncommitted changes are two code versions
-        diff = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "diff", "HEAD", "--no-ext-diff"],
-                              capture_output=True, timeout=30).stdout
-        commit += ":" + hashlib.sha256(diff).hexdigest()[:16]
-    return f"git:{commit}"
+            versions[name] = "not installed"
+    return versions
 
 
 def training_key(cfg: Config, dataset_digest: str) -> str:
-    """sha256 of (dataset digest, training settings digest + train.epochs, code version)."""
+    """sha256 of what a release's files and metrics depend on (see the module docstring for the rule)."""
     return _digest({"dataset": dataset_digest, "settings": _digest(training_settings(cfg)),
-                    "epochs": cfg.train.epochs, "code": code_version()})
+                    "epochs": cfg.train.epochs, "evaluation": {"num_eval_samples": cfg.data.num_eval_samples},
+                    "export": cfg.to_dict()["export"], "packages": package_versions(), "code": code_version()})
 
 
 def release_with_key(store: Store, model: str, key: str, *, other_than: str | None = None) -> dict | None:

@@ -37,6 +37,11 @@ def test_only_transient_failures_are_retried(error, retried):
     assert transient_only(None, None, failed_with(error)) is retried
 
 
+def allowing(directory) -> dict:
+    """The override that lets a run train on a local layout outside its store (data.allowed_prefixes)."""
+    return {"data.allowed_prefixes": [str(directory)]}
+
+
 def task_runs_of(state) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -66,7 +71,7 @@ def test_a_missing_dataset_fails_its_task_once_and_trains_nothing(prefect_api, t
 
     missing = tmp_path / "no-such-dataset"
     state = sknet_train(config="cpu-smoke", dataset_uri=str(missing), publish_to=f"file://{tmp_path / 'bucket'}",
-                        work_dir=str(tmp_path / "work"), return_state=True)
+                        overrides=allowing(tmp_path), work_dir=str(tmp_path / "work"), return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match=str(missing)):
         state.result()
@@ -79,7 +84,8 @@ def test_a_missing_dataset_fails_its_task_once_and_trains_nothing(prefect_api, t
 def test_a_diverging_run_fails_its_train_task_once_and_releases_nothing(prefect_api, synthetic_data, tmp_path):
     from flows.sknet_train import sknet_train
 
-    state = sknet_train(config="cpu-smoke", overrides={"train.base_lr": 1e9}, dataset_uri=str(synthetic_data),
+    state = sknet_train(config="cpu-smoke", overrides={"train.base_lr": 1e9, **allowing(synthetic_data)},
+                        dataset_uri=str(synthetic_data),
                         publish_to=f"file://{tmp_path / 'bucket'}", work_dir=str(tmp_path / "work"),
                         return_state=True)
     assert state.is_failed()
@@ -142,7 +148,8 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
 
     def smoke(**parameters):
         started = time.perf_counter()
-        state = sknet_train(config="cpu-smoke", overrides={"train.epochs": 1, "data.num_train_samples": 320},
+        state = sknet_train(config="cpu-smoke", overrides={"train.epochs": 1, "data.num_train_samples": 320,
+                                                           **allowing(synthetic_data)},
                             dataset_uri=str(synthetic_data), gate_threshold=0.0, publish_to=f"file://{bucket}",
                             work_dir=str(tmp_path / "work"), return_state=True, **parameters)
         seconds = time.perf_counter() - started
@@ -161,7 +168,7 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
     state, second, second_tasks, second_seconds = smoke()
     print(f"first run {first_seconds:.1f} s, unchanged run {second_seconds:.1f} s")
     assert second["unchanged_since"] == version and second["release"] is None
-    assert second["metrics"] == first["metrics"] and second_tasks == {"fetch"}
+    assert second["metrics"] == first["metrics"] and second_tasks == {"fetch", "re-gate"}
     deadline = time.monotonic() + 30  # run logs reach the API in batches, shortly after the run ends
     while f"unchanged since release {version}" not in (logs := flow_logs_and_summary(state))[0]:
         assert time.monotonic() < deadline, logs
@@ -169,6 +176,17 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
     assert f"unchanged since release {version}" in logs[1]
     assert second_seconds <= 0.1 * first_seconds
     assert json.loads((bucket / "releases" / "sknet-tiny" / "LATEST").read_text())["sequence"] == 1
+
+    stricter = first["metrics"]["top_1_accuracy"] + 0.001  # a gate-only change: the same key, judged again
+    assert stricter <= 1.0
+    state = sknet_train(config="cpu-smoke", overrides={"train.epochs": 1, "data.num_train_samples": 320,
+                                                       **allowing(synthetic_data)},
+                        dataset_uri=str(synthetic_data), gate_threshold=stricter, publish_to=f"file://{bucket}",
+                        work_dir=str(tmp_path / "work"), return_state=True)
+    assert state.is_failed()  # before: "unchanged since release …", a pass it never earned
+    with pytest.raises(Exception, match=r"gate failed: top_1_accuracy .* < threshold"):
+        state.result()
+    assert {run.name.split(" ")[0] for run in task_runs_of(state)} == {"fetch", "re-gate"}  # nothing retrained
 
     _, forced, forced_tasks, _ = smoke(force=True)
     assert "unchanged_since" not in forced and {"train", "evaluate", "export", "release"} <= forced_tasks
@@ -180,7 +198,7 @@ def test_the_ascend_profile_on_a_host_without_npus_fails_at_preflight_before_fet
                                                                                          tmp_path):
     from flows.sknet_train import sknet_train
 
-    state = sknet_train(config="cifar10-ascend8", dataset_uri=str(synthetic_data),
+    state = sknet_train(config="cifar10-ascend8", dataset_uri=str(synthetic_data), overrides=allowing(synthetic_data),
                         publish_to=f"file://{tmp_path / 'bucket'}", work_dir=str(tmp_path / "work"), return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match=r"preflight failed on this host: .*launch-plan: the launch plan is refused: "

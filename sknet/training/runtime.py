@@ -106,20 +106,18 @@ def use_compile_cache(run_cache: Path, config: Mapping[str, Mapping], environ: M
 
 
 def _graph_digest(config: Mapping[str, Mapping]) -> str:
-    """sha256 (12 hex) of every module of the `sknet` package, the installed MindSpore's version and the
-    config keys that shape the graph."""
+    """sha256 (12 hex) of the `sknet` package's source, the installed MindSpore's version and the config keys
+    that shape the graph."""
     import json
     from importlib import metadata
+
+    from sknet.training_key import code_version
 
     shaping = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()
                if not any(f"{section}.{key}" == rule or (rule.endswith(".") and f"{section}.".startswith(rule))
                           for rule in NOT_IN_GRAPH)}
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256(metadata.version("mindspore").encode())
-    digest.update(json.dumps(shaping, sort_keys=True, default=str).encode())
-    for source in sorted(package.rglob("*.py")):
-        digest.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()[:12]
+    material = {"code": code_version(), "mindspore": metadata.version("mindspore"), "config": shaping}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 ALL_REDUCE_GROUPS = 4  # gradient all-reduces per step, of about equal bytes
