@@ -270,19 +270,23 @@ def _add_release_commands(commands: argparse._SubParsersAction) -> None:
     ls = actions.add_parser(
         "ls", help="versions under releases/ with metrics and released_at, LATEST marked (JSON)",
         description="Print, as JSON, {model: {latest, versions: [{version, uri, released_at, metrics, latest, "
-        "complete}]}}, oldest first. complete=false: a publication that never finished (no manifest).",
+        "complete}]}}, oldest first. complete=false: a publication that never finished (no manifest), or one "
+        "whose objects are not all there at the sizes its manifest records (damaged: file → what is wrong).",
         epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ls.add_argument("--model", default=None, metavar="M", help="only this model (its name under releases/)")
+    ls.add_argument("--model", default=None, metavar="M",
+                    help="only this model (its name under releases/: one path segment, [A-Za-z0-9._-]+)")
     promote = actions.add_parser(
         "promote", help="point LATEST at an existing, complete version (also backwards: a rollback)",
         description="Re-point releases/<model>/LATEST at VERSION by compare-and-swap. VERSION must be published "
-        "completely (have its manifest.json). Releases published before the promotion never move LATEST "
-        "past it; a newer release moves it on as usual. Prints the new pointer.",
+        "completely (its manifest.json and every file it lists, at the recorded size). Releases published before "
+        "the promotion never move LATEST past it; a newer release moves it on as usual. Prints the new pointer.",
         epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    promote.add_argument("--model", required=True, metavar="M", help="the model's name under releases/")
-    promote.add_argument("--version", required=True, metavar="V", help="the version to point LATEST at")
+    promote.add_argument("--model", required=True, metavar="M",
+                         help="the model's name under releases/ (one path segment, [A-Za-z0-9._-]+)")
+    promote.add_argument("--version", required=True, metavar="V",
+                         help="the version to point LATEST at (one path segment, [A-Za-z0-9._-]+)")
     for parser in (ls, promote):
         parser.add_argument("--store", required=True, metavar="URI",
                             help="where runs/ and releases/ are (storage.uri): s3://bucket/prefix or file:///path")
@@ -290,9 +294,13 @@ def _add_release_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _release_command(args: argparse.Namespace) -> dict:
-    from sknet.release import list_releases, promote
+    from sknet.release import check_segment, list_releases, promote
     from sknet.storage import open_store
 
+    if args.model is not None:
+        check_segment("--model", args.model)
+    if args.release_command == "promote":
+        check_segment("--version", args.version)
     store = open_store(args.store, endpoint_url=args.endpoint_url, region=args.region)
     if args.release_command == "ls":
         return {"store": store.uri, "models": list_releases(store, args.model)}

@@ -1,7 +1,8 @@
 """A run's plan: its id, where it works locally, and where its outputs go in object storage.
 
 One flow run (or one multi-node job) is one plan: the run id names the local run directory, the
-checkpoint mirror `<store>/runs/<id>/checkpoints` and the release version `<store>/releases/<model>/<id>`.
+checkpoint mirror `<store>/runs/<id>/checkpoints` and the release version `<store>/releases/<model>/<id>`,
+so the run id (and the model's name) must be one path segment (`sknet.release.check_segment`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sknet.config import Config, load_config
-from sknet.release import release_prefix, run_prefix
+from sknet.release import check_segment, release_prefix, run_prefix
 from sknet.run_files import MODEL_FILE
 from sknet.storage import store_from_config
 
@@ -29,6 +30,7 @@ class RunPlan:
     cache_dir: str  # the local dataset cache, keyed by digest
     store_uri: str  # where runs/ and releases/ are published
     model: str  # the release name of the model
+    flow_run_id: str | None = None  # the flow run executing the plan, if any: the holder of its release's claim
 
     @property
     def model_path(self) -> str:
@@ -47,13 +49,17 @@ class RunPlan:
         return f"{self.store_uri}/{release_prefix(self.model, self.run_id)}"
 
 
-def plan_run(config: str | Path, overrides: Mapping[str, Any] | None, *, run_id: str, work_dir: str | Path,
+def plan_run(config: str | Path, overrides: Mapping[str, Any] | None, *, run_id: str | None, work_dir: str | Path,
              dataset_uri: str | None = None, gate_threshold: float | None = None,
-             publish_to: str | None = None) -> tuple[Config, RunPlan]:
+             publish_to: str | None = None, flow_run_id: str | None = None) -> tuple[Config, RunPlan]:
     """The validated config of run `run_id` (flow parameters win over `overrides`) and its plan.
 
-    Raises `ConfigError` before anything is written when a parameter or override is invalid.
+    `run_id` defaults to `flow_run_id` (the flow run executing the plan; "local" without one), which holds the
+    release's claim: a retry of the same flow run takes it over at once. Raises `ConfigError` before anything is
+    written when a parameter or override is invalid; `run_id` and the model's release name must each be one
+    path segment.
     """
+    run_id = check_segment("run_id", run_id or flow_run_id or "local")
     work = Path(work_dir).resolve()
     output_dir = str(work / "runs" / run_id)
     extra: dict[str, Any] = {"train.output_dir": output_dir}
@@ -62,5 +68,6 @@ def plan_run(config: str | Path, overrides: Mapping[str, Any] | None, *, run_id:
     extra |= {"storage.uri": publish_to} if publish_to else {}
     cfg = load_config(config, {**(overrides or {}), **extra})
     plan = RunPlan(run_id=run_id, output_dir=output_dir, cache_dir=str(work / "cache"),
-                   store_uri=store_from_config(cfg.storage).uri, model=release_name(cfg.model.name))
+                   store_uri=store_from_config(cfg.storage).uri,
+                   model=check_segment("model.name", release_name(cfg.model.name)), flow_run_id=flow_run_id)
     return cfg.override({"train.checkpoint_mirror": plan.checkpoint_mirror}), plan

@@ -8,21 +8,27 @@ LATEST holds `{"version", "uri", "metrics", "released_at", "sequence"}`; `sequen
 the first release). It moves by compare-and-swap against the LATEST just read (`move_latest`), so two
 releases racing never overwrite a pointer neither has judged. `promote` re-points it to any complete
 version, backwards too (a rollback), and adds `promoted_at`; `list_releases` lists the versions.
+
+Run ids, versions and model names are each one path segment (`check_segment`): checked where they enter (the
+flow's parameters through `sknet.plan.plan_run`, the CLI, this module's functions) and in a LATEST read back,
+so no name reaches outside its directory.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sknet.errors import SknetError
+from sknet.errors import ConfigError, SknetError
 from sknet.gate import gate
 from sknet.storage import (
-    MANIFEST, IncompleteError, Store, Versioned, WriteConflict, join, publish, read_manifest, sha256_file,
+    MANIFEST, IncompleteError, PermanentStorageError, Store, Versioned, WriteConflict, clear_published_claim, join,
+    publish, read_manifest, sha256_file,
 )
 
 LATEST = "LATEST"
@@ -30,6 +36,8 @@ LINEAGE = "lineage.json"
 MODEL_CARD = "MODEL_CARD.md"
 REWRITTEN = (LINEAGE, MODEL_CARD)  # written anew by each attempt of a release; a published version keeps its own
 LATEST_ATTEMPTS = 5  # reads and conditional writes of LATEST before giving up to other releases
+SEGMENT = re.compile(r"[A-Za-z0-9._-]+")  # a run id, version or model name: one path segment (not . or ..)
+SEGMENT_RULE = "one path segment: letters, digits, '.', '_' or '-' ([A-Za-z0-9._-]+), not '.' or '..'"
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,14 @@ class BeatLatest:
     margin: float = 0.0
 
 
+def check_segment(what: str, value: object, error: type[Exception] = ConfigError) -> str:
+    """`value` if it is one path segment (SEGMENT, not `.` or `..`), else `error` naming `what`, the value and
+    the rule: a run id, version or model name never reaches outside its directory."""
+    if not isinstance(value, str) or not SEGMENT.fullmatch(value) or value in (".", ".."):
+        raise error(f"{what} {value!r}: expected {SEGMENT_RULE}")
+    return value
+
+
 def run_prefix(run_id: str) -> str:
     return f"runs/{run_id}"
 
@@ -55,13 +71,14 @@ def release_prefix(model: str, version: str | None = None) -> str:
 
 
 def publish_run(store: Store, run_id: str, files: Mapping[str, Path], metadata: Mapping | None = None) -> dict:
+    check_segment("run id", run_id)
     return publish(store, run_prefix(run_id), files, metadata=metadata, progress=log.info)
 
 
 def publish_release(store: Store, model: str, version: str, files: Mapping[str, Path],
                     metadata: Mapping | None = None, *, beat_latest: BeatLatest | None = None,
                     against_latest: Callable[[dict | None], Mapping[str, Path]] | None = None,
-                    file_facts: Mapping[str, dict] | None = None) -> dict:
+                    file_facts: Mapping[str, dict] | None = None, holder: str | None = None) -> dict:
     """Publish the release (manifest last, `released_at` in it), then move `LATEST` (`move_latest`).
 
     Returns the pointer LATEST holds. With `beat_latest`, a model that does not beat LATEST as it is
@@ -75,15 +92,19 @@ def publish_release(store: Store, model: str, version: str, files: Mapping[str, 
 
     Publishing the same files again (a retried task or flow run) uploads nothing; other files under an
     existing version are refused, and so is a version another execution is writing right now
-    (`WriteConflict`, see `sknet.storage.claim`). `REWRITTEN` files are not compared: a retry writes new
-    ones (lineage's `created_at`, the card's LATEST may differ) and the stored ones stay.
+    (`WriteConflict`, see `sknet.storage.claim`), unless its claim is `holder`'s: the flow run publishing,
+    whose retry takes over the claim an attempt killed mid-way left. A claim left beside the manifest (a
+    kill after it) is removed. `REWRITTEN` files are not compared: a retry writes new ones (lineage's
+    `created_at`, the card's LATEST may differ) and the stored ones stay.
     """
+    check_segment("model", model)
+    check_segment("version", version)
     metadata = {**(metadata or {}), "released_at": datetime.now(timezone.utc).isoformat()}
     current = _read_latest(store, model)[1] if beat_latest or against_latest else None
     _refuse_before_upload(store, model, version, metadata, beat_latest, current)
     if against_latest and not (current and current["version"] == version):
         files = {**files, **against_latest(current)}
-    manifest = _publish_version(store, release_prefix(model, version), files, metadata, file_facts)
+    manifest = _publish_version(store, release_prefix(model, version), files, metadata, file_facts, holder)
     return move_latest(store, model, version, manifest, beat_latest=beat_latest)
 
 
@@ -99,12 +120,13 @@ def _refuse_before_upload(store: Store, model: str, version: str, metadata: Mapp
 
 
 def _publish_version(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapping,
-                     file_facts: Mapping[str, dict] | None) -> dict:
-    """The version's manifest: published now by this execution, or the stored one if its files are these."""
-    if not store.exists(join(prefix, MANIFEST)):
+                     file_facts: Mapping[str, dict] | None, holder: str | None) -> dict:
+    """The version's manifest: published now by this execution, or the stored one if its files are these
+    (then a claim a killed attempt left beside it goes)."""
+    if not clear_published_claim(store, prefix):
         try:
             return publish(store, prefix, files, metadata=metadata, progress=log.info, file_facts=file_facts,
-                           exclusive=True)
+                           exclusive=True, holder=holder)
         except WriteConflict:
             if not store.exists(join(prefix, MANIFEST)):
                 raise  # another execution is still writing this version
@@ -158,10 +180,37 @@ def _pointer(store: Store, model: str, version: str, manifest: Mapping, current:
             "sequence": (current or {}).get("sequence", 0) + 1}
 
 
-def _read_latest(store: Store, model: str) -> tuple[Versioned | None, dict | None]:
-    """LATEST as stored (for a conditional write) and as a pointer; (None, None) before the first release."""
-    held = store.get_versioned(join(release_prefix(model), LATEST))
-    return held, (json.loads(held.data) if held else None)
+def _read_latest(store: Store, model: str, *, replacing: bool = False) -> tuple[Versioned | None, dict | None]:
+    """LATEST as stored (for a conditional write) and as a pointer; (None, None) before the first release.
+
+    A LATEST that is not a JSON object naming one version (`check_segment`) is refused, never followed
+    (`PermanentStorageError`), unless it is being replaced (`replacing`: a promotion, the repair): then it
+    reads as an empty pointer, with a warning.
+    """
+    key = join(release_prefix(model), LATEST)
+    held = store.get_versioned(key)
+    if held is None:
+        return None, None
+    try:
+        return held, _pointer_of(held.data)
+    except ValueError as exc:
+        if not replacing:
+            raise PermanentStorageError(f"{store.uri}/{key}: {exc}; LATEST is not followed: point it at a complete "
+                                        "version with `sknet release promote`") from None
+        log.warning("%s/%s: %s; the promotion replaces it", store.uri, key, exc)
+        return held, {}
+
+
+def _pointer_of(data: bytes) -> dict:
+    """A stored LATEST as a pointer; ValueError if it is not a JSON object whose version is one path segment."""
+    try:
+        pointer = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(pointer, dict):
+        raise ValueError(f"not a JSON object but {data[:80]!r}")
+    check_segment("version", pointer.get("version"), ValueError)
+    return pointer
 
 
 def _refuse_backwards(where: str, version: str, release: Mapping, current: Mapping,
@@ -190,21 +239,20 @@ def _released_at(record: Mapping, field: str = "released_at") -> datetime:
 
 def latest_release(store: Store, model: str) -> dict | None:
     """The current release's manifest (with its metrics), or None before the first release."""
-    key = join(release_prefix(model), LATEST)
-    if not store.exists(key):
-        return None
-    pointer = json.loads(store.get_bytes(key))
-    return read_manifest(store, release_prefix(model, pointer["version"]))
+    pointer = _read_latest(store, check_segment("model", model))[1]
+    return read_manifest(store, release_prefix(model, pointer["version"])) if pointer else None
 
 
 def list_releases(store: Store, model: str | None = None) -> dict[str, dict]:
     """Each model's releases (or only `model`'s): {model: {"latest": version | None, "versions": [...]}}.
 
     Versions come oldest first (by `released_at`), each with its uri, metrics, released_at, whether LATEST
-    points at it, and `complete` (False: no manifest, a publication that never finished).
+    points at it, and `complete`: False for a publication that never finished (no manifest) and for one
+    whose objects are not all there at the sizes its manifest records (`damaged`: file → what is wrong).
+    One listing of the model's objects gives the sizes; nothing is downloaded but the manifests.
     """
     if model:
-        models = [model]
+        models = [check_segment("model", model)]
     else:
         models = sorted({o.key.split("/")[1] for o in store.list("releases/") if o.key.count("/") >= 2})
     return {name: _model_releases(store, name) for name in models}
@@ -212,36 +260,65 @@ def list_releases(store: Store, model: str | None = None) -> dict[str, dict]:
 
 def _model_releases(store: Store, model: str) -> dict:
     latest = _read_latest(store, model)[1]
-    keys = [o.key.removeprefix(release_prefix(model) + "/") for o in store.list(release_prefix(model) + "/")]
+    base = release_prefix(model) + "/"
+    sizes = {o.key.removeprefix(base): o.size for o in store.list(base)}  # <version>/<file> → bytes
     versions = []
-    for version in sorted({key.split("/")[0] for key in keys if "/" in key}):
-        complete = f"{version}/{MANIFEST}" in keys
-        manifest = read_manifest(store, release_prefix(model, version)) if complete else {}
+    for version in sorted({key.split("/")[0] for key in sizes if "/" in key}):
+        manifest = read_manifest(store, release_prefix(model, version)) if f"{version}/{MANIFEST}" in sizes else {}
+        damaged = _damaged(manifest, {key.removeprefix(f"{version}/"): size for key, size in sizes.items()
+                                      if key.startswith(f"{version}/")}) if manifest else {}
         versions.append({"version": version, "uri": f"{store.uri}/{release_prefix(model, version)}",
                          "released_at": manifest.get("released_at"), "metrics": manifest.get("metrics", {}),
-                         "latest": bool(latest and latest["version"] == version), "complete": complete,
+                         "latest": bool(latest and latest["version"] == version),
+                         "complete": bool(manifest) and not damaged, **({"damaged": damaged} if damaged else {}),
                          **({"training_key": manifest["training_key"]} if "training_key" in manifest else {})})
     versions.sort(key=lambda v: (_released_at(v), v["version"]))
     return {"latest": latest["version"] if latest else None, "versions": versions}
 
 
+def _damaged(manifest: Mapping, sizes: Mapping[str, int]) -> dict[str, str]:
+    """The manifest's files that the store (`sizes`: name → bytes, from a listing) lacks or holds at another size."""
+    damaged = {}
+    for name, entry in (manifest.get("files") or {}).items():
+        recorded = entry.get("size") if isinstance(entry, dict) else None
+        if (size := sizes.get(name)) != recorded:
+            stored = "missing" if size is None else f"{size:,} bytes"
+            expected = f"{recorded:,} bytes" if isinstance(recorded, int) else "no size"
+            damaged[name] = f"{stored}, manifest.json records {expected}"
+    return damaged
+
+
+def _complete_manifest(store: Store, model: str, version: str) -> dict:
+    """The manifest of `version` of `model` if the version is complete: the manifest and every file it lists at
+    its recorded size (one listing). Else `IncompleteError`, naming the version and what is wrong."""
+    prefix = release_prefix(model, version)
+    sizes = {o.key.removeprefix(prefix + "/"): o.size for o in store.list(prefix + "/")}
+    where = f"cannot promote {store.uri}/{prefix}: version {version} of {model}"
+    if MANIFEST not in sizes:
+        what = "is incomplete (no manifest.json; its publication never finished)" if sizes else "does not exist"
+        raise IncompleteError(f"{where} {what}")
+    manifest = read_manifest(store, prefix)
+    if damaged := _damaged(manifest, sizes):
+        raise IncompleteError(f"{where} is incomplete: " + "; ".join(f"{name}: {what}" for name, what in
+                                                                     damaged.items()))
+    return manifest
+
+
 def promote(store: Store, model: str, version: str) -> dict:
     """Point LATEST at the published, complete `version`, older or not (a rollback); returns the new pointer.
 
-    Refuses a version that does not exist or has no manifest (`IncompleteError`, naming it). The write
-    is a compare-and-swap like `move_latest`'s, without its "only forwards" rule; the pointer records
-    `promoted_at`, and a release published before the promotion (a late retry of the release rolled back
-    from) never moves LATEST past it. A new release moves it on as usual.
+    Refuses a version that does not exist, has no manifest or lacks a file of its manifest at the recorded
+    size (`IncompleteError`, naming it). The write is a compare-and-swap like `move_latest`'s, without its
+    "only forwards" rule; the pointer records `promoted_at`, and a release published before the promotion
+    (a late retry of the release rolled back from) never moves LATEST past it. A new release moves it on as
+    usual. A LATEST that cannot be followed (see `_read_latest`) is replaced; a claim a killed writer left
+    beside the version's manifest is removed.
     """
-    prefix = release_prefix(model, version)
-    if not store.exists(join(prefix, MANIFEST)):
-        what = "is incomplete (no manifest.json; its publication never finished)" if store.list(prefix + "/") \
-            else "does not exist"
-        raise IncompleteError(f"cannot promote {store.uri}/{prefix}: version {version} of {model} {what}")
-    manifest = read_manifest(store, prefix)
+    manifest = _complete_manifest(store, check_segment("model", model), check_segment("version", version))
+    clear_published_claim(store, release_prefix(model, version))
     key = join(release_prefix(model), LATEST)
     for _ in range(LATEST_ATTEMPTS):
-        held, current = _read_latest(store, model)
+        held, current = _read_latest(store, model, replacing=True)
         pointer = {**_pointer(store, model, version, manifest, current),
                    "promoted_at": datetime.now(timezone.utc).isoformat()}
         try:

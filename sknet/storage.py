@@ -27,7 +27,8 @@ import shutil
 import socket
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -157,45 +158,69 @@ def join(prefix: str, key: str) -> str:
 
 
 class LocalStore:
-    """A directory used like a bucket; each write lands under a temporary name and is renamed."""
+    """A directory used like a bucket; each write lands under a temporary name and is renamed.
+
+    A key may not lead outside the root: it is resolved (`..` and symlinks followed) and refused
+    (`PermanentStorageError`) unless it stays under the root. The file system's errors (a full disk, a
+    permission) are `StorageError`s naming the operation and the object, as S3's are.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.uri = f"{FILE_SCHEME}{self.root}"
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        try:
+            path = (self.root / key).resolve()
+        except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop
+            raise PermanentStorageError(f"key {key!r} of {self.uri}: not a usable path ({exc})") from None
         if self.root not in path.parents and path != self.root:
-            raise PermanentStorageError(f"key {key!r} escapes {self.uri}")
+            raise PermanentStorageError(f"key {key!r} resolves to {path}, outside the store's root {self.root}: "
+                                        "keys must stay under the root")
         return path
 
     def _missing(self, op: str, key: str) -> StorageError:
         return StorageError(f"{op} {self.uri}/{key}: no such object")
 
+    @contextmanager
+    def _os_errors(self, op: str, key: str) -> Iterator[None]:
+        """The file system's errors in `op` on `key` as a `StorageError` (a retry may find space or the disk back)."""
+        try:
+            yield
+        except OSError as exc:
+            raise StorageError(f"{op} {self.uri}/{key}: {exc.strerror or exc}") from exc
+
     def get(self, key: str, dest: Path) -> None:
         source = self._path(key)
         if not source.is_file():
             raise self._missing("get", key)
-        _copy_atomic(source, Path(dest))
+        with self._os_errors("get", key):
+            _copy_atomic(source, Path(dest))
 
     def put(self, src: Path, key: str) -> None:
-        _copy_atomic(Path(src), self._path(key))
+        target = self._path(key)
+        with self._os_errors("put", key):
+            _copy_atomic(Path(src), target)
 
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
         if not path.is_file():
             raise self._missing("get", key)
-        return path.read_bytes()
+        with self._os_errors("get", key):
+            return path.read_bytes()
 
     def put_bytes(self, data: bytes, key: str) -> None:
-        write_atomic(self._path(key), lambda partial: partial.write_bytes(data))
+        target = self._path(key)
+        with self._os_errors("put", key):
+            write_atomic(target, lambda partial: partial.write_bytes(data))
 
     def get_versioned(self, key: str) -> Versioned | None:
         path = self._path(key)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
+        with self._os_errors("get", key):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
         return Versioned(data, hashlib.sha256(data).hexdigest())
 
     def put_bytes_if(self, data: bytes, key: str, tag: str | None) -> str:
@@ -203,7 +228,7 @@ class LocalStore:
         path = self._path(key)
         # one conditional write at a time, across threads (each open is its own lock) and processes of this
         # host or of any host sharing the file system
-        with exclusive_lock(path.with_name(LOCK_PREFIX + path.name)):
+        with self._os_errors("put", key), exclusive_lock(path.with_name(LOCK_PREFIX + path.name)):
             current = self.get_versioned(key)
             if (current.tag if current else None) != tag:
                 raise WriteConflict(f"put {self.uri}/{key}: changed by another writer since it was read")
@@ -214,23 +239,28 @@ class LocalStore:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
-        return sorted(
-            (ObjectInfo(p.relative_to(self.root).as_posix(), p.stat().st_size)
-             for p in base.rglob("*") if p.is_file() and not p.name.startswith((PARTIAL_PREFIX, LOCK_PREFIX))),
-            key=lambda o: o.key,
-        )
+        with self._os_errors("list", prefix):
+            return sorted(
+                (ObjectInfo(p.relative_to(self.root).as_posix(), p.stat().st_size)
+                 for p in base.rglob("*") if p.is_file() and not p.name.startswith((PARTIAL_PREFIX, LOCK_PREFIX))),
+                key=lambda o: o.key,
+            )
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        with self._os_errors("delete", key):
+            path.unlink(missing_ok=True)
 
     def verify(self, key: str, size: int, sha256: str, local: Path | None = None) -> None:
         path = self._path(key)
         if not path.is_file():
             raise self._missing("verify", key)
-        _check(self.uri, key, path.stat().st_size, size, sha256_file(path), sha256)
+        with self._os_errors("verify", key):
+            actual_size, actual_sha256 = path.stat().st_size, sha256_file(path)
+        _check(self.uri, key, actual_size, size, actual_sha256, sha256)
 
     def abort_incomplete_uploads(self, prefix: str) -> int:
         """Nothing to abort: a LocalStore write is the rename of a finished file."""
@@ -522,20 +552,25 @@ def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None 
 
 def publish(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapping | None = None,
             progress: Callable[[str], None] | None = None, file_facts: Mapping[str, dict] | None = None,
-            *, exclusive: bool = False) -> dict:
+            *, exclusive: bool = False, holder: str | None = None) -> dict:
     """Upload `files` (key under prefix → local path), verify each object, then write the manifest.
 
     Each manifest entry holds size and sha256, plus any `file_facts[name]` (e.g. a record count); a
     sha256 already in the facts is not computed again, and the verification below checks it anyway.
 
-    With `exclusive`, the prefix is claimed first (`claim`) and the manifest only created if there is
-    none, so two executions publishing one prefix never mix their objects and manifests: the one that
-    comes second gets `WriteConflict` and has written nothing over the other's objects.
+    With `exclusive`, the prefix is claimed first (`claim`, recording `holder`: the flow run publishing it)
+    and the manifest only created if there is none, so two executions publishing one prefix never mix their
+    objects and manifests: the one that comes second gets `WriteConflict` and has written nothing over the
+    other's objects. A prefix already published is refused the same way, and a claim left beside its
+    manifest is removed (`clear_published_claim`).
 
     Once the manifest is written, multipart uploads that earlier, cut-off attempts left open under the
-    prefix are aborted (best effort: a store refusing it is a warning).
+    prefix are aborted, and the claim is removed (both best effort: a failure is a warning, the
+    publication is complete).
     """
-    hold = claim(store, prefix) if exclusive else None
+    if exclusive and clear_published_claim(store, prefix):
+        raise WriteConflict(f"{store.uri}/{prefix}: already published by another execution")
+    hold = claim(store, prefix, holder) if exclusive else None
     try:
         if hold and store.exists(join(prefix, MANIFEST)):
             raise WriteConflict(f"{store.uri}/{prefix}: already published by another execution")
@@ -591,23 +626,30 @@ class Claim:
     tag: str
 
 
-def claim(store: Store, prefix: str) -> Claim:
+def claim(store: Store, prefix: str, holder: str | None = None) -> Claim:
     """Take `<prefix>/.writing` for this writer, so that no other execution publishes the same prefix.
 
-    A claim of another writer renewed within CLAIM_LEASE is refused with `WriteConflict` naming the
-    holder; an older one was abandoned (its process was killed mid-way) and is taken over. Writers'
-    clocks are compared, so hosts need synchronised clocks (NTP) to within a fraction of the lease.
+    The claim records `holder` (the flow run publishing, if any), host, pid and the prefix (the version).
+    A claim of another writer renewed within CLAIM_LEASE is refused with `WriteConflict` naming its holder.
+    Taken over are: a claim of the same `holder` at once (an earlier attempt of this very flow run, killed
+    before it removed its claim: its retry must not wait for the lease), and any claim not renewed for
+    CLAIM_LEASE (abandoned). Writers' clocks are compared, so hosts need synchronised clocks (NTP) to
+    within a fraction of the lease.
     """
     key = join(prefix, CLAIM)
     now = _utc_now()
-    record = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-              "started_at": now, "renewed_at": now}
+    record = {"owner": uuid.uuid4().hex, "holder": holder, "prefix": prefix, "host": socket.gethostname(),
+              "pid": os.getpid(), "started_at": now, "renewed_at": now}
     held = store.get_versioned(key)
-    holder = _claim_record(held)
-    if held is not None and not _abandoned(holder):
-        raise WriteConflict(f"{store.uri}/{prefix} is being written by another execution ({_describe(holder)}); "
+    previous = _claim_record(held)
+    ours = holder is not None and previous.get("holder") == holder
+    if held is not None and not ours and not _abandoned(previous):
+        raise WriteConflict(f"{store.uri}/{prefix} is being written by another execution ({_describe(previous)}); "
                             f"wait for it, or delete {store.uri}/{key} if that process is gone "
                             f"(a claim not renewed for {CLAIM_LEASE} is taken over)")
+    if held is not None:
+        log.info("taking over the claim %s/%s of %s (%s)", store.uri, key,
+                 "an earlier attempt of this flow run" if ours else "an abandoned writer", _describe(previous))
     body = json.dumps(record, sort_keys=True).encode()
     try:
         tag = store.put_bytes_if(body, key, held.tag if held else None)
@@ -630,14 +672,37 @@ def renew(hold: Claim) -> None:
 
 
 def drop(hold: Claim) -> None:
-    """Remove the claim if it is still this writer's (best effort: a claim left behind expires)."""
+    """Remove the claim if it is still this writer's; failing to is a warning, never the publication's failure.
+
+    A claim left behind blocks nobody for long: before the manifest, a retry of the same holder takes it over
+    at once (anyone else after CLAIM_LEASE); beside the manifest, the next publication or promotion of the
+    prefix removes it (`clear_published_claim`).
+    """
     try:
         held = hold.store.get_versioned(hold.key)
         if held is not None and held.tag == hold.tag:
             hold.store.delete(hold.key)
     except StorageError as exc:
-        log.warning("could not remove the claim %s/%s (%s); it expires after %s", hold.store.uri, hold.key,
-                    exc, CLAIM_LEASE)
+        log.warning("could not remove the claim %s/%s (%s); it is left behind, for a retry of the same flow run "
+                    "to take over or, once the manifest exists, the next publication or promotion to remove",
+                    hold.store.uri, hold.key, exc)
+
+
+def clear_published_claim(store: Store, prefix: str) -> bool:
+    """True if `prefix` is published (has its manifest). A claim still beside the manifest was left by a writer
+    stopped between the two; no writer needs it any more, so it is removed (failing to: a warning)."""
+    if not store.exists(join(prefix, MANIFEST)):
+        return False
+    key = join(prefix, CLAIM)
+    try:
+        if (held := store.get_versioned(key)) is not None:
+            store.delete(key)
+            log.info("removed the claim %s/%s of %s, left beside the manifest: the publication is complete",
+                     store.uri, key, _describe(_claim_record(held)))
+    except StorageError as exc:
+        log.warning("could not remove the claim %s/%s left beside the manifest (%s); the publication is complete",
+                    store.uri, key, exc)
+    return True
 
 
 def _claim_record(held: Versioned | None) -> dict:
@@ -657,8 +722,9 @@ def _abandoned(record: Mapping) -> bool:
 
 
 def _describe(record: Mapping) -> str:
-    return (f"host {record.get('host', '?')} pid {record.get('pid', '?')}, started {record.get('started_at', '?')}, "
-            f"renewed {record.get('renewed_at', '?')}")
+    run = f"flow run {record['holder']}, " if record.get("holder") else ""
+    return (f"{run}host {record.get('host', '?')} pid {record.get('pid', '?')}, "
+            f"started {record.get('started_at', '?')}, renewed {record.get('renewed_at', '?')}")
 
 
 def _utc_now() -> str:

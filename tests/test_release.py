@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -251,8 +252,8 @@ def test_promote_is_a_compare_and_swap(store, tmp_path, monkeypatch):
     read = release._read_latest
     raced = []
 
-    def read_then_race(s, model):  # another release moves LATEST between the read and the write
-        held = read(s, model)
+    def read_then_race(s, model, **options):  # another release moves LATEST between the read and the write
+        held = read(s, model, **options)
         if not raced:
             raced.append("v3")
             publish_release(store, "sknet50", "v3", *release_files(tmp_path, "v3", 0.93))
@@ -261,33 +262,6 @@ def test_promote_is_a_compare_and_swap(store, tmp_path, monkeypatch):
     monkeypatch.setattr(release, "_read_latest", read_then_race)
     pointer = release.promote(store, "sknet50", "v1")
     assert pointer["previous"] == "v3" and pointer["sequence"] == 4 and latest(store)["version"] == "v1"
-
-
-def test_the_training_key_changes_with_data_settings_epochs_and_code_only(monkeypatch):
-    import sknet.training_key as tk
-
-    monkeypatch.setattr(tk, "code_version", lambda: "git:abc")
-    cfg = load_config("cpu-smoke")
-    key = tk.training_key(cfg, "d" * 64)
-    same = cfg.override({"data.uri": "/elsewhere", "storage.uri": "s3://b/p", "train.output_dir": "/tmp/run",
-                         "gate.threshold": 0.1, "launch.ranks": 2})
-    assert tk.training_key(same, "d" * 64) == key and len(key) == 64
-    assert tk.training_key(cfg, "e" * 64) != key
-    assert tk.training_key(cfg.override({"train.epochs": 7}), "d" * 64) != key
-    assert tk.training_key(cfg.override({"train.seed": 123}), "d" * 64) != key
-    monkeypatch.setattr(tk, "code_version", lambda: "git:abd")
-    assert tk.training_key(cfg, "d" * 64) != key
-
-
-def test_the_code_version_is_the_commit_with_uncommitted_changes_or_the_package(monkeypatch):
-    import sknet.training_key as tk
-
-    monkeypatch.setattr(tk, "code_commit", lambda: "0123abc")
-    assert tk.code_version() == "git:0123abc"
-    monkeypatch.setattr(tk, "code_commit", lambda: "0123abc+dirty")
-    assert tk.code_version().startswith("git:0123abc+dirty:")
-    monkeypatch.setattr(tk, "code_commit", lambda: "unknown")
-    assert tk.code_version() == "sknet-pipeline 0.1.0"
 
 
 def test_a_release_is_found_by_its_training_key(store, tmp_path):
@@ -300,3 +274,110 @@ def test_a_release_is_found_by_its_training_key(store, tmp_path):
     assert release_with_key(store, "sknet50", "k2")["metrics"] == {"top_1_accuracy": 0.92}
     assert release_with_key(store, "sknet50", "k2", other_than="v2") is None  # a retry of v2's own flow run
     assert release_with_key(store, "sknet50", "k3") is None and release_with_key(store, "nomodel", "k2") is None
+
+
+ESCAPES = ["../../escaped", "x/../../releases/sknet50/good-1", "..", ".", "", "a/b", "a b", "v1\n"]
+
+
+def test_plan_run_refuses_a_run_id_that_is_not_one_path_segment_before_writing_anything(tmp_path):
+    from sknet.errors import ConfigError
+    from sknet.plan import plan_run
+
+    for run_id in [name for name in ESCAPES if name]:  # no run_id at all: the flow run's id
+        with pytest.raises(ConfigError, match=rf"run_id {re.escape(repr(run_id))}: expected one path segment: "
+                                              r"letters, digits, '\.', '_' or '-' \(\[A-Za-z0-9\._-\]\+\), "
+                                              r"not '\.' or '\.\.'"):
+            plan_run("cpu-smoke", None, run_id=run_id, work_dir=tmp_path / "work", publish_to=f"file://{tmp_path}/s")
+    assert list(tmp_path.iterdir()) == []
+    plan = plan_run("cpu-smoke", None, run_id="2026-12-06_nightly.1", work_dir=tmp_path / "work",
+                    flow_run_id="flow-run-a")[1]
+    assert (plan.run_id, plan.flow_run_id) == ("2026-12-06_nightly.1", "flow-run-a")
+
+
+def test_the_train_flow_refuses_a_run_id_that_leaves_its_directory_before_any_task(tmp_path):
+    from flows.sknet_train import sknet_train
+    from sknet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"run_id '\.\./\.\./escaped': expected one path segment"):
+        sknet_train.fn(config="cpu-smoke", run_id="../../escaped", work_dir=str(tmp_path / "work"),
+                       publish_to=f"file://{tmp_path}/store")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_id_or_version_that_is_not_one_path_segment_never_reaches_a_release(store, tmp_path, artifacts):
+    from sknet.errors import ConfigError
+
+    publish_release(store, "sknet50", "good-1", *release_files(tmp_path, "good-1", 0.91))
+    before = {o.key: store.get_bytes(o.key) for o in store.list()}
+    for name in ESCAPES:
+        with pytest.raises(ConfigError, match=rf"run id {re.escape(repr(name))}: expected one path segment"):
+            publish_run(store, name, artifacts)
+        with pytest.raises(ConfigError, match=rf"version {re.escape(repr(name))}: expected one path segment"):
+            publish_release(store, "sknet50", name, artifacts)
+        with pytest.raises(ConfigError, match=rf"model {re.escape(repr(name))}: expected one path segment"):
+            publish_release(store, name, "v2", artifacts)
+    assert {o.key: store.get_bytes(o.key) for o in store.list()} == before
+
+
+def test_a_latest_naming_a_path_outside_its_model_is_refused_not_followed(store, tmp_path):
+    from sknet.release import promote
+    from sknet.storage import PermanentStorageError
+
+    publish_release(store, "sknet50", "good-1", *release_files(tmp_path, "good-1", 0.91))
+    publish_run(store, "gate-failed-run", *release_files(tmp_path, "gate-failed-run", 0.1))
+    store.put_bytes(json.dumps({"version": "../../runs/gate-failed-run"}).encode(), "releases/sknet50/LATEST")
+    refused = (rf"{store.uri}/releases/sknet50/LATEST: version '\.\./\.\./runs/gate-failed-run': expected one path "
+               r"segment.*; LATEST is not followed: point it at a complete version with `sknet release promote`")
+    with pytest.raises(PermanentStorageError, match=refused):
+        latest_release(store, "sknet50")
+    with pytest.raises(PermanentStorageError, match=refused):
+        publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.95))
+    assert latest(store)["version"] == "../../runs/gate-failed-run"  # nothing moved on top of it
+    assert promote(store, "sknet50", "good-1")["version"] == "good-1"  # the repair
+    assert latest_release(store, "sknet50")["metrics"] == {"top_1_accuracy": 0.91}
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("delete", "missing, manifest.json records 1,200 bytes"), ("truncate", "3 bytes, manifest.json records 1,200 bytes"),
+])
+def test_a_version_missing_a_file_of_its_manifest_is_not_complete(store, tmp_path, damage, reason):
+    from sknet.release import list_releases, promote
+
+    publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.92))
+    if damage == "delete":
+        store.delete("releases/sknet50/v1/model.mindir")
+    else:
+        store.put_bytes(b"cut", "releases/sknet50/v1/model.mindir")
+    v1, v2 = list_releases(store, "sknet50")["sknet50"]["versions"]
+    assert (v1["version"], v1["complete"], v2["complete"]) == ("v1", False, True)
+    assert v1["damaged"] == {"model.mindir": reason} and "damaged" not in v2
+    with pytest.raises(IncompleteError, match=rf"cannot promote {store.uri}/releases/sknet50/v1: version v1 of "
+                                              rf"sknet50 is incomplete: model\.mindir: {re.escape(reason)}$"):
+        promote(store, "sknet50", "v1")
+    assert latest(store)["version"] == "v2"
+
+
+def test_failing_to_remove_the_claim_after_the_manifest_is_a_warning_not_a_failure(store, tmp_path, monkeypatch,
+                                                                                   caplog):
+    import errno
+    from pathlib import Path
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if hasattr(store, "client"):
+        monkeypatch.setattr(store.client, "delete_object", disk_full)
+    else:
+        unlink = Path.unlink
+        monkeypatch.setattr(Path, "unlink", lambda path, **kw: disk_full() if path.name == ".writing" else
+                            unlink(path, **kw))
+    v1 = release_files(tmp_path, "v1", 0.91)
+    with caplog.at_level("WARNING", logger="sknet.storage"):
+        pointer = publish_release(store, "sknet50", "v1", *v1, holder="flow-run-a")
+    assert pointer["version"] == "v1" and latest(store)["version"] == "v1"
+    assert f"could not remove the claim {store.uri}/releases/sknet50/v1/.writing (delete " in caplog.text
+    monkeypatch.undo()
+    assert store.exists("releases/sknet50/v1/.writing")
+    assert publish_release(store, "sknet50", "v1", *v1) == pointer  # a retry of the release, or another one
+    assert not store.exists("releases/sknet50/v1/.writing")  # the next publication removed it

@@ -64,3 +64,34 @@ def test_release_help_shows_examples():
     for command in (["release"], ["release", "ls"], ["release", "promote"]):
         out = run_sknet(*command, "--help").stdout
         assert "sknet release promote --store s3://my-bucket/sknet --model sknet50 --version" in out
+
+
+def test_release_commands_refuse_a_model_or_version_that_is_not_one_path_segment(released, tmp_path):
+    from sknet.release import publish_run
+
+    store, args = released
+    failed = tmp_path / "gate-failed" / "model.mindir"
+    failed.parent.mkdir()
+    failed.write_bytes(b"a model that failed the gate")
+    publish_run(store, "gate-failed-run", {"model.mindir": failed})
+    proc = run_sknet("release", "promote", *args, "--model", "sknet50", "--version", "../../runs/gate-failed-run",
+                     check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert ("sknet: error: --version '../../runs/gate-failed-run': expected one path segment: letters, digits, "
+            "'.', '_' or '-' ([A-Za-z0-9._-]+), not '.' or '..'") in proc.stderr
+    proc = run_sknet("release", "ls", *args, "--model", "..", check=False)
+    assert proc.returncode == 2 and "sknet: error: --model '..': expected one path segment" in proc.stderr
+    assert json.loads(store.get_bytes("releases/sknet50/LATEST"))["version"] == "v2"
+
+
+def test_release_promote_and_ls_see_a_version_whose_model_was_deleted_as_incomplete(released):
+    store, args = released
+    store.delete("releases/sknet50/v1/model.mindir")
+    proc = run_sknet("release", "promote", *args, "--model", "sknet50", "--version", "v1", check=False)
+    assert proc.returncode == 2 and (
+        f"sknet: error: cannot promote {store.uri}/releases/sknet50/v1: version v1 of sknet50 is incomplete: "
+        "model.mindir: missing, manifest.json records 200 bytes") in proc.stderr
+    v1 = json.loads(run_sknet("-q", "release", "ls", *args).stdout)["models"]["sknet50"]["versions"][0]
+    assert (v1["version"], v1["complete"], v1["damaged"]) == (
+        "v1", False, {"model.mindir": "missing, manifest.json records 200 bytes"})
+    assert json.loads(store.get_bytes("releases/sknet50/LATEST"))["version"] == "v2"

@@ -72,8 +72,40 @@ def test_open_store_picks_the_implementation_by_scheme(tmp_path):
 
 
 def test_local_keys_cannot_escape_the_root(tmp_path):
-    with pytest.raises(StorageError, match="escapes"):
-        LocalStore(tmp_path / "root").put_bytes(b"x", "../outside")
+    from sknet.storage import PermanentStorageError
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    outside.mkdir()
+    store = LocalStore(root)
+    store.put_bytes(b"x", "runs/r1/a.txt")
+    (root / "runs" / "link").symlink_to(outside, target_is_directory=True)  # a symlink inside, leading out
+    for key in ("../outside/a", "runs/r1/../../../outside/a", str(outside / "a"), "runs/link/a"):
+        with pytest.raises(PermanentStorageError, match=rf"key '{key}' resolves to {outside}/a, outside the "
+                                                        rf"store's root {root}: keys must stay under the root"):
+            store.put_bytes(b"x", key)
+    with pytest.raises(PermanentStorageError, match="outside the store's root"):
+        store.get_bytes("runs/link/../../../outside/a")
+    assert list(outside.iterdir()) == []
+    store.put_bytes(b"y", "runs/r1/../r2/b.txt")  # normalised, and still under the root
+    assert store.get_bytes("runs/r2/b.txt") == b"y"
+
+
+def test_local_store_file_system_errors_are_storage_errors_naming_the_object(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    store = LocalStore(tmp_path / "root")
+    store.put_bytes(b"x", "rel/v1/.writing")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    monkeypatch.setattr(Path, "unlink", disk_full)
+    with pytest.raises(StorageError, match=rf"put {store.uri}/rel/v1/manifest.json: No space left on device"):
+        store.put_bytes(b"{}", "rel/v1/manifest.json")
+    with pytest.raises(StorageError, match=rf"delete {store.uri}/rel/v1/.writing: No space left on device"):
+        store.delete("rel/v1/.writing")
 
 
 def test_s3_errors_name_bucket_and_key_but_never_the_secret(s3_server, tmp_path, caplog):
@@ -194,6 +226,48 @@ def test_a_writer_whose_claim_was_taken_over_stops_before_the_manifest(store):
     store.put_bytes(b'{"owner": "other"}', "rel/v1/.writing")  # taken over after the lease
     with pytest.raises(WriteConflict, match=r"rel/v1/\.writing: this execution's claim was taken over"):
         renew(hold)
+
+
+def test_a_claim_records_its_holder_host_pid_and_prefix(store):
+    import json
+    import socket
+
+    from sknet.storage import WriteConflict, claim
+
+    claim(store, "releases/m/v1", holder="flow-run-a")
+    record = json.loads(store.get_bytes("releases/m/v1/.writing"))
+    assert {k: record[k] for k in ("holder", "prefix", "host", "pid")} == {
+        "holder": "flow-run-a", "prefix": "releases/m/v1", "host": socket.gethostname(), "pid": os.getpid()}
+    with pytest.raises(WriteConflict, match=r"releases/m/v1 is being written by another execution "
+                                            rf"\(flow run flow-run-a, host .* pid {os.getpid()}"):
+        claim(store, "releases/m/v1", holder="flow-run-b")
+
+
+def test_the_same_flow_run_takes_its_own_claim_over_at_once(store, files):
+    from sknet.storage import WriteConflict, claim
+
+    claim(store, "rel/v1", holder="flow-run-a")  # left by an attempt killed mid-way, renewed just now
+    with pytest.raises(WriteConflict, match=r"being written by another execution \(flow run flow-run-a"):
+        publish(store, "rel/v1", files, exclusive=True, holder="flow-run-b")
+    with pytest.raises(WriteConflict, match=r"being written by another execution \(flow run flow-run-a"):
+        publish(store, "rel/v1", files, exclusive=True)  # a writer that names no flow run
+    manifest = publish(store, "rel/v1", files, exclusive=True, holder="flow-run-a")  # the retry
+    assert read_manifest(store, "rel/v1") == manifest and not store.exists("rel/v1/.writing")
+
+
+def test_a_claim_left_beside_a_manifest_is_removed_by_the_next_publication(store, files):
+    import json
+
+    from sknet.storage import WriteConflict, claim, clear_published_claim
+
+    publish(store, "rel/v1", files)
+    claim(store, "rel/v1", holder="flow-run-a")  # killed between the manifest and the claim's removal
+    with pytest.raises(WriteConflict, match=r"rel/v1: already published by another execution"):
+        publish(store, "rel/v1", files, exclusive=True, holder="flow-run-b")
+    assert not store.exists("rel/v1/.writing")
+    assert clear_published_claim(store, "rel/v1") and not clear_published_claim(store, "rel/v2")
+    store.put_bytes(json.dumps({"holder": "x"}).encode(), "rel/v2/.writing")  # unpublished: the claim stays
+    assert store.exists("rel/v2/.writing")
 
 
 def test_exclusive_publish_refuses_a_prefix_already_published(store, files):
