@@ -69,7 +69,8 @@ def release_with_key(store: Store, model: str, key: str, *, other_than: str | No
     """The newest complete release of `model` whose manifest records training `key` (not version `other_than`),
     as `sknet.release.list_releases` lists it; None if there is none."""
     versions = list_releases(store, model)[model]["versions"]
-    return next((v for v in reversed(versions) if v.get("training_key") == key and v["version"] != other_than), None)
+    return next((v for v in reversed(versions) if v.get("training_key") == key and v["version"] != other_than
+                 and v["complete"]), None)  # a damaged release (a file gone) is not one to stand on
 
 
 def unchanged_summary(release: Mapping, dataset: Mapping, key: str) -> str:

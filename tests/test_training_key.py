@@ -54,3 +54,16 @@ def test_the_code_is_every_module_on_disk_tracked_or_not(tmp_path):
 
 def test_the_real_code_version_digests_this_checkout():
     assert tk.code_version().startswith("sknet-src:") and len(tk.code_version()) == len("sknet-src:") + 64
+
+
+def test_a_release_with_a_file_gone_is_not_one_a_run_can_skip_on(store, tmp_path):
+    from sknet.release import publish_release, release_prefix
+    from sknet.storage import join
+
+    model = tmp_path / "model.mindir"
+    model.write_bytes(b"weights")
+    publish_release(store, "sknet50", "v1", {"model.mindir": model},
+                    {"metrics": {"top_1_accuracy": 0.9}, "training_key": "k1"})
+    assert tk.release_with_key(store, "sknet50", "k1")["version"] == "v1"
+    store.delete(join(release_prefix("sknet50", "v1"), "model.mindir"))
+    assert tk.release_with_key(store, "sknet50", "k1") is None  # before: "unchanged", with no model to ship
