@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark, write bench/results/<name>.json, print a JSON summary.
 
-`python -m bench storage` (or mirror, launch, flow, models, chaos) runs one; `python -m bench chaos --runs N
+`python -m bench storage` (or mirror, launch, flow, models, compiles, chaos) runs one; `python -m bench chaos --runs N
 --seed S` passes its options on (see bench/chaos/run.py). Exits 1 when the chaos bench's checks fail."""
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def print_table(report: dict) -> None:
 def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     summary = {}
+    from bench.compiles import bench_compiles
     from bench.flow import bench_flow
     from bench.launch import bench_launch
     from bench.mirror import bench_mirror
@@ -87,7 +88,7 @@ def main() -> None:
 
     only = set(sys.argv[1:])  # e.g. `python -m bench storage`
     for name, bench in {"storage": bench_storage, "mirror": bench_mirror, "launch": bench_launch, "flow": bench_flow,
-                        "models": bench_models, "chaos": bench_chaos}.items():
+                        "models": bench_models, "compiles": bench_compiles, "chaos": bench_chaos}.items():
         if only and name not in only:
             continue
         report = bench()

@@ -11,13 +11,10 @@ code Ascend runs is run on CPU.
   `sink_size` steps, the dataset runs on across them, each sink calls the step callbacks ONCE with
   `cur_step_num` advanced by `sink_size` and `net_outputs` of the sink's last step, the epoch callbacks
   once per sink, and a stop request is honoured at the sink's end.
-- `count_compiles`: how many graphs MindSpore compiles (fresh compiles of `_CellGraphExecutor.compile`).
+Graphs compiled are counted by `bench.compiles.count_compiles`.
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections import Counter
 
 
 def loss_scaling_train_step(network, optimizer, loss_fn, train):
@@ -86,27 +83,6 @@ def _across_epochs(iterator):
         yield from iterator
 
 
-@contextlib.contextmanager
-def count_compiles():
-    """A Counter of fresh graph compiles by Cell class name, while the block runs."""
-    from mindspore.graph import api
-
-    compiled: Counter = Counter()
-    original = api._CellGraphExecutor.compile
-
-    def counting(self, obj, *args, **kwargs):
-        phase, fresh = original(self, obj, *args, **kwargs)
-        if fresh:
-            compiled[type(obj).__name__] += 1
-        return phase, fresh
-
-    api._CellGraphExecutor.compile = counting
-    try:
-        yield compiled
-    finally:
-        api._CellGraphExecutor.compile = original
-
-
 def train_with_standins(overrides: list[str], *, stop_after_steps: int | None = None, sink: int | None = None,
                         loss_scaling: bool = False) -> dict:
     """`sknet.training.loop.train` on cpu-smoke + `overrides`, with MindSpore's Ascend-only parts stood in for:
@@ -117,6 +93,7 @@ def train_with_standins(overrides: list[str], *, stop_after_steps: int | None = 
     import mindspore.train
 
     import sknet.training.loop as loop
+    from bench.compiles import count_compiles
     from sknet.config import load_config
 
     cfg = load_config("cpu-smoke", overrides)
@@ -137,5 +114,7 @@ def train_with_standins(overrides: list[str], *, stop_after_steps: int | None = 
 if __name__ == "__main__":
     import json
     import sys
+    from pathlib import Path
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.compiles
     print(json.dumps(train_with_standins(**json.loads(sys.argv[1]))))
