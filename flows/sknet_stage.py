@@ -1,15 +1,26 @@
 """Stage a CIFAR-10 dataset into the store, then announce it: the event that starts retraining.
 
-After a dataset is newly published the flow emits `sknet.dataset.staged`, whose resource is the dataset
-URI (with its digest and whether it is synthetic). The `sknet-train` deployments in
-`deployments/prefect.yaml` are triggered by that event with `dataset_uri` set to that URI. Staging data
-that is already there (same manifest digest) uploads nothing and emits nothing, so it starts nothing.
+When the dataset changed state (newly published, or objects of it missing or damaged and uploaded again)
+the flow emits `sknet.dataset.staged`, whose resource is the dataset URI (with its digest and whether it
+is synthetic). The `sknet-train` deployments in `deployments/prefect.yaml` are triggered by that event with
+`dataset_uri` set to that URI. Staging data that is already there and intact uploads nothing and emits
+nothing, so it starts nothing.
+
+The event is delivered before the flow returns, or the flow fails (`EventNotDelivered`): `emit_event` only
+queues an event for a background worker, which logs and drops it when the API cannot take it.
 """
 
 from __future__ import annotations
 
+import uuid
+
 from prefect import flow, get_run_logger
-from prefect.events import emit_event
+from prefect.client.orchestration import get_client
+from prefect.events import Event
+from prefect.events.clients import get_events_client
+from prefect.events.related import related_resources_from_run_context
+from prefect.runtime import flow_run
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from sknet.data.stage import DATASETS_PREFIX
 from sknet.errors import ConfigError
@@ -18,12 +29,18 @@ from tasks._support import refuse_untemplated, use_aws_credentials_block
 from tasks.data import stage_dataset
 
 STAGED_EVENT = "sknet.dataset.staged"
+EVENT_ATTEMPTS = 5  # connections the events client tries before the announcement fails
+
+
+class EventNotDelivered(RuntimeError):
+    """The API did not confirm that it received the `sknet.dataset.staged` event."""
 
 
 @flow(name="sknet-stage")
 def sknet_stage(source: str, dest: str | None = None, publish_to: str | None = None,
                 expected_md5: str | None = None, aws_credentials_block: str | None = None) -> dict:
-    """Publish a dataset under its manifest digest and emit `sknet.dataset.staged` if it is new.
+    """Publish a dataset under its manifest digest (or repair it there) and emit `sknet.dataset.staged` if it
+    is new or was repaired.
 
     Args:
         source: the official tarball's URL, a tarball or a layout directory (`sknet data synth` writes one)
@@ -40,10 +57,41 @@ def sknet_stage(source: str, dest: str | None = None, publish_to: str | None = N
     if not (dest or publish_to):
         raise ConfigError("sknet-stage needs dest (a datasets prefix) or publish_to (a store URI)")
     staged = stage_dataset(source, dest or join(publish_to, DATASETS_PREFIX), expected_md5)
-    if staged["published"]:
-        event = emit_event(event=STAGED_EVENT, resource=dataset_resource(staged), payload=staged)
-        get_run_logger().info("emitted %s for %s (event %s)", STAGED_EVENT, staged["uri"], event and event.id)
+    if staged["published"] or staged["repaired"]:
+        event = announce(staged)
+        get_run_logger().info("emitted %s for %s (event %s, received by the API)", STAGED_EVENT, staged["uri"],
+                              event.id)
     return staged
+
+
+def announce(staged: dict) -> Event:
+    """Send `sknet.dataset.staged` for `staged` and return once the API has received it; else raise
+    `EventNotDelivered`. The event id is fixed per flow run and dataset, so a retry that sends it again is
+    recorded and acted on once (the server drops an event id it has seen)."""
+    event = Event(event=STAGED_EVENT, resource=dataset_resource(staged), payload=staged,
+                  id=uuid.uuid5(uuid.UUID(flow_run.id), staged["uri"]))
+    try:
+        run_coro_as_sync(send_confirmed(event))
+    except Exception as exc:  # noqa: BLE001 - whatever stopped it, the event is not known to have arrived
+        raise EventNotDelivered(
+            f"{STAGED_EVENT} for {staged['uri']} was not received by the Prefect API ({type(exc).__name__}: "
+            f"{exc}); the dataset is staged, but no training starts on it. Once the API takes events (its "
+            f"websocket /events/in must be reachable), retry this flow run (`prefect flow-run retry {flow_run.id}`, "
+            f"with `--entrypoint flows/sknet_stage.py:sknet_stage` for a run without a deployment): it reuses "
+            f"this stage's result and sends the event again") from exc
+    return event
+
+
+async def send_confirmed(event: Event) -> None:
+    """Send `event` with its run's related resources (as `emit_event` attaches them) through a client of our own
+    that checkpoints after every event: after the send it pings and waits for the pong, which the server
+    sends on reading the ping, so after the event's frame (Prefect's own checkpoint). Raises what stopped it:
+    a connection refused, rejected or closed, after `EVENT_ATTEMPTS` tries where retrying can help."""
+    async with get_client() as orchestration:
+        event.related += await related_resources_from_run_context(
+            orchestration, exclude={resource.id for resource in event.involved_resources})
+    async with get_events_client(reconnection_attempts=EVENT_ATTEMPTS - 1, checkpoint_every=1) as events:
+        await events.emit(event)
 
 
 def dataset_resource(staged: dict) -> dict[str, str]:

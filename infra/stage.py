@@ -1,5 +1,5 @@
 """`make stage SOURCE=… [DEST=…]`: stage a dataset through the `sknet-stage/manual` deployment of the local
-stack (`make up`) and wait for it. A newly staged dataset emits `sknet.dataset.staged`, which starts a
+stack (`make up`) and wait for it. A newly staged (or repaired) dataset emits `sknet.dataset.staged`, which starts a
 `sknet-train` run on it (the smoke deployment on a laptop: `make up` pauses nightly's trigger).
 
     python -m infra.stage --source work/data/seed7            # a layout directory (`sknet data synth`)

@@ -11,7 +11,8 @@ from tasks._support import retry_transient
 
 @task(name="fetch-dataset", task_run_name="fetch {cfg.data.uri}", persist_result=True, **retry_transient())
 def fetch_dataset(cfg: Config, cache_dir: str) -> dict:
-    """A verified local copy of `data.uri`: fetched into the digest-keyed cache if remote, verified in place if local."""
+    """A verified local copy of `data.uri`: fetched into the digest-keyed cache if remote, verified in place if local.
+    A dataset outside `data.allowed_prefixes` is refused before anything is read (a ConfigError: not retried)."""
     dataset = resolve_dataset(cfg, cache_dir)
     get_run_logger().info("dataset %s at %s%s", dataset.digest[:12], dataset.path,
                           " (SYNTHETIC data)" if dataset.synthetic else "")
@@ -20,10 +21,11 @@ def fetch_dataset(cfg: Config, cache_dir: str) -> dict:
 
 
 # The source is not in the task run's name: it may be a presigned URL, whose token the run name would show.
-@task(name="stage-dataset", task_run_name="stage into {dest}", **retry_transient())
+# The result is persisted, so a retry of the flow run reuses it (and announces what this attempt staged).
+@task(name="stage-dataset", task_run_name="stage into {dest}", persist_result=True, **retry_transient())
 def stage_dataset(source: str, dest: str, expected_md5: str | None = None) -> dict:
-    """Publish SOURCE (URL, tarball or layout directory) under its manifest digest in DEST, unless already there."""
+    """Publish SOURCE (URL, tarball or layout directory) under its manifest digest in DEST; if already there,
+    upload again the objects that are missing or damaged."""
     staged = staging.stage_dataset(source, open_store(dest), expected_md5=expected_md5)
-    get_run_logger().info("%s %s%s", "staged" if staged.published else "already staged, nothing uploaded:",
-                          staged.uri, " (SYNTHETIC data)" if staged.synthetic else "")
+    get_run_logger().info("%s", staged.summary())
     return staged.to_dict()

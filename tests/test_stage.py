@@ -67,8 +67,54 @@ def test_restaging_identical_data_uploads_nothing(store, synthetic_data):
     again = stage_dataset(str(synthetic_data), store)
     assert first.published and not again.published  # what the sknet-stage flow emits its event on
     assert again.uri == first.uri == f"{store.uri}/{dataset_manifest(synthetic_data)['digest']}"
-    assert again.synthetic is True and again.digest == first.digest
+    assert again.synthetic is True and again.digest == first.digest and again.repaired == ()
     assert puts == [] and uploads == []
+
+
+def test_restaging_checks_the_objects_without_downloading_them(store, synthetic_data):
+    from sknet.data.stage import stage_dataset
+
+    stage_dataset(str(synthetic_data), store)
+    gets = count_calls(store, "GetObject")
+    heads = count_calls(store, "HeadObject")
+    assert stage_dataset(str(synthetic_data), store).repaired == ()
+    assert len(heads) == 8  # one check per object: S3's SHA256 checksum from a HEAD, a file hashed on file://
+    assert len(gets) == (1 if isinstance(store, S3Store) else 0)  # S3: the manifest (a file:// store reads it)
+
+
+def test_restaging_uploads_a_deleted_object_again_and_the_dataset_verifies(store, synthetic_data):
+    from sknet.data.stage import stage_dataset
+
+    first = stage_dataset(str(synthetic_data), store)
+    store.delete(f"{first.digest}/data_batch_3.bin")
+    puts = count_calls(store, "PutObject")
+    again = stage_dataset(str(synthetic_data), store)
+    assert not again.published and again.repaired == ("data_batch_3.bin",)
+    assert again.to_dict()["repaired"] == ["data_batch_3.bin"] and len(puts) == 1
+    assert verify_remote(again.uri, store)["files"] == 8
+
+
+def test_restaging_uploads_damaged_objects_again(store, synthetic_data):
+    from sknet.data.stage import stage_dataset
+
+    first = stage_dataset(str(synthetic_data), store)
+    data = bytearray(store.get_bytes(f"{first.digest}/data_batch_2.bin"))
+    data[12345] ^= 0xFF  # same size, other content: only a checksum tells
+    store.put_bytes(bytes(data), f"{first.digest}/data_batch_2.bin")
+    store.put_bytes(store.get_bytes(f"{first.digest}/{TEST_FILE}")[:1000], f"{first.digest}/{TEST_FILE}")
+    again = stage_dataset(str(synthetic_data), store)
+    assert not again.published and again.repaired == ("data_batch_2.bin", TEST_FILE)
+    assert verify_remote(again.uri, store)["files"] == 8
+
+
+def test_restaging_over_a_manifest_that_is_not_json_publishes_the_dataset_again(store, synthetic_data):
+    from sknet.data.stage import stage_dataset
+
+    first = stage_dataset(str(synthetic_data), store)
+    store.put_bytes(b"{not json", f"{first.digest}/manifest.json")
+    again = stage_dataset(str(synthetic_data), store)
+    assert again.published and again.repaired == ()
+    assert verify_remote(again.uri, store)["files"] == 8
 
 
 @pytest.fixture
@@ -295,6 +341,19 @@ def test_cli_stage_verify_fetch_against_the_s3_server(s3_server, bucket, synthet
     fetched = run_json("-q", "data", "fetch", uri, "--cache", str(tmp_path / "cache"), *endpoint)
     assert (tmp_path / "cache" / verified["digest"] / LAYOUT_DIR / VERIFIED_MARKER).exists()
     assert fetched["digest"] == verified["digest"]
+
+
+def test_cli_restage_repairs_a_deleted_object_so_that_verify_passes(s3_server, bucket, synthetic_data):
+    from conftest import run_json, run_sknet
+
+    endpoint = ["--endpoint-url", s3_server.endpoint]
+    stage_args = ["-q", "data", "stage", "--source", str(synthetic_data), "--dest", f"s3://{bucket}/d", *endpoint]
+    first = run_json(*stage_args)
+    S3Store(f"s3://{bucket}/d", endpoint_url=s3_server.endpoint).delete(f"{first['digest']}/data_batch_1.bin")
+    assert run_sknet("data", "verify", first["uri"], *endpoint, check=False).returncode == 2
+    again = run_json(*stage_args)
+    assert again == {**first, "published": False, "repaired": ["data_batch_1.bin"]}
+    assert run_json("-q", "data", "verify", first["uri"], *endpoint)["files"] == 8
 
 
 def test_cli_verify_names_a_corrupted_object(s3_server, bucket, synthetic_data, tmp_path):

@@ -2,7 +2,8 @@
 
 Staged layout: `<dest>/<digest>/{data_batch_1.bin … test_batch.bin, batches.meta.txt, manifest.json}`,
 where the digest is the sha256 of the manifest's file table. The manifest is written last, so a
-prefix without one is incomplete.
+prefix without one is incomplete. Staging data that is already there checks each object against the manifest
+(listed size, then `Store.verify`) and uploads again only what is missing or damaged.
 
 Cache layout: `<cache>/<digest>/cifar-10-batches-bin/` (the copy, with a `.verified` marker written only
 after every file matched the manifest), `<cache>/<digest>/manifest.json` (the staged manifest plus each
@@ -47,7 +48,8 @@ from sknet.data.layout import (
 from sknet.errors import DataError
 from sknet.locks import exclusive_lock
 from sknet.storage import (
-    MANIFEST, Store, file_hash, join, publish, read_manifest, redact_url, sha256_file, write_atomic,
+    MANIFEST, IncompleteError, PermanentStorageError, StorageError, Store, file_hash, join, publish, read_manifest,
+    redact_url, sha256_file, write_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -116,16 +118,28 @@ def dataset_manifest(directory: Path) -> dict:
 
 @dataclass(frozen=True)
 class StagedDataset:
-    """A staged dataset: its URI and digest, whether it is synthetic, and whether this call published it
-    (False: the same files were already staged under that digest, nothing was uploaded)."""
+    """A staged dataset: its URI and digest, whether it is synthetic, whether this call published it (wrote
+    its manifest; False: the same files were already staged under that digest), and the objects of an
+    already staged dataset that this call found missing or damaged and uploaded again (`repaired`)."""
 
     uri: str
     digest: str
     synthetic: bool
     published: bool
+    repaired: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """One line for a log: what this call did to the dataset."""
+        if self.published:
+            done = "staged"
+        elif self.repaired:
+            done = f"uploaded {', '.join(self.repaired)} again to"
+        else:
+            done = "already staged and intact, nothing uploaded:"
+        return f"{done} {self.uri}{' (SYNTHETIC data)' if self.synthetic else ''}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "repaired": list(self.repaired)}
 
 
 def stage(source: str, store: Store, *, expected_md5: str | None = None, work_dir: Path | None = None) -> str:
@@ -135,23 +149,77 @@ def stage(source: str, store: Store, *, expected_md5: str | None = None, work_di
 
 def stage_dataset(source: str, store: Store, *, expected_md5: str | None = None,
                   work_dir: Path | None = None) -> StagedDataset:
-    """Publish SOURCE (URL, tarball or layout directory) to `store` unless it is already staged there.
+    """Publish SOURCE (URL, tarball or layout directory) to `store`; when it is staged there already, check
+    its objects and upload again those missing or damaged (see `repair`).
     A tarball must have `expected_md5` (default: the official CIFAR-10 tarball's)."""
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="sknet-stage-") as scratch:
         directory = _materialize(source, Path(scratch), expected_md5 or TARBALL_MD5)
         manifest = dataset_manifest(directory)
         digest = manifest["digest"]
         staged = StagedDataset(f"{store.uri}/{digest}", digest, bool(manifest["synthetic"]), published=False)
-        if store.exists(join(digest, MANIFEST)):
-            if read_manifest(store, digest).get("files") == manifest["files"]:
-                log.info("%s is already staged; nothing to upload", staged.uri)
-                return staged
         layout = layout_dir(directory)  # verified by dataset_manifest
         files = {name: layout / name for name in manifest["files"]}
+        if _staged_file_table(store, digest) == manifest["files"]:
+            staged = replace(staged, repaired=tuple(repair(store, digest, manifest["files"], files)))
+            log.info("%s", staged.summary())
+            return staged
         metadata = {k: v for k, v in manifest.items() if k != "files"}
         publish(store, digest, files, metadata=metadata, progress=log.info, file_facts=manifest["files"])
-        log.info("staged %s%s", staged.uri, " (SYNTHETIC data)" if staged.synthetic else "")
-        return replace(staged, published=True)
+        staged = replace(staged, published=True)
+        log.info("%s", staged.summary())
+        return staged
+
+
+def _staged_file_table(store: Store, digest: str) -> dict | None:
+    """The file table of the manifest under `digest`; None without one, or with one that cannot be read
+    (publishing again writes it anew)."""
+    try:
+        manifest = read_manifest(store, digest)
+    except IncompleteError:
+        return None
+    except PermanentStorageError as exc:
+        log.warning("%s; publishing the dataset again", exc)
+        return None
+    return manifest.get("files") if isinstance(manifest, dict) else None
+
+
+def repair(store: Store, digest: str, entries: dict, files: dict[str, Path]) -> list[str]:
+    """Check each object of the dataset staged under `digest` against its manifest `entries` and upload
+    `files[name]` again where the object is missing or damaged; return those names, sorted.
+
+    Sizes come from one listing. Content is checked by `Store.verify` with the local file at hand, the
+    cheapest check each store has: on S3 the SHA256 checksum S3 keeps with the object, read by a HEAD (a
+    multipart object's composite checksum is recomputed from the local file; a store keeping none compares
+    its MD5 ETag, else downloads); on `file://` the object is hashed. Every upload is verified the same way.
+    An object not in the manifest is left alone, with a warning: `sknet data verify` refuses the dataset
+    until it is removed.
+    """
+    listed = {o.key[len(digest) + 1:]: o.size for o in store.list(digest + "/")}
+    for name in sorted(set(listed) - set(entries) - {MANIFEST}):
+        log.warning("%s/%s/%s: not in the manifest; left in place, remove it by hand", store.uri, digest, name)
+    damaged = []
+    for name, entry in sorted(entries.items()):
+        if problem := _object_problem(store, join(digest, name), entry, listed.get(name), files[name]):
+            log.warning("%s/%s/%s: %s; uploading it again", store.uri, digest, name, problem)
+            store.put(files[name], join(digest, name))
+            store.verify(join(digest, name), entry["size"], entry["sha256"], local=files[name])
+            damaged.append(name)
+    return damaged
+
+
+def _object_problem(store: Store, key: str, entry: dict, size: int | None, local: Path) -> str | None:
+    """What is wrong with the object at `key` (listed with `size`, None: not listed), or None if it matches."""
+    if size is None:
+        return "missing"
+    if size != entry["size"]:
+        return f"{size:,} bytes, the manifest says {entry['size']:,}"
+    try:
+        store.verify(key, entry["size"], entry["sha256"], local=local)
+    except PermanentStorageError:
+        raise
+    except StorageError as exc:  # a differing checksum, or an object that could not be checked: upload it
+        return str(exc)
+    return None
 
 
 def staged_datasets(store: Store) -> list[dict]:
