@@ -263,7 +263,8 @@ def _up(stack: Stack, work: Path) -> int:
     except ValueError as error:
         print(f"make up: error: {error}", file=sys.stderr)
         return 2
-    deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", ""),
+    # prefect.yaml appends /datasets/* to the store for its trigger's match: no trailing slash
+    deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", "").rstrip("/"),
                   "SKNET_DATASET_URI": os.environ.get("SKNET_DATASET_URI", "")}
     if not deploy_env["SKNET_PUBLISH_TO"]:  # the embedded default, as `make run` uses it
         from infra.run_local import embedded_dataset

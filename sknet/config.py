@@ -13,13 +13,14 @@ import json
 import math
 import re
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from sknet.data.allowlist import default_prefixes, location
 from sknet.errors import ConfigError
 from sknet.storage import S3_MAX_ATTEMPTS, S3_TIMEOUT_SECONDS
 
@@ -41,6 +42,9 @@ class DataConfig:
     """Where the CIFAR-10 binary layout comes from and how much of it to use."""
 
     uri: str = ""  # local directory, file:// or s3:// dataset URI
+    # Where the flow may take data.uri from: s3://, file:// or path prefixes (`sknet.data.allowlist`). None, the
+    # default, stands for <storage.uri>/datasets/ and is resolved by `Config.allowed_dataset_prefixes`.
+    allowed_prefixes: tuple[str, ...] | None = None
     num_train_samples: int | None = field(default=None, **_at_least(1))  # total across ranks
     num_eval_samples: int | None = field(default=None, **_at_least(1))
     image_size: int = field(default=32, **_at_least(32))  # 224 resizes for the imagenet stem
@@ -130,6 +134,11 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+
+    @property
+    def allowed_dataset_prefixes(self) -> tuple[str, ...]:
+        """`data.allowed_prefixes`, or when unset the store's own datasets: `<storage.uri>/datasets/`."""
+        return self.data.allowed_prefixes or default_prefixes(self.storage.uri)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -302,6 +311,8 @@ def _check_value(value: Any, tp: Any, bounds: Mapping[str, Any], path: str, sour
             return None
         (tp,) = [a for a in args if a is not type(None)]
         args = get_args(tp)
+    if get_origin(tp) is tuple:
+        return _check_prefixes(value, fail)
     if get_origin(tp) is Literal:
         if value not in args:
             raise fail("one of " + ", ".join(repr(a) for a in args))
@@ -324,6 +335,20 @@ def _check_value(value: Any, tp: Any, bounds: Mapping[str, Any], path: str, sour
     if not _within(value, bounds):
         raise fail(("an integer" if tp is int else "a number") + _describe(bounds))
     return value
+
+
+def _check_prefixes(value: Any, fail: Callable[[str], ConfigError]) -> tuple[str, ...]:
+    """A non-empty list of dataset URI prefixes, each a place `sknet.data.allowlist.location` understands."""
+    expected = ("a non-empty list of URI prefixes, e.g. [s3://bucket/datasets/, /data/cifar10] "
+                "(unset: <storage.uri>/datasets/)")
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+        raise fail(expected)
+    for prefix in value:
+        try:
+            location(prefix)
+        except ValueError as error:
+            raise fail(f"{expected}; {prefix!r}: {error}") from None
+    return tuple(value)
 
 
 # YAML 1.1 (PyYAML) reads `1e9` and `1e-4` as strings; a user writing them means numbers.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sknet.config import Config, load_config
+from sknet.data.source import check_dataset_allowed
 from sknet.release import check_segment, release_prefix, run_prefix
 from sknet.run_files import MODEL_FILE
 from sknet.storage import store_from_config
@@ -67,6 +68,8 @@ def plan_run(config: str | Path, overrides: Mapping[str, Any] | None, *, run_id:
     extra |= {"gate.threshold": gate_threshold} if gate_threshold is not None else {}
     extra |= {"storage.uri": publish_to} if publish_to else {}
     cfg = load_config(config, {**(overrides or {}), **extra})
+    if cfg.data.uri:  # a dataset outside data.allowed_prefixes: refused before any task (preflight included)
+        check_dataset_allowed(cfg)
     plan = RunPlan(run_id=run_id, output_dir=output_dir, cache_dir=str(work / "cache"),
                    store_uri=store_from_config(cfg.storage).uri,
                    model=check_segment("model.name", release_name(cfg.model.name)), flow_run_id=flow_run_id)

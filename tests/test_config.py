@@ -6,7 +6,7 @@ from sknet.config import Config, available_profiles, load_config
 from sknet.errors import ConfigError
 
 CONTRACT_KEYS = [
-    "data.uri", "data.num_train_samples", "data.num_eval_samples", "model.name", "model.stem",
+    "data.uri", "data.allowed_prefixes", "data.num_train_samples", "data.num_eval_samples", "model.name", "model.stem",
     "train.epochs", "train.batch_size", "train.seed", "train.device_target", "launch.backend",
     "launch.ranks", "gate.threshold",
 ]
@@ -68,6 +68,10 @@ def test_a_yaml_path_works_like_a_profile(tmp_path):
     assert (cfg.train.epochs, cfg.model.stem) == (2, "imagenet")
 
 
+PREFIXES = ("a non-empty list of URI prefixes, e.g. [s3://bucket/datasets/, /data/cifar10] "
+            "(unset: <storage.uri>/datasets/)")
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -87,6 +91,11 @@ def test_a_yaml_path_works_like_a_profile(tmp_path):
         ("train.momentum=1", "train.momentum: got 1.0, expected a number in [0, 1)"),
         ("data.num_train_samples=0", "data.num_train_samples: got 0, expected an integer ≥ 1"),
         ("gate.compare_to_latest=maybe", "gate.compare_to_latest: got 'maybe', expected true or false"),
+        ("data.allowed_prefixes=s3://b/datasets/",
+         f"data.allowed_prefixes: got 's3://b/datasets/', expected {PREFIXES}"),
+        ("data.allowed_prefixes=[]", f"data.allowed_prefixes: got [], expected {PREFIXES}"),
+        ("data.allowed_prefixes=[s3://b/datasets/, 3]", f"data.allowed_prefixes: got ['s3://b/datasets/', 3], "
+                                                        f"expected {PREFIXES}"),
     ],
 )
 def test_bad_values_fail_with_key_value_and_expectation(override, message):
@@ -183,3 +192,25 @@ def test_the_imagenet_stem_needs_images_large_enough():
     with pytest.raises(ConfigError, match=r"model\.stem=imagenet with data\.image_size=32: .* leaving a 1×1 map"):
         load_config("cpu-smoke", ["model.stem=imagenet"])
     assert load_config("cpu-smoke", ["model.stem=imagenet", "data.image_size=64"]).model.stem == "imagenet"
+
+
+@pytest.mark.parametrize("prefix, why", [
+    ("s3://b/datasets/../other/", "without empty, '.' or '..' segments"),
+    ("s3://b/data%73ets/", "nothing decodes percent-encoding"),
+    ("https://example.com/datasets/", "expected an s3:// or file:// URI or a local path"),
+])
+def test_each_allowed_prefix_must_name_one_clear_place(prefix, why):
+    with pytest.raises(ConfigError) as error:
+        load_config("cpu-smoke", {"data.allowed_prefixes": ["s3://b/datasets/", prefix]})
+    assert str(error.value).startswith(f"override: data.allowed_prefixes: got ['s3://b/datasets/', '{prefix}'], "
+                                       f"expected {PREFIXES}; '{prefix}': ")
+    assert why in str(error.value)
+
+
+def test_allowed_prefixes_round_trip_through_the_yaml_a_run_writes(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("data:\n  allowed_prefixes:\n    - s3://b/datasets/\n    - file:///data/cifar10\n")
+    cfg = load_config(path)
+    assert cfg.data.allowed_prefixes == ("s3://b/datasets/", "file:///data/cifar10")
+    (tmp_path / "resolved.yaml").write_text(cfg.to_yaml())  # what the launcher hands each rank
+    assert load_config(tmp_path / "resolved.yaml") == cfg

@@ -371,3 +371,24 @@ def test_a_newly_staged_dataset_starts_a_training_run_on_it_and_restaging_starts
 def training_runs_on(site, dataset_uri: str) -> list[dict]:
     runs = api(site, "flow_runs/filter", {"flows": {"name": {"any_": ["sknet-train"]}}})
     return [run for run in runs if run["parameters"].get("dataset_uri") == dataset_uri]
+
+
+def test_a_dataset_outside_the_store_starts_nothing_and_a_run_on_it_fails_before_training(site, synthetic_data):
+    """Issue 18 §4: a real dataset staged beside the store's `datasets/` (`datasets-evil/`: a string prefix of it,
+    not a path prefix), announced by hand, starts no run; run on it by hand, the flow fails in its first task."""
+    foreign = json.loads(run_sknet("data", "stage", "--source", str(synthetic_data), "--dest",
+                                   f"s3://{site['bucket']}/datasets-evil/cifar10", "--endpoint-url",
+                                   site["endpoint"]).stdout)["uri"]
+    site["stack"].prefect("event", "emit", "sknet.dataset.staged", "--resource-id", foreign)
+    deadline = time.monotonic() + 60
+    while not api(site, "events/filter", {"filter": {"event": {"name": ["sknet.dataset.staged"]},
+                                                     "resource": {"id": [foreign]}}})["events"]:
+        assert time.monotonic() < deadline, "the hand-emitted event never reached the server"
+        time.sleep(1)
+    time.sleep(30)  # a store's own dataset starts its run within this (see the test above)
+    assert not training_runs_on(site, foreign)
+
+    run = wait_final(site, run_deployment(site, "--param", f"dataset_uri={foreign}"))
+    assert run["state"]["type"] == "FAILED"
+    assert foreign in run["state"]["message"] and f"['s3://{site['bucket']}/datasets/']" in run["state"]["message"]
+    assert [(t["name"].split()[0], t["run_count"]) for t in task_runs(site, run["id"])] in ([], [("fetch", 1)])

@@ -1,5 +1,6 @@
 """A run's dataset, whatever `data.uri` names: a local layout is verified in place, a staged dataset
-(`<store>/<digest>`) is fetched into the digest-keyed cache and verified against its manifest."""
+(`<store>/<digest>`) is fetched into the digest-keyed cache and verified against its manifest. Either must lie
+under one of `data.allowed_prefixes` (`sknet.data.allowlist`), checked before anything is read."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sknet.config import Config
+from sknet.data.allowlist import refuse_unless_allowed
 from sknet.data.layout import TEST_FILE, is_synthetic, layout_dir, local_dataset_path
 from sknet.data.stage import dataset_manifest, fetch, split_dataset_uri
 from sknet.storage import is_s3_uri, store_from_config
@@ -23,8 +25,16 @@ class Dataset:
         return asdict(self)
 
 
+def check_dataset_allowed(cfg: Config) -> None:
+    """Raise `DatasetNotAllowed` (a ConfigError: never retried) unless `data.uri` lies under one of the config's
+    allowed prefixes (`data.allowed_prefixes`, default `<storage.uri>/datasets/`)."""
+    refuse_unless_allowed(cfg.data.uri, cfg.allowed_dataset_prefixes)
+
+
 def resolve_dataset(cfg: Config, cache_dir: str | Path) -> Dataset:
-    """A verified local copy of `cfg.data.uri`; a cached copy is reused without downloading."""
+    """A verified local copy of `cfg.data.uri`, once it is known to be allowed; a cached copy is reused without
+    downloading."""
+    check_dataset_allowed(cfg)
     uri = cfg.data.uri
     local = _local_layout(uri)
     if local is not None:

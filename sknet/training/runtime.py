@@ -71,9 +71,9 @@ def configure(device_target: str = "CPU", seed: int | None = None, graph_mode: b
 # Config keys that cannot change the compiled graph: where things are, how long to wait, what happens after
 # training. Every other key (model, data shape, batch, optimizer and schedule values, epochs: the learning-rate
 # array's length, ranks, sink and cadence) names the compile cache, since MindSpore does not check them.
-NOT_IN_GRAPH = ("data.uri", "storage.", "train.output_dir", "train.checkpoint_mirror", "gate.", "export.",
-                "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.rank_table", "launch.server_id",
-                "launch.master_addr", "launch.master_port")
+NOT_IN_GRAPH = ("data.uri", "data.allowed_prefixes", "storage.", "train.output_dir", "train.checkpoint_mirror",
+                "gate.", "export.", "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.rank_table",
+                "launch.server_id", "launch.master_addr", "launch.master_port")
 
 
 def use_compile_cache(run_cache: Path, config: Mapping[str, Mapping], environ: MutableMapping[str, str] = os.environ
