@@ -287,7 +287,7 @@ def test_tarball_with_a_huge_member_is_refused_before_extracting_anything(tmp_pa
         archive.add(huge, arcname="cifar-10-batches-bin/data_batch_1.bin")
     with pytest.raises(DataError, match=r"member 'cifar-10-batches-bin/data_batch_1\.bin' is 61,460,001 bytes, "
                                         r"more than any CIFAR-10 file"):
-        stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball))
+        stage(str(tarball), LocalStore(tmp_path / "store"), expected_md5=_md5(tarball), work_dir=tmp_path)
     assert not list(tmp_path.rglob("sknet-stage-*"))
 
 

@@ -29,20 +29,23 @@ time and by the store's checksums, not by a hit.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import tarfile
 import tempfile
+import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sknet.data.layout import (
-    LAYOUT_DIR, META_FILE, RECORD_BYTES, SYNTHETIC_MARKER, TARBALL_MD5, TEST_FILE, TRAIN_FILES,
+    FILE_BYTES, LAYOUT_DIR, META_FILE, RECORD_BYTES, SYNTHETIC_MARKER, TARBALL_MD5, TEST_FILE, TRAIN_FILES,
     check_batch_file, layout_dir, verify_layout,
 )
 from sknet.errors import DataError
@@ -58,7 +61,14 @@ VERIFIED_MARKER = ".verified"
 FORMAT = "cifar10-binary"
 DATASETS_PREFIX = "datasets/cifar10"  # where a store keeps its staged datasets: <store>/datasets/cifar10/<digest>
 DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
-MAX_MEMBER_BYTES = 2 * 10_000 * RECORD_BYTES  # twice a batch file: a tarball member beyond it is not CIFAR-10
+MAX_MEMBER_BYTES = 2 * FILE_BYTES  # twice a batch file: a tarball member beyond it is not CIFAR-10
+LAYOUT_BYTES = (len(TRAIN_FILES) + 1) * FILE_BYTES  # 184,380,000: the six batch files (batches.meta.txt: 61 more)
+MAX_EXTRACTED_BYTES = 2 * LAYOUT_BYTES  # a tarball extracting to more is a decompression bomb, not CIFAR-10
+MAX_MEMBERS = 100  # the official tarball has 9: its directory, the 6 batches, batches.meta.txt, readme.html
+MAX_DOWNLOAD_BYTES = 2 * 170_052_171  # twice the official cifar-10-binary.tar.gz (an uncompressed tar fits too)
+DOWNLOAD_DEADLINE_SECONDS = 3600.0  # a whole download, first byte to last: the official tarball at ≥ 47 kB/s
+SCRATCH_PREFIX = "sknet-stage-"  # a stage's scratch directory, under its work_dir or TMPDIR
+SCRATCH_OWNER = "owner.json"  # in a scratch directory: host, PID and start time of the stage using it
 SAMPLE_BYTES = 2**20  # a cache hit hashes the first, middle and last MiB of each file
 DATASET_FILES = frozenset([*TRAIN_FILES, TEST_FILE, META_FILE, SYNTHETIC_MARKER])  # all a manifest may name
 
@@ -234,6 +244,8 @@ def staged_datasets(store: Store) -> list[dict]:
 
 
 def _materialize(source: str, scratch: Path, expected_md5: str) -> Path:
+    """The layout directory of SOURCE, downloaded and extracted in `scratch` (claimed first: `_claim_scratch`)."""
+    _claim_scratch(scratch)
     if source.startswith(("http://", "https://")):
         tarball = scratch / "download.tar.gz"
         _download(source, tarball)
@@ -247,26 +259,137 @@ def _materialize(source: str, scratch: Path, expected_md5: str) -> Path:
 
 
 def _download(url: str, target: Path) -> None:
-    """Download `url`; logs and errors show it without its signature or token (a presigned URL is a secret)."""
+    """Download `url` within `MAX_DOWNLOAD_BYTES` and `DOWNLOAD_DEADLINE_SECONDS`; logs and errors show it without
+    its signature or token (a presigned URL is a secret)."""
     shown = redact_url(url)
+    _refuse_unquoted(url, shown)
     log.info("downloading %s", shown)
-    try:
-        _copy_url(url, target, shown)
-    except OSError as exc:  # HTTPError, URLError, timeouts
-        raise DataError(f"{shown}: download failed ({exc}); check the URL and this machine's network access") from None
+    with _Deadline(DOWNLOAD_DEADLINE_SECONDS) as deadline:
+        try:
+            _copy_url(url, target, shown, deadline)
+        except (OSError, http.client.HTTPException) as exc:  # HTTPError, URLError, timeouts, a malformed answer
+            if deadline.expired.is_set():
+                raise _past_deadline(shown, deadline) from None
+            raise _download_error(shown, exc) from None
 
 
-def _copy_url(url: str, target: Path, shown: str) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0)
+def _refuse_unquoted(url: str, shown: str) -> None:
+    """Refuse a URL with a space or a control character before any request (urllib would raise `InvalidURL` quoting
+    the URL in full, signature and all)."""
+    if found := re.search(r"[\x00-\x20\x7f]", url):
+        what = "a space" if found.group() == " " else f"the control character {found.group()!r}"
+        raise DataError(f"{shown}: the URL has {what} at character {found.start() + 1}; a URL must be "
+                        "percent-encoded (a space is %20): copy it again, whole, or encode it")
+
+
+def _copy_url(url: str, target: Path, shown: str, deadline: _Deadline) -> None:
+    """Copy the body to `target`, refused past `MAX_DOWNLOAD_BYTES`, at the deadline or short of its Content-Length."""
+    with deadline.opener().open(url, timeout=60) as response, open(target, "wb") as out:
+        total = response.length or 0  # http.client's reading of Content-Length (None: absent, invalid or chunked)
+        if total > MAX_DOWNLOAD_BYTES:
+            raise _too_big(shown, f"its Content-Length is {total:,} bytes")
         done, reported = 0, 0
-        while block := response.read(2**20):
+        while block := response.read1(2**20):  # what has arrived: a deadline shutdown ends a read at once
             out.write(block)
             done += len(block)
+            if done > MAX_DOWNLOAD_BYTES:
+                raise _too_big(shown, f"{done:,} bytes received and more coming")
             if total and (tenth := 10 * done // total) > reported:  # every 10 %
                 reported = tenth
                 log.info("downloaded %d/%d MB (%d%%)", done // 2**20, total // 2**20, 100 * done // total)
+    if deadline.expired.is_set():
+        raise _past_deadline(shown, deadline)
+    if done < total:
+        raise DataError(f"{shown}: got {done:,} of {total:,} bytes (its Content-Length) before the server closed the "
+                        f"connection: the download is incomplete; try again")
     log.info("downloaded %s: %s bytes", shown, f"{done:,}")
+
+
+def _too_big(shown: str, what: str) -> DataError:
+    return DataError(f"{shown}: {what}, more than the {MAX_DOWNLOAD_BYTES:,} bytes a download may have "
+                     f"(MAX_DOWNLOAD_BYTES: twice the official CIFAR-10 tarball); refusing, this is not CIFAR-10")
+
+
+def _past_deadline(shown: str, deadline: _Deadline) -> DataError:
+    return DataError(f"{shown}: not downloaded within {deadline.seconds:g} s (DOWNLOAD_DEADLINE_SECONDS, the deadline "
+                     f"of a whole download): the server is stalled or too slow; download the tarball another way "
+                     f"and stage the file")
+
+
+def _download_error(shown: str, exc: Exception) -> DataError:
+    """The error of a failed download: the server's answer was not HTTP, or the network failed."""
+    if isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, ConnectionError):
+        line = exc.line.rstrip()[:100]
+        return DataError(f"{shown}: the server's answer is not HTTP (status line {line!r}); check the URL")
+    if isinstance(exc, http.client.HTTPException) and not isinstance(exc, http.client.InvalidURL):
+        return DataError(f"{shown}: the server's answer is malformed ({type(exc).__name__}: {exc}); check the URL")
+    return DataError(f"{shown}: download failed ({exc}); check the URL and this machine's network access")
+
+
+class _Deadline:
+    """A whole download's deadline (a socket timeout bounds each read, not their sum: a server dripping a byte
+    at a time never trips it). When it passes, every connection the download opened is shut down, which ends
+    a blocked read at once, and `expired` is set."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            for sock in self._sockets:
+                _shut_down(sock)
+
+    def watch(self, sock: socket.socket) -> socket.socket:
+        """Keep a duplicate of a new connection's socket (TLS detaches the original) to shut it down in time."""
+        with self._lock:
+            self._sockets.append(sock.dup())
+            if self.expired.is_set():
+                _shut_down(sock)
+        return sock
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's usual opener (proxies, redirects, TLS), whose every connection this deadline watches."""
+        return urllib.request.build_opener(_WatchedHandler(self))
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+class _WatchedHandler(urllib.request.HTTPSHandler, urllib.request.HTTPHandler):
+    """urllib's HTTP and HTTPS handler, with each connection's socket given to `deadline` as it is created."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: object) -> http.client.HTTPResponse:
+        def connection(host: str, **options: object) -> http.client.HTTPConnection:
+            conn = http_class(host, **options)
+            create = conn._create_connection  # socket.create_connection: the hook http.client keeps for it
+            conn._create_connection = lambda *args, **kw: self.deadline.watch(create(*args, **kw))
+            return conn
+
+        return super().do_open(connection, req, **kwargs)
 
 
 def _md5(path: Path) -> str:
@@ -274,28 +397,89 @@ def _md5(path: Path) -> str:
 
 
 def _extract(tarball: Path, target: Path, expected_md5: str, source: str) -> Path:
-    """Check the MD5, refuse links and escaping paths, extract; return the layout directory."""
+    """Check the MD5, then extract member by member, each checked first (`_check_member`) and the archive held
+    within `MAX_MEMBERS` and `MAX_EXTRACTED_BYTES`; return the layout directory. A refusal removes what was
+    extracted."""
     actual = _md5(tarball)
     if actual != expected_md5:
         raise DataError(f"{source}: MD5 {actual}, expected {expected_md5} (corrupt download or not CIFAR-10)")
     target.mkdir(parents=True)
-    with tarfile.open(tarball) as archive:
-        for member in archive.getmembers():
-            resolved = (target / member.name).resolve()
-            if member.issym() or member.islnk():
-                raise DataError(f"{source}: member {member.name!r} is a link; refusing to extract")
-            if not (member.isfile() or member.isdir()):
-                raise DataError(f"{source}: member {member.name!r} is not a regular file; refusing to extract")
-            if target.resolve() not in resolved.parents and resolved != target.resolve():
-                raise DataError(f"{source}: member {member.name!r} escapes the target; refusing to extract")
-            if member.size > MAX_MEMBER_BYTES:
-                raise DataError(f"{source}: member {member.name!r} is {member.size:,} bytes, more than any CIFAR-10 "
-                                f"file ({MAX_MEMBER_BYTES:,}); refusing to extract")
-        archive.extractall(target, filter="data")
+    try:
+        with tarfile.open(tarball, "r|*") as archive:  # a stream: one pass, each member extracted as it is read
+            members, total = 0, 0
+            for member in archive:
+                members, total = members + 1, total + member.size
+                _check_member(member, target, source)
+                _check_totals(members, total, member, source)
+                archive.extract(member, target, filter="data")
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     candidates = [p for p in target.rglob(TEST_FILE)]
     if len(candidates) != 1:
         raise DataError(f"{source}: expected one {LAYOUT_DIR}/ with {TEST_FILE}, found {len(candidates)}")
     return candidates[0].parent
+
+
+def _check_member(member: tarfile.TarInfo, target: Path, source: str) -> None:
+    """Refuse a link, a device, a path escaping `target` and a member larger than any CIFAR-10 file."""
+    resolved = (target / member.name).resolve()
+    if member.issym() or member.islnk():
+        raise DataError(f"{source}: member {member.name!r} is a link; refusing to extract")
+    if not (member.isfile() or member.isdir()):
+        raise DataError(f"{source}: member {member.name!r} is not a regular file; refusing to extract")
+    if target.resolve() not in resolved.parents and resolved != target.resolve():
+        raise DataError(f"{source}: member {member.name!r} escapes the target; refusing to extract")
+    if member.size > MAX_MEMBER_BYTES:
+        raise DataError(f"{source}: member {member.name!r} is {member.size:,} bytes, more than any CIFAR-10 "
+                        f"file ({MAX_MEMBER_BYTES:,}); refusing to extract")
+
+
+def _check_totals(members: int, total: int, member: tarfile.TarInfo, source: str) -> None:
+    """Refuse `member`, the archive's `members`-th, when it takes the count or the bytes extracted past their cap."""
+    if members > MAX_MEMBERS:
+        raise DataError(f"{source}: more than {MAX_MEMBERS:,} members, the most a tarball may have (MAX_MEMBERS; the "
+                        f"official CIFAR-10 tarball has 9); refused at member {member.name!r}, this is not CIFAR-10")
+    if total > MAX_EXTRACTED_BYTES:
+        raise DataError(f"{source}: member {member.name!r} takes the bytes extracted past {MAX_EXTRACTED_BYTES:,}, the "
+                        f"most a tarball may extract to (MAX_EXTRACTED_BYTES: twice the {LAYOUT_BYTES:,} of a CIFAR-10 "
+                        f"layout); refused before extracting it: a decompression bomb or not CIFAR-10")
+
+
+def _claim_scratch(scratch: Path) -> None:
+    """Record this stage as the owner of `scratch` (host, PID and start time: PIDs are reused), then remove the
+    scratch that stages killed before they could remove theirs: a sibling whose recorded owner is gone."""
+    import psutil
+
+    me = psutil.Process()
+    owner = {"host": socket.gethostname(), "pid": me.pid, "started": me.create_time()}
+    (scratch / SCRATCH_OWNER).write_text(json.dumps(owner) + "\n")
+    for other in sorted(scratch.parent.glob(f"{SCRATCH_PREFIX}*")):
+        if other != scratch and _owner_is_gone(other):
+            shutil.rmtree(other, ignore_errors=True)
+            log.info("removed %s, the scratch of a stage that is no longer running", other)
+
+
+def _owner_is_gone(scratch: Path) -> bool:
+    """Whether the stage recorded as `scratch`'s owner ran on this host and is no longer running. A scratch
+    without a record (being created, or older than records), another user's, or another host's is kept."""
+    import psutil
+
+    try:
+        if scratch.is_symlink() or scratch.stat().st_uid != os.getuid():
+            return False
+        owner = json.loads((scratch / SCRATCH_OWNER).read_text())
+        host, pid, started = owner["host"], int(owner["pid"]), float(owner["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname():
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - started) >= 0.01  # a later process with a reused PID
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # not ours to judge
+        return False
 
 
 def fetch(uri: str, store: Store, cache: Path, *, workers: int = 4) -> tuple[Path, str]:
