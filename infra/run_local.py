@@ -9,7 +9,6 @@ labelled SYNTHETIC everywhere; `--data cifar10` (`make run DATA=cifar10`) stages
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from infra.stack_record import running_stack_api
 from sknet.data.layout import TARBALL_URL, verify_layout
 from sknet.data.stage import DATASETS_PREFIX, stage, staged_datasets
 from sknet.data.synth import write_synthetic_layout
@@ -66,18 +66,6 @@ def embedded_dataset(data: str, store_root: Path, work: Path) -> dict:
         log.info("generating the synthetic layout in %s (≈184 MB): %s", synthetic, exc)
         write_synthetic_layout(synthetic, seed=0, overwrite=True)
     return {"uri": stage(str(synthetic), datasets, work_dir=work), "synthetic": True}
-
-
-def local_stack_api(work: Path) -> str | None:
-    """The API URL of `make up`'s stack if it is running."""
-    from infra.stack import Stack
-
-    record = work / "prefect" / "stack.json"
-    if not record.exists():
-        return None
-    api = json.loads(record.read_text())["api_url"]
-    port = int(api.rsplit(":", 1)[1].split("/")[0])
-    return api if Stack(work / "prefect", port).healthy() else None
 
 
 def run_holding_work_dir(program: str, work: Path, elsewhere: str, run: Callable[[], int]) -> int:
@@ -133,7 +121,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     with _sknet_logs_to_stderr():  # inside the flow, Prefect's handlers show them (PREFECT_LOGGING_EXTRA_LOGGERS)
         dataset = embedded_dataset(args.data, store_root, work)
     staging_seconds = round(time.perf_counter() - started, 2)
-    api = os.environ.get("PREFECT_API_URL") or local_stack_api(work)
+    api = os.environ.get("PREFECT_API_URL") or running_stack_api(work / "prefect")  # `make up`'s, if it runs
     if api:
         os.environ["PREFECT_API_URL"] = api
     else:  # a temporary server with its own database under work/, given time to migrate on small machines

@@ -23,9 +23,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from infra.stack_record import api_healthy, write_record
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "sknet-process"
@@ -69,11 +70,7 @@ class Stack:
         return proc
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        return api_healthy(self.api_url)
 
     def start_server(self, timeout: float = 180) -> None:
         """Prefect's background server, in its own session (a healthy server on the port is reused)."""
@@ -136,7 +133,7 @@ class Stack:
             self.switch_new_dataset_trigger(off="sknet-train/nightly", on="sknet-train/smoke")
         if not _ours(self._worker_pid()):
             self.start_worker(extra_env)
-        (self.home / "stack.json").write_text(json.dumps({"api_url": self.api_url, "pool": self.pool}) + "\n")
+        write_record(self.home, self.api_url, self.pool)
 
     def worker_running(self) -> bool:
         """Whether the worker this stack started is still running."""
@@ -219,7 +216,8 @@ def _kill_after(pid: int, timeout: float, kill) -> None:
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     """--work, --home and --port: where a local stack lives (read back by `stack_from`)."""
     parser.add_argument("--work", type=Path, default=REPO / "work",
-                        help="work dir of `make run` whose embedded store `up` deploys against (default work/)")
+                        help="work dir (default work/): `make run`'s, whose embedded store `up` deploys against, "
+                             "and the deployments' work_dir (run directories, dataset cache)")
     parser.add_argument("--home", type=Path, default=None,
                         help="PREFECT_HOME of the stack: database, logs, PIDs (default: <work>/prefect)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SKNET_PREFECT_PORT", 4200)),
@@ -253,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _up(stack: Stack, work: Path) -> int:
-    """Stage the embedded default dataset unless SKNET_PUBLISH_TO names a store, then bring the stack up
-    (with the failure notification when SKNET_NOTIFY_URL is set)."""
+    """Stage the embedded default dataset unless SKNET_PUBLISH_TO names a store, then bring the stack up, its
+    deployments' work_dir `work` (with the failure notification when SKNET_NOTIFY_URL is set)."""
     from infra import notify
 
     notify_url = os.environ.get("SKNET_NOTIFY_URL", "")
@@ -265,7 +263,7 @@ def _up(stack: Stack, work: Path) -> int:
         return 2
     # prefect.yaml appends /datasets/* to the store for its trigger's match: no trailing slash
     deploy_env = {"SKNET_PUBLISH_TO": os.environ.get("SKNET_PUBLISH_TO", "").rstrip("/"),
-                  "SKNET_DATASET_URI": os.environ.get("SKNET_DATASET_URI", "")}
+                  "SKNET_DATASET_URI": os.environ.get("SKNET_DATASET_URI", ""), "SKNET_WORK_DIR": str(work)}
     if not deploy_env["SKNET_PUBLISH_TO"]:  # the embedded default, as `make run` uses it
         from infra.run_local import embedded_dataset
 
@@ -278,7 +276,8 @@ def _up(stack: Stack, work: Path) -> int:
     notifications = notify.apply_to(stack.api_url, notify_url)
     print(f"Prefect UI: {stack.ui_url}   (API {stack.api_url}; logs in {stack.home})")
     print(f"failure notifications: {'webhook (SKNET_NOTIFY_URL)' if notifications else 'off (set SKNET_NOTIFY_URL)'}")
-    print(f"deployments publish to {deploy_env['SKNET_PUBLISH_TO']}, train on {deploy_env['SKNET_DATASET_URI']}")
+    print(f"deployments publish to {deploy_env['SKNET_PUBLISH_TO']}, train on {deploy_env['SKNET_DATASET_URI']}, "
+          f"keep run directories and the dataset cache in {work}")
     print(f"next:  export PREFECT_API_URL={stack.api_url}")
     print("       prefect deployment run sknet-train/smoke --watch")
     print("       prefect deployment run sknet-train/nightly --param config=cpu-smoke --watch")

@@ -17,12 +17,10 @@ verified by MD5 ETag or by downloading and hashing them (`S3Store.verify`).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import urllib.parse
@@ -34,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
 
+from sknet.checksums import S3ObjectCheck, file_hash
 from sknet.errors import SknetError
 from sknet.locks import exclusive_lock
 
@@ -142,11 +141,6 @@ def _redact_field(field: str) -> str:
     plain = urllib.parse.unquote_plus(name).lower()
     secret = plain in SECRET_PARAM_NAMES or any(word in plain for word in SECRET_PARAMS)
     return f"{name}={REDACTED}" if secret else field
-
-
-def file_hash(path: Path, algorithm: str = "sha256") -> str:
-    with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, algorithm).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -381,58 +375,27 @@ class S3Store:
             raise self._fail("delete", key, exc) from None
 
     def verify(self, key: str, size: int, sha256: str, local: Path | None = None) -> None:
-        """Size from HEAD, content from S3's own SHA256 checksum where the store keeps one.
+        """Size from HEAD, content from S3's own SHA256 checksum where the store keeps one (`S3ObjectCheck`).
 
-        A single-part object carries the sha256 of its bytes. A multipart one carries the sha256 of its
-        parts' digests (`<b64>[-<parts>]`): recomputed from `local` with the object's own part size
-        when given, else the object is downloaded and hashed. A store that returns no checksum (some
-        MinIO, OBS and Ceph versions) is noted once; its single-part objects are checked by their MD5
-        ETag against `local`, any other by downloading and hashing it. A missing checksum is never an
-        error, so never a reason to retry.
+        A store that returns no checksum (some MinIO, OBS and Ceph versions) is noted once; its objects are
+        checked by their MD5 ETag against `local` or by downloading and hashing them. A missing checksum is
+        never an error, so never a reason to retry.
         """
         head = self._head(key)
         if head is None:
             raise StorageError(f"verify s3://{self.bucket}/{self._key(key)}: no such object")
         _check_size(f"s3://{self.bucket}", self._key(key), head["ContentLength"], size)
-        if not self._content_matches(key, head, sha256, local):
-            raise _content_differs(f"s3://{self.bucket}", self._key(key))
-
-    def _content_matches(self, key: str, head: Mapping, sha256: str, local: Path | None) -> bool:
-        stored, parts = head.get("ChecksumSHA256"), _multipart_parts(head)
-        if stored is None:
+        check = S3ObjectCheck(self.client, self.bucket, self._key(key), head, upload_part_size=CHUNK,
+                              unreadable=lambda exc: self._fail("verify", key, exc))
+        if not check.checksummed:
             self._note_no_checksums()
-            if parts is None and local is not None and head.get("ETag", "").strip('"') == file_hash(local, "md5"):
-                return True  # an ETag that is not an MD5 (SSE-KMS, SSE-C) never matches: then download
-        elif parts is None:
-            return stored.split("-")[0] == base64.b64encode(bytes.fromhex(sha256)).decode()
-        elif local is not None and (part_size := self._part_size(key, head["ContentLength"], parts)):
-            return stored.split("-")[0] == composite_sha256(Path(local), part_size)
-        return self._download_sha256(key) == sha256
+        if not check.matches(sha256, local):
+            raise _content_differs(f"s3://{self.bucket}", self._key(key))
 
     def _note_no_checksums(self) -> None:
         _note_once(("checksums", self.client.meta.endpoint_url, self.bucket),
                    f"s3://{self.bucket} ({self.client.meta.endpoint_url}) returns no SHA256 checksums "
                    "(x-amz-checksum-sha256): objects are verified by their MD5 ETag or by downloading and hashing them")
-
-    def _part_size(self, key: str, size: int, parts: int) -> int | None:
-        """The part size a multipart object was uploaded with: its first part's (HEAD ?partNumber=1), or
-        boto3's rule when the store does not answer that; None when neither gives `parts` parts."""
-        try:
-            first = self.client.head_object(Bucket=self.bucket, Key=self._key(key), PartNumber=1)["ContentLength"]
-        except Exception:  # noqa: BLE001 - a store without part HEADs: boto3's own choice below
-            first = CHUNK
-            while -(-size // first) > parts:  # boto3 grows the part size when a file needs > 10,000 parts
-                first *= 2
-        return first if first > 0 and -(-size // first) == parts else None
-
-    def _download_sha256(self, key: str) -> str:
-        digest = hashlib.sha256()
-        try:
-            for block in self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].iter_chunks(CHUNK):
-                digest.update(block)
-        except Exception as exc:
-            raise self._fail("verify", key, exc) from None
-        return digest.hexdigest()
 
     def abort_incomplete_uploads(self, prefix: str) -> int:
         """Abort the multipart uploads under `prefix` that were started and never completed (a process
@@ -463,21 +426,6 @@ def _note_once(what: tuple, message: str) -> None:
 def _error_code(exc: Exception) -> str | None:
     """The S3 error code of a botocore ClientError (`NoSuchKey`, `PreconditionFailed`, …), else None."""
     return (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
-
-
-def _multipart_parts(head: Mapping) -> int | None:
-    """Part count of a multipart object (ETag `"…-N"`, as S3, MinIO and OBS report it), else None."""
-    match = re.search(r"-(\d+)\"?$", head.get("ETag", ""))
-    return int(match.group(1)) if match else None
-
-
-def composite_sha256(path: Path, part_size: int) -> str:
-    """S3's checksum of a multipart upload in `part_size` parts: base64 sha256 over the parts' sha256 digests."""
-    digests = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(part_size):
-            digests.update(hashlib.sha256(block).digest())
-    return base64.b64encode(digests.digest()).decode()
 
 
 def _check(where: str, key: str, actual_size: int, size: int, actual_digest: str, digest: str) -> None:

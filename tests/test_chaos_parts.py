@@ -112,7 +112,7 @@ def test_the_bench_signals_a_process_only_while_its_pid_still_names_it():
 
     import psutil
 
-    from bench.chaos.checks import send_signal
+    from bench.chaos.processes import send_signal
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -229,3 +229,29 @@ def test_a_server_that_dies_during_start_up_is_an_error_naming_its_log(tmp_path)
 def test_the_ranks_stop_grace_fits_inside_the_k8s_termination_grace_period():
     pod_grace = k8s_template()["variables"]["properties"]["termination_grace_period_seconds"]["default"]
     assert load_config("cifar10-ascend8").launch.stop_grace_seconds < pod_grace
+
+
+def test_the_stacks_work_dir_is_where_its_deployments_keep_runs_and_the_dataset_cache(tmp_path):
+    """`python -m infra.stack up --work DIR`: the sknet-train deployments get DIR as their work_dir (run
+    directories, dataset cache), as the stack's home is <DIR>/prefect; the checkout's work/ stays untouched."""
+    import sys
+    import urllib.request
+
+    from conftest import copy_of_repo
+    from infra.stack import Stack
+    from sknet.ports import free_port
+
+    clone, work, port = copy_of_repo(tmp_path / "sknet-pipeline"), tmp_path / "elsewhere", free_port()
+    env = {**os.environ, "SKNET_PUBLISH_TO": f"file://{tmp_path / 'store'}", "SKNET_NOTIFY_URL": "",
+           "SKNET_DATASET_URI": f"file://{tmp_path / 'store'}/datasets/cifar10/{'0' * 64}"}
+    try:
+        up = subprocess.run([sys.executable, "-m", "infra.stack", "up", "--work", str(work), "--port", str(port)],
+                            cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+        assert up.returncode == 0, (up.stdout + up.stderr)[-4000:]
+        for name in ("nightly", "smoke"):
+            url = f"http://127.0.0.1:{port}/api/deployments/name/sknet-train/{name}"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert json.loads(response.read())["parameters"]["work_dir"] == str(work), name
+        assert (work / "prefect" / "stack.json").is_file() and not (clone / "work").exists()
+    finally:
+        Stack(work / "prefect", port).down()

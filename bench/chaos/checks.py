@@ -1,5 +1,5 @@
 """The chaos bench's checks: how a run's final state is classified, temp files, releases and LATEST checked
-object by object, the run's mirrored checkpoints, its live processes, and the evidence a run left."""
+object by object, the run's mirrored checkpoints, and the evidence a run left."""
 
 from __future__ import annotations
 
@@ -109,49 +109,6 @@ def mirrored_steps(store, run_id: str) -> dict[int, int]:
         if match and f"{name}.sha256" in objects:
             steps[int(match.group(1))] = size
     return steps
-
-
-# ------------------------------------------------------------------ processes of a run
-
-def run_processes(run_id: str) -> list[dict]:
-    """The live processes of flow run `run_id`: its flow-run process (`prefect.engine` with the run's id in
-    PREFECT__FLOW_RUN_ID) and its `sknet train` ranks / scheduler / msrun (their command names the run dir)."""
-    import psutil
-
-    needle = f"/runs/{run_id}/config.yaml"
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            command = " ".join(process.info["cmdline"] or [])
-            if process.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if needle in command:
-                role = {"MS_WORKER": "rank", "MS_SCHED": "scheduler"}.get(process.environ().get("MS_ROLE"), "train")
-                role = "msrun" if "msrun" in command else role
-            elif "prefect.engine" in command and process.environ().get("PREFECT__FLOW_RUN_ID") == run_id:
-                role = "flow-run"
-            else:
-                continue
-            found.append({"pid": process.pid, "started": process.create_time(), "role": role,
-                          "cmdline": command[:300]})
-        except psutil.Error:
-            continue
-    return found
-
-
-def send_signal(process: dict, sig: int) -> bool:
-    """Signal a process `run_processes` found; False if it is gone, its PID now names another process (another
-    start time), or it is not ours to signal."""
-    import psutil
-
-    try:
-        found = psutil.Process(process["pid"])
-        if found.create_time() != process["started"]:
-            return False
-        found.send_signal(sig)
-        return True
-    except psutil.Error:
-        return False
 
 
 # ------------------------------------------------------------------ what a run left to explain it

@@ -11,7 +11,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.chaos.checks import send_signal
+from bench.chaos.processes import send_signal
 from bench.chaos.site import STEPS, Site
 
 KINDS = ("s3", "kill_rank", "sigterm_flow", "disk_full")

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.chaos.checks import (
-    MODEL, classify, evidence, latest_check, mirrored_steps, object_sha256, run_processes, send_signal, temp_keys,
-    temp_paths, verify_prefixes,
+    MODEL, classify, evidence, latest_check, mirrored_steps, object_sha256, temp_keys, temp_paths, verify_prefixes,
 )
 from bench.chaos.faults import Injector, plan_faults
+from bench.chaos.processes import run_processes, send_signal
 from bench.chaos.site import BUCKET, Site, set_up, tear_down
 from bench.chaos.summary import print_table, report
 

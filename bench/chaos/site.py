@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.chaos.checks import send_signal
+from bench.chaos.processes import send_signal
 
 BUCKET = "chaos"
 # tests/test_e2e.py's SMOKE with a third epoch: 30 steps, a wider window for faults during training
@@ -66,7 +66,8 @@ def set_up(site: Site, seed: int) -> None:
     write_synthetic_layout(data, seed=0)
     site.dataset = stage(str(data), S3Store(f"s3://{BUCKET}/datasets/cifar10", endpoint_url=site.s3.endpoint))
     site.stack = Stack(site.scratch / "prefect", free_port())
-    deploy_env = {"SKNET_PUBLISH_TO": f"s3://{BUCKET}", "SKNET_DATASET_URI": site.dataset}
+    deploy_env = {"SKNET_PUBLISH_TO": f"s3://{BUCKET}", "SKNET_DATASET_URI": site.dataset,
+                  "SKNET_WORK_DIR": str(site.work)}
     worker_env = {"AWS_ENDPOINT_URL": site.proxy.endpoint}  # every S3 request of the flow goes through the proxy
     site.stack.start_server()
     site.stack.create_pool()
