@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from sknet.markdown import finite_or_dash
 from sknet.plan import plan_run
 from sknet.report import run_summary
 from sknet.run_outputs import unchanged_release
@@ -57,7 +58,7 @@ def sknet_train(
             default: this flow run's id. Several nodes of one job (launch.nodes > 1) share it, one flow run each.
         force: train even if a release already has this run's training key (see `unchanged_since`).
     """
-    refuse_untemplated(dataset_uri=dataset_uri, publish_to=publish_to)
+    refuse_untemplated(dataset_uri=dataset_uri, publish_to=publish_to, work_dir=work_dir)
     cfg, plan = plan_run(config, overrides, run_id=run_id, flow_run_id=flow_run.get_id(), work_dir=work_dir,
                          dataset_uri=dataset_uri, gate_threshold=gate_threshold, publish_to=publish_to)
     if aws_credentials_block:
@@ -121,12 +122,13 @@ def _unchanged(cfg, plan, release: dict, dataset: dict, seconds: dict[str, float
 
 
 def _summarize(cfg, dataset: dict, metrics: dict, run_uri: str, gate_state) -> None:
-    """The run's summary and metrics artifacts, written before a gate miss fails the run."""
+    """The run's summary and metrics artifacts, written before a gate miss fails the run (a non-finite metric as
+    "—": Prefect stores NaN as null and ±inf as `Infinity`, which is not JSON)."""
     outcome = gate_state.result(raise_on_failure=False)
     message = outcome["message"] if gate_state.is_completed() else str(outcome)
     create_markdown_artifact(key="sknet-run-summary", markdown=run_summary(
         cfg, dataset, metrics, run_uri, passed=gate_state.is_completed(), message=message))
-    create_table_artifact(key="sknet-metrics", table=[dict(metrics)])
+    create_table_artifact(key="sknet-metrics", table=[{k: finite_or_dash(v) for k, v in metrics.items()}])
 
 
 if __name__ == "__main__":

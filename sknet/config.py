@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import math
+import multiprocessing
 import re
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +22,9 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from sknet.data.allowlist import default_prefixes, location
+from sknet.data.layout import RECORDS_PER_FILE, TRAIN_FILES
 from sknet.errors import ConfigError
-from sknet.storage import S3_MAX_ATTEMPTS, S3_TIMEOUT_SECONDS
+from sknet.storage import FILE_SCHEME, S3_MAX_ATTEMPTS, S3_SCHEME, S3_TIMEOUT_SECONDS, is_object_store_uri
 
 PROFILE_DIR = Path(__file__).parent / "configs"
 
@@ -37,6 +39,12 @@ def _at_least(low: float) -> dict:
     return {"metadata": _bounds(low)}
 
 
+# CIFAR-10 is 32 px; the zoo resizes to 224 for the imagenet stem. Resizing further only interpolates, while memory
+# and compute grow with the area (1024 px: 21× that of 224 px, 1,024× CIFAR's own).
+MAX_IMAGE_SIZE = 1024
+STORE_URI = {"store_uri": True}  # a str field naming a store: s3://, file:// or a local path (`sknet.storage`)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the CIFAR-10 binary layout comes from and how much of it to use."""
@@ -47,7 +55,8 @@ class DataConfig:
     allowed_prefixes: tuple[str, ...] | None = None
     num_train_samples: int | None = field(default=None, **_at_least(1))  # total across ranks
     num_eval_samples: int | None = field(default=None, **_at_least(1))
-    image_size: int = field(default=32, **_at_least(32))  # 224 resizes for the imagenet stem
+    image_size: int = field(default=32, metadata=_bounds(32, MAX_IMAGE_SIZE))  # 224 resizes for the imagenet stem
+    # per dataset op of each rank; at most the CPU count of the host running the rank (`check_on_this_host`)
     num_parallel_workers: int = field(default=2, **_at_least(1))
 
 
@@ -83,7 +92,7 @@ class TrainConfig:
     divergence_patience: int = field(default=5, **_at_least(1))  # bad losses in a row that stop the run
     max_loss: float | None = field(default=None, metadata=_bounds(0.0, low_open=True))  # None: only non-finite is bad
     output_dir: str = "work/runs/local"
-    checkpoint_mirror: str = ""  # storage URI: checkpoints copied there as written; resume pulls from it
+    checkpoint_mirror: str = field(default="", metadata=STORE_URI)  # checkpoints copied there; resume pulls from it
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    uri: str = "file://work/store"
+    uri: str = field(default="file://work/store", metadata=STORE_URI)
     endpoint_url: str | None = None  # MinIO, Huawei OBS, ...
     region: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
@@ -200,6 +209,39 @@ def _check_combination(cfg: Config) -> Config:
             f"model.stem=imagenet with data.image_size={cfg.data.image_size}: the stem and stages downsample "
             f"by 32, leaving a {max(cfg.data.image_size // 32, 1)}×{max(cfg.data.image_size // 32, 1)} map; "
             f"use data.image_size ≥ {IMAGENET_STEM_MIN_SIZE} (the zoo resizes to 224) or model.stem=cifar")
+    _check_batch_fits(cfg)
+    return cfg
+
+
+TRAIN_RECORDS = len(TRAIN_FILES) * RECORDS_PER_FILE  # 50,000: every CIFAR-10 layout (sknet.data.layout verifies it)
+
+
+def _check_batch_fits(cfg: Config) -> None:
+    """Each rank's shard (the training records, or data.num_train_samples, split over launch.ranks) holds at least
+    one full batch: the ranks drop a partial one, so a larger batch trains nothing."""
+    samples = cfg.data.num_train_samples
+    records = min(samples or TRAIN_RECORDS, TRAIN_RECORDS)
+    shard = records // cfg.launch.ranks
+    if cfg.train.batch_size > shard:
+        source = f"data.num_train_samples={samples} gives" if records == samples else \
+            f"CIFAR-10's {TRAIN_RECORDS:,} training records give"
+        raise ConfigError(
+            f"{source} no full batch of train.batch_size={cfg.train.batch_size} on each of launch.ranks="
+            f"{cfg.launch.ranks} rank(s): expected train.batch_size ≤ {shard}, the records of a rank's shard (a "
+            "partial batch is dropped, so a larger one trains nothing)")
+
+
+def check_on_this_host(cfg: Config, cpus: int | None = None) -> Config:
+    """`cfg` if this host can run its ranks, else `ConfigError`: the checks only the host running a rank can make
+    (a config is also loaded where it only plans, e.g. cifar10-ascend8's 8 workers on a 2-core CI runner).
+
+    MindSpore's dataset ops take 1 to the host's CPU count of workers, else a bare ValueError
+    (`check_num_parallel_workers`, mindspore/dataset/core/validator_helpers.py: `value > cpu_count()`, with
+    multiprocessing's cpu_count). `cpus` stands in for the CPU count."""
+    cpus = cpus or multiprocessing.cpu_count()
+    if cfg.data.num_parallel_workers > cpus:
+        raise ConfigError(f"data.num_parallel_workers={cfg.data.num_parallel_workers}: expected an integer in "
+                          f"[1, {cpus}] on this host (its CPU count: MindSpore's dataset ops refuse more workers)")
     return cfg
 
 
@@ -324,6 +366,9 @@ def _check_value(value: Any, tp: Any, bounds: Mapping[str, Any], path: str, sour
     if tp is str:
         if not isinstance(value, str):
             raise fail("a string")
+        if bounds.get("store_uri") and value and not _is_store_uri(value):
+            raise fail(f"{S3_SCHEME}bucket[/prefix], {FILE_SCHEME}/path or a local path (the stores sknet.storage "
+                       "opens)")
         return value
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise fail("an integer" + _describe(bounds))
@@ -335,6 +380,15 @@ def _check_value(value: Any, tp: Any, bounds: Mapping[str, Any], path: str, sour
     if not _within(value, bounds):
         raise fail(("an integer" if tp is int else "a number") + _describe(bounds))
     return value
+
+
+def _is_store_uri(uri: str) -> bool:
+    """A URI `sknet.storage.open_store` opens: s3:// with a bucket, file:// with a path, or a plain path."""
+    if uri.startswith(S3_SCHEME):
+        return bool(uri[len(S3_SCHEME):].partition("/")[0])
+    if uri.startswith(FILE_SCHEME):
+        return bool(uri[len(FILE_SCHEME):])
+    return not is_object_store_uri(uri)
 
 
 def _check_prefixes(value: Any, fail: Callable[[str], ConfigError]) -> tuple[str, ...]:

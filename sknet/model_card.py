@@ -2,7 +2,8 @@
 scored against the gate and the release before it, the digests that trace it, and what it is fit for.
 
 The card is a function of the run (its config and lineage record) and of the release it replaced, never of the
-clock, so a retried release writes the same card.
+clock, so a retried release writes the same card. Every value from data (URIs, versions, dates, digests, metrics)
+goes through `sknet.markdown`: a hostile one is shown as text, never rendered, and a non-finite metric as "—".
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from sknet.config import Config, TrainConfig
 from sknet.data.layout import CLASS_NAMES, MEAN, STD
 from sknet.gate import gate
+from sknet.markdown import code, number, table, text
 
 METRICS = (("top_1_accuracy", "top-1 accuracy"), ("top_5_accuracy", "top-5 accuracy"))
 
@@ -35,7 +37,7 @@ def model_card(cfg: Config, lineage: Mapping, *, release: str, version: str, pre
 
 
 def _title(release: str, version: str, synthetic: bool) -> str:
-    title = f"# Model card: {release} {version}"
+    title = f"# Model card: {text(release)} {text(version)}"
     if not synthetic:
         return title
     return (f"{title} — SYNTHETIC data\n\n"
@@ -45,15 +47,15 @@ def _title(release: str, version: str, synthetic: bool) -> str:
 
 
 def _model(cfg: Config, model: Mapping) -> str:
-    shape = "×".join("N" if size is None else str(size) for size in model.get("input_shape", []))
+    shape = text("×".join("N" if size is None else str(size) for size in model.get("input_shape", [])))
     count = model.get("parameters")
+    batch = "dynamic" if model.get("dynamic_batch") else "static"
     return "\n".join([
         "## Model",
-        f"- `{cfg.model.name}`, {cfg.model.stem} stem, {cfg.model.num_classes} classes: "
-        + (f"**{count:,} parameters** (trainable)" if count is not None else "parameter count not recorded"),
-        f"- `model.mindir`: input {shape} float32 (NCHW, {'dynamic' if model.get('dynamic_batch') else 'static'} "
-        f"batch), output {cfg.model.num_classes} logits; round trip checked to {model.get('max_abs_diff', 0):.2g} "
-        "max abs difference",
+        f"- {code(cfg.model.name)}, {cfg.model.stem} stem, {cfg.model.num_classes} classes: "
+        + (f"**{number(count, ',')} parameters** (trainable)" if count is not None else "parameter count not recorded"),
+        f"- `model.mindir`: input {shape} float32 (NCHW, {batch} batch), output {cfg.model.num_classes} logits; "
+        f"round trip checked to {number(model.get('max_abs_diff', 0), '.2g')} max abs difference",
     ])
 
 
@@ -62,10 +64,10 @@ def _data(cfg: Config, dataset: Mapping, metrics: Mapping) -> str:
     cap = cfg.data.num_train_samples
     return "\n".join([
         "## Data",
-        f"- `{dataset['uri']}`: {kind}",
-        f"- digest `{dataset['digest']}`",
+        f"- {code(dataset['uri'])}: {kind}",
+        f"- digest {code(dataset['digest'])}",
         f"- trained on {'all training images' if cap is None else f'at most {cap:,} training images'}, "
-        f"evaluated on {metrics['samples']:,} test images",
+        f"evaluated on {number(metrics['samples'], ',')} test images",
     ])
 
 
@@ -83,8 +85,7 @@ def _recipe(cfg: Config) -> str:
                     f"{_count(launch.nodes, 'node')})"),
         ("seed", f"{t.seed}"),
     ]
-    return "\n".join(["## Training recipe", "| setting | value |", "|---|---|",
-                      *(f"| {name} | {value} |" for name, value in rows)])
+    return "\n".join(["## Training recipe", table(["setting", "value"], rows)])
 
 
 def _count(n: int, noun: str) -> str:
@@ -106,21 +107,23 @@ def _evaluation(cfg: Config, metrics: Mapping, release: str, previous: Mapping |
     champion = before if cfg.gate.compare_to_latest and cfg.gate.metric in before else None
     verdict = gate(metrics, metric=cfg.gate.metric, threshold=cfg.gate.threshold, champion_metrics=champion,
                    margin=cfg.gate.margin)
-    header = "| metric | this release | gate |" + (f" previous release `{previous['version']}` | change |"
-                                                     if previous else "")
-    rows = [header, "|---|---|---|" + ("---|---|" if previous else "")]
+    header = ["metric", "this release", "gate"]
+    if previous:
+        header += [f"previous release {code(previous['version'])}", "change"]
+    rows = []
     for key, label in METRICS:
-        bar = f"≥ {cfg.gate.threshold:.4f}" if key == cfg.gate.metric else "—"
-        row = f"| {label} | **{metrics[key]:.4f}** | {bar} |"
+        bar = f"≥ {number(cfg.gate.threshold)}" if key == cfg.gate.metric else "—"
+        row = [label, f"**{number(metrics[key])}**", bar]
         if previous:
-            row += (f" {before[key]:.4f} | {metrics[key] - before[key]:+.4f} |" if key in before else " — | — |")
+            change = number(metrics[key] - before[key], "+.4f") if key in before else "—"
+            row += [number(before.get(key)), change]
         rows.append(row)
-    compared = (f"- compared with `{previous['version']}`, the LATEST release of {release} before this one "
-                f"(released {previous.get('released_at') or 'at an unrecorded time'})" if previous
-                else f"- first release of {release}: no previous release to compare with")
-    return "\n".join(["## Evaluation", *rows, "",
-                      f"- gate: **{'PASS' if verdict.passed else 'FAIL'}** — {verdict.message}", compared,
-                      f"- loss {metrics['loss']:.4f} on {metrics['samples']:,} test images"])
+    compared = (f"- compared with {code(previous['version'])}, the LATEST release of {text(release)} before this one "
+                f"(released {text(previous.get('released_at') or 'at an unrecorded time')})" if previous
+                else f"- first release of {text(release)}: no previous release to compare with")
+    return "\n".join(["## Evaluation", table(header, rows), "",
+                      f"- gate: **{'PASS' if verdict.passed else 'FAIL'}** — {text(verdict.message)}", compared,
+                      f"- loss {number(metrics['loss'])} on {number(metrics['samples'], ',')} test images"])
 
 
 def _lineage(lineage: Mapping) -> str:
@@ -128,12 +131,11 @@ def _lineage(lineage: Mapping) -> str:
     rows = [
         ("config (resolved), sha256", lineage["config"]["digest"]),
         ("dataset digest", lineage["dataset"]["digest"]),
-        (f"checkpoint.ckpt (step {checkpoint['step']}), sha256", checkpoint["sha256"]),
+        (f"checkpoint.ckpt (step {text(checkpoint['step'])}), sha256", checkpoint["sha256"]),
         ("model.mindir, sha256", model["sha256"]),
         ("code commit", lineage["code"]["commit"]),
     ]
-    return "\n".join(["## Lineage", "| what | digest |", "|---|---|",
-                      *(f"| {name} | `{value}` |" for name, value in rows),
+    return "\n".join(["## Lineage", table(["what", "digest"], [(name, code(value)) for name, value in rows]),
                       "", "The full record (resolved config, package versions) is `lineage.json` in this release."])
 
 
@@ -151,7 +153,7 @@ def _intended_use(cfg: Config, synthetic: bool, metrics: Mapping) -> str:
         f"- Classifies 32×32 RGB images into the {len(CLASS_NAMES)} CIFAR-10 classes: {', '.join(CLASS_NAMES)}.",
         f"- Input: NCHW float32{resized}, scaled to [0, 1] and normalized with mean {_triple(MEAN)} "
         f"and std {_triple(STD)}.",
-        f"- Measured on {metrics['samples']:,} CIFAR-10 test images only; not validated for other domains, "
+        f"- Measured on {number(metrics['samples'], ',')} CIFAR-10 test images only; not validated for other domains, "
         "resolutions or classes. Images unlike CIFAR-10's get one of its ten labels all the same.",
     ])
 

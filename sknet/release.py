@@ -183,9 +183,9 @@ def _pointer(store: Store, model: str, version: str, manifest: Mapping, current:
 def _read_latest(store: Store, model: str, *, replacing: bool = False) -> tuple[Versioned | None, dict | None]:
     """LATEST as stored (for a conditional write) and as a pointer; (None, None) before the first release.
 
-    A LATEST that is not a JSON object naming one version (`check_segment`) is refused, never followed
-    (`PermanentStorageError`), unless it is being replaced (`replacing`: a promotion, the repair): then it
-    reads as an empty pointer, with a warning.
+    Every reader of LATEST comes here. A LATEST that is not a pointer (`_pointer_of`) is refused, never followed
+    (`PermanentStorageError` naming the object, what is wrong and the repair), unless it is being replaced
+    (`replacing`: a promotion, the repair): then it reads as an empty pointer, with a warning.
     """
     key = join(release_prefix(model), LATEST)
     held = store.get_versioned(key)
@@ -195,21 +195,29 @@ def _read_latest(store: Store, model: str, *, replacing: bool = False) -> tuple[
         return held, _pointer_of(held.data)
     except ValueError as exc:
         if not replacing:
-            raise PermanentStorageError(f"{store.uri}/{key}: {exc}; LATEST is not followed: point it at a complete "
-                                        "version with `sknet release promote`") from None
+            raise PermanentStorageError(
+                f"{store.uri}/{key}: {exc}; LATEST is not followed: point it at a complete version with `sknet "
+                f"release promote` (--model {model} --version V; `sknet release ls` lists them), which replaces a "
+                "malformed LATEST: that is the repair") from None
         log.warning("%s/%s: %s; the promotion replaces it", store.uri, key, exc)
         return held, {}
 
 
 def _pointer_of(data: bytes) -> dict:
-    """A stored LATEST as a pointer; ValueError if it is not a JSON object whose version is one path segment."""
+    """A stored LATEST as a pointer; ValueError saying what is wrong unless it is a JSON object whose version is
+    one path segment, whose `sequence` (if any) counts moves and whose `metrics` (if any) are an object."""
     try:
         pointer = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise ValueError(f"not valid JSON ({exc})") from None
     if not isinstance(pointer, dict):
         raise ValueError(f"not a JSON object but {data[:80]!r}")
     check_segment("version", pointer.get("version"), ValueError)
+    sequence = pointer.get("sequence", 1)
+    if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 1:
+        raise ValueError(f"sequence {sequence!r}: expected a whole number ≥ 1 (the count of LATEST's moves)")
+    if not isinstance(pointer.get("metrics", {}), dict):
+        raise ValueError(f"metrics {pointer['metrics']!r:.80}: expected a JSON object of metric names and values")
     return pointer
 
 
@@ -259,7 +267,11 @@ def list_releases(store: Store, model: str | None = None) -> dict[str, dict]:
 
 
 def _model_releases(store: Store, model: str) -> dict:
-    latest = _read_latest(store, model)[1]
+    """One model's listing (see `list_releases`); a LATEST that cannot be followed is reported as `latest_error`."""
+    try:
+        latest, malformed = _read_latest(store, model)[1], {}
+    except PermanentStorageError as exc:
+        latest, malformed = None, {"latest_error": str(exc)}
     base = release_prefix(model) + "/"
     sizes = {o.key.removeprefix(base): o.size for o in store.list(base)}  # <version>/<file> → bytes
     versions = []
@@ -273,7 +285,7 @@ def _model_releases(store: Store, model: str) -> dict:
                          "complete": bool(manifest) and not damaged, **({"damaged": damaged} if damaged else {}),
                          **({"training_key": manifest["training_key"]} if "training_key" in manifest else {})})
     versions.sort(key=lambda v: (_released_at(v), v["version"]))
-    return {"latest": latest["version"] if latest else None, "versions": versions}
+    return {"latest": latest["version"] if latest else None, **malformed, "versions": versions}
 
 
 def _damaged(manifest: Mapping, sizes: Mapping[str, int]) -> dict[str, str]:

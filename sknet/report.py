@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from sknet.markdown import code, number, text
 from sknet.run_files import METRICS_FILE
 from sknet.training.train_log import parse_step_line
 
@@ -170,13 +171,16 @@ class ProgressTracker:
 
 
 def run_summary(cfg, dataset: Mapping, metrics: Mapping, run_uri: str, *, passed: bool, message: str) -> str:
-    """The run's summary in markdown: gate outcome, digests, metrics against the threshold, where outputs are."""
+    """The run's summary in markdown: gate outcome, digests, metrics against the threshold, where outputs are
+    (values escaped with `sknet.markdown`, a non-finite metric shown as "—")."""
     label = " — **SYNTHETIC data**" if dataset["synthetic"] else ""
     return "\n".join([
         f"# sknet-train{label}",
-        f"- gate: **{'PASS' if passed else 'FAIL'}** — {message}",
-        f"- config digest `{cfg.digest()[:12]}`, dataset digest `{dataset['digest'][:12]}` (`{dataset['uri']}`)",
-        f"- {cfg.gate.metric}: **{metrics[cfg.gate.metric]:.4f}** (threshold {cfg.gate.threshold:.4f})",
-        f"- top-5 {metrics['top_5_accuracy']:.4f}, loss {metrics['loss']:.4f}, {metrics['samples']} samples",
-        f"- run outputs: `{run_uri}`",
+        f"- gate: **{'PASS' if passed else 'FAIL'}** — {text(message)}",
+        f"- config digest `{cfg.digest()[:12]}`, dataset digest {code(dataset['digest'][:12])} "
+        f"({code(dataset['uri'])})",
+        f"- {text(cfg.gate.metric)}: **{number(metrics[cfg.gate.metric])}** (threshold {number(cfg.gate.threshold)})",
+        f"- top-5 {number(metrics['top_5_accuracy'])}, loss {number(metrics['loss'])}, "
+        f"{number(metrics['samples'], ',')} samples",
+        f"- run outputs: {code(run_uri)}",
     ])

@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from sknet.config import Config
+from sknet.markdown import code, number, text
 from sknet.release import list_releases
 from sknet.storage import Store
 from sknet.training.run_record import training_settings
@@ -74,12 +75,14 @@ def release_with_key(store: Store, model: str, key: str, *, other_than: str | No
 
 
 def unchanged_summary(release: Mapping, dataset: Mapping, key: str) -> str:
-    """The run summary (markdown) of a run that trained nothing: what it found, and how to retrain anyway."""
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in release.get("metrics", {}).items() if k.endswith("accuracy"))
+    """The run summary (markdown) of a run that trained nothing: what it found, and how to retrain anyway (values
+    escaped with `sknet.markdown`, a non-finite metric shown as "—")."""
+    metrics = ", ".join(f"{text(k)} {number(v)}" for k, v in release.get("metrics", {}).items()
+                        if k.endswith("accuracy"))
     return "\n".join([
-        f"# sknet-train: unchanged since release {release['version']}",
-        f"- release `{release['uri']}` (released {release.get('released_at')}) was trained from the same dataset "
-        f"(`{dataset['digest'][:12]}`), training settings, epochs and code: training key `{key[:12]}`",
+        f"# sknet-train: unchanged since release {text(release['version'])}",
+        f"- release {code(release['uri'])} (released {text(release.get('released_at'))}) was trained from the same "
+        f"dataset ({code(dataset['digest'][:12])}), training settings, epochs and code: training key {code(key[:12])}",
         f"- nothing trained, LATEST not moved; {metrics or 'no metrics recorded'}",
         "- to train anyway, run with `force=True`",
     ])

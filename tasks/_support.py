@@ -23,8 +23,9 @@ def transient_only(task, task_run, state) -> bool:
         return False  # a prefix without a manifest, a malformed object, a bad URI: waiting changes nothing
     if isinstance(error, (StorageError, ConnectionError, TimeoutError)):
         return True
-    return (isinstance(error, LaunchError) and error.result is not None and error.result.failed_rank is not None
-            and not error.result.diverged)  # the same recipe would diverge again
+    result = error.result if isinstance(error, LaunchError) else None
+    # a rank that diverged, or refused its config or data, would do the same again
+    return result is not None and result.failed_rank is not None and not result.diverged and not result.bad_input
 
 
 def retry_transient(retries: int = 3, delay_seconds: float = 5) -> dict:
@@ -76,7 +77,8 @@ def progress_artifact(key: str, description: str) -> Callable[[int, str], None]:
 
 
 # deployments/prefect.yaml fills these flow parameters from the environment of `prefect deploy`
-DEPLOY_VARIABLES = {"dataset_uri": "SKNET_DATASET_URI", "publish_to": "SKNET_PUBLISH_TO"}
+DEPLOY_VARIABLES = {"dataset_uri": "SKNET_DATASET_URI", "publish_to": "SKNET_PUBLISH_TO",
+                    "work_dir": "SKNET_WORK_DIR"}
 
 
 def refuse_untemplated(**parameters: str | None) -> None:

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from sknet.config import Config, available_profiles, load_config
+from sknet.config import Config, available_profiles, check_on_this_host, load_config
 from sknet.errors import ConfigError
 
 CONTRACT_KEYS = [
@@ -214,3 +214,50 @@ def test_allowed_prefixes_round_trip_through_the_yaml_a_run_writes(tmp_path):
     assert cfg.data.allowed_prefixes == ("s3://b/datasets/", "file:///data/cifar10")
     (tmp_path / "resolved.yaml").write_text(cfg.to_yaml())  # what the launcher hands each rank
     assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+STORES = "s3://bucket[/prefix], file:///path or a local path (the stores sknet.storage opens)"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.image_size=100000", "data.image_size: got 100000, expected an integer in [32, 1024]"),
+    ("storage.uri=ftp://x", f"storage.uri: got 'ftp://x', expected {STORES}"),
+    ("storage.uri=s3://", f"storage.uri: got 's3://', expected {STORES}"),
+    ("storage.uri=file://", f"storage.uri: got 'file://', expected {STORES}"),
+    ("train.checkpoint_mirror=http://x/ckpt", f"train.checkpoint_mirror: got 'http://x/ckpt', expected {STORES}"),
+])
+def test_values_that_could_never_work_are_refused_at_load_time_with_the_allowed_range(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config("cpu-smoke", [override])
+    assert str(error.value) == f"override: {message}"
+
+
+@pytest.mark.parametrize("profile, overrides, message", [
+    ("cpu-smoke", ["train.batch_size=100000"], "data.num_train_samples=640 gives no full batch of train.batch_size="
+     "100000 on each of launch.ranks=1 rank(s): expected train.batch_size ≤ 640, the records of a rank's shard"),
+    ("cifar10-ascend8", ["train.batch_size=6251"], "CIFAR-10's 50,000 training records give no full batch of "
+     "train.batch_size=6251 on each of launch.ranks=8 rank(s): expected train.batch_size ≤ 6250"),
+])
+def test_a_batch_larger_than_a_ranks_shard_is_refused_at_load_time(profile, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(profile, overrides)
+    assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("profile, overrides", [
+    ("cifar10-ascend8", []),  # the zoo: 224 px, 8 workers, batch 32 on 8 ranks
+    ("cifar10-ascend8", ["data.image_size=1024", "train.batch_size=6250"]),
+    ("cpu-smoke", ["train.batch_size=640", "storage.uri=s3://bucket/sknet", "train.checkpoint_mirror=s3://b/ckpt"]),
+    ("cpu-smoke", ["storage.uri=file:///srv/sknet", "train.checkpoint_mirror=work/mirror"]),
+    ("cpu-smoke", ["storage.uri=/srv/sknet", "train.checkpoint_mirror="]),
+])
+def test_the_zoo_recipe_sane_sizes_and_every_kind_of_store_still_load(profile, overrides):
+    assert isinstance(load_config(profile, overrides), Config)
+
+
+def test_more_dataset_workers_than_the_hosts_cpus_are_refused_by_the_host_naming_mindspores_limit():
+    cfg = load_config("cifar10-ascend8")  # 8 workers: loads anywhere, since a config may be loaded where it only plans
+    assert check_on_this_host(cfg, cpus=8) is cfg
+    with pytest.raises(ConfigError, match=r"^data\.num_parallel_workers=8: expected an integer in \[1, 2\] on this "
+                                          r"host \(its CPU count: MindSpore's dataset ops refuse more workers\)$"):
+        check_on_this_host(cfg, cpus=2)

@@ -29,9 +29,10 @@ README_SECTION = "The nightly deployment on your machine"
 
 
 class WebhookReceiver:
-    """A webhook on 127.0.0.1 that keeps every JSON body POSTed to it (what Slack or Teams would receive)."""
+    """A webhook on 127.0.0.1 that keeps every JSON body POSTed to it (what Slack or Teams would receive) and
+    answers `status`; `path` is the secret part of its URL."""
 
-    def __init__(self):
+    def __init__(self, status: int = 200, path: str = "/hooks/sknet"):
         import http.server
         import threading
 
@@ -40,14 +41,14 @@ class WebhookReceiver:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args):
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/sknet"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def about(self, text: str) -> list[dict]:
@@ -294,7 +295,7 @@ def test_a_failed_run_is_notified_once_through_the_webhook_and_a_passing_run_nev
     time.sleep(10)  # a duplicate would arrive within this
     [post] = webhook.about(failing_run["name"])
     assert f"sknet-train {failing_run['name']}: Failed" in post["text"]
-    assert "gate failed: top_1_accuracy" in post["text"] and "< threshold 0.9990" in post["text"]
+    assert "gate failed: top_1_accuracy" in post["text"] and "&lt; threshold 0.9990" in post["text"]  # Slack: `<`
     assert f"http://127.0.0.1:{site['port']}/runs/flow-run/{failing_run['id']}" in post["text"]
     assert not webhook.about(nightly_run["name"]) and len(webhook.posts) == 1, webhook.posts
 

@@ -16,9 +16,10 @@ def failed_with(error: Exception):
     return Failed(data=error)
 
 
-def launch_failure(failed_rank, diverged=False):
+def launch_failure(failed_rank, diverged=False, bad_input=False):
     result = LaunchResult(backend="cpu", ranks=2, exit_codes={"0": 0, "1": -9}, seconds=30.0, output_dir="run",
-                          checkpoint_dir="run/checkpoints", failed_rank=failed_rank, diverged=diverged)
+                          checkpoint_dir="run/checkpoints", failed_rank=failed_rank, diverged=diverged,
+                          bad_input=bad_input)
     return LaunchError("rank 1 exited with code -9", result)
 
 
@@ -28,6 +29,7 @@ def launch_failure(failed_rank, diverged=False):
     (ConnectionError("reset by peer"), True),
     (launch_failure(None), False),                            # refused before start (e.g. too many ranks)
     (launch_failure("0", diverged=True), False),              # the same recipe would diverge again
+    (launch_failure("0", bad_input=True), False),             # a rank refused its config or data (exit 2)
     (IncompleteError("no manifest.json"), False),             # will not complete by waiting
     (PermanentStorageError("manifest.json: not valid JSON"), False),  # a malformed object stays malformed
     (GateFailed("gate failed: top_1_accuracy 0.4 < threshold 0.9"), False),
@@ -35,6 +37,26 @@ def launch_failure(failed_rank, diverged=False):
 ])
 def test_only_transient_failures_are_retried(error, retried):
     assert transient_only(None, None, failed_with(error)) is retried
+
+
+def test_a_rank_that_refuses_its_input_fails_the_launch_as_bad_input_and_is_not_retried(synthetic_data, tmp_path):
+    """Issue 19 §4: more dataset workers than this host's CPUs (MindSpore's limit) is found by the rank, before it
+    builds anything: it exits 2, and the launch result says bad input, which the train task does not retry."""
+    import os
+
+    from sknet.config import load_config
+    from sknet.launch.launcher import launch
+
+    workers = (os.cpu_count() or 1) + 1
+    cfg = load_config("cpu-smoke", [f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}",
+                                    f"data.num_parallel_workers={workers}"])
+    with pytest.raises(LaunchError, match=r"exited with code 2: bad input .*; a retry would fail the same way") as error:
+        launch(cfg, on_line=lambda line: None)
+    result = error.value.result
+    assert result.bad_input and not result.diverged
+    assert any(f"data.num_parallel_workers={workers}: expected an integer in [1, {workers - 1}]" in line
+               for line in result.last_lines)
+    assert transient_only(None, None, failed_with(error.value)) is False
 
 
 def allowing(directory) -> dict:
@@ -107,6 +129,9 @@ def test_a_deployment_made_without_its_environment_names_the_variable(prefect_ap
                                         r"SKNET_DATASET_URI set"):
         state.result()
     assert task_runs_of(state) == []
+    state = sknet_train(config="cpu-smoke", work_dir="", return_state=True)  # SKNET_WORK_DIR unset at deploy time
+    with pytest.raises(Exception, match=r"parameter work_dir is empty: .* without SKNET_WORK_DIR set"):
+        state.result()
 
 
 def flow_logs_and_summary(state) -> tuple[str, str]:

@@ -3,6 +3,7 @@ bind the table's devices (physical in the table, logical in DEVICE_ID), a merged
 ranks, HCCL ranks get their timeouts, bad settings fail before anything."""
 
 import json
+import re
 
 import pytest
 
@@ -10,8 +11,10 @@ from conftest import run_sknet
 from sknet.config import load_config
 from sknet.launch.launcher import LaunchError, dry_run
 from sknet.launch.ranks import HCCL_TIMEOUTS, plan_processes
-from sknet.launch.ranktable import build_rank_table, merge_rank_tables, read_hccn_conf, write_rank_table
-from test_ranktable import GOLDEN
+from sknet.launch.ranktable import (
+    RankTableError, build_rank_table, merge_rank_tables, read_hccn_conf, write_rank_table,
+)
+from test_ranktable import GOLDEN, HOSTILE, write_hostile
 
 HCCL_KEYS = ("HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT")
 
@@ -126,6 +129,17 @@ def test_a_rank_table_that_does_not_fit_is_refused_before_anything_starts(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("name", HOSTILE)
+def test_a_hostile_rank_table_is_refused_by_the_dry_run_before_anything_starts(tmp_path, name):
+    table, message = HOSTILE[name]
+    path = write_hostile(tmp_path / "rank_table.json", table)
+    cfg = load_config("cifar10-ascend8", [f"launch.rank_table={path}", "launch.ranks=2", "launch.server_id=10.0.0.1",
+                                          f"train.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(RankTableError, match=rf"^{path}: {message}"):
+        dry_run(cfg, devices=8)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["launch.master_addr=127.0.0.1", "launch.master_port=8118"], r"set the address of node 0 .* \(not loopback\)"),
     (["launch.master_addr=localhost", "launch.master_port=8118"], r"not loopback"),
@@ -167,3 +181,17 @@ def test_the_cli_dry_run_prints_json_masks_secrets_and_starts_nothing(tmp_path, 
     assert env["AWS_SECRET_ACCESS_KEY"] == "***" and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     assert env["MS_ROLE"] == "MS_WORKER" and env["RANK_ID"] == "0"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_dry_run_masks_user_info_and_signatures_in_urls_of_any_variable(tmp_path, monkeypatch):
+    """Issue 19 §2: a password in an endpoint URL, a token as user name and a presigned URL's signature are masked
+    in the printed environment, whatever the variable's name; the rest of each URL is kept."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio-user:PASSWORD123@minio.local:9000")
+    monkeypatch.setenv("MS_DATA_MIRROR", "https://TOKEN456@mirror.example/data")
+    monkeypatch.setenv("AWS_PRESIGNED", "https://b.example/k?X-Amz-Credential=CRED789&X-Amz-Signature=SIG000&n=1")
+    cfg = load_config("cpu-smoke", [f"train.output_dir={tmp_path / 'run'}"])
+    env = dry_run(cfg)["processes"][0]["env"]
+    assert not re.search("PASSWORD123|minio-user|TOKEN456|CRED789|SIG000", json.dumps(env))
+    assert env["AWS_ENDPOINT_URL"] == "http://REDACTED@minio.local:9000"
+    assert env["MS_DATA_MIRROR"] == "https://REDACTED@mirror.example/data"
+    assert env["AWS_PRESIGNED"] == "https://b.example/k?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&n=1"

@@ -1,6 +1,7 @@
 """The model card (MODEL_CARD.md) every release carries: its content, and its place in a published release."""
 
 import json
+import re
 
 import pytest
 
@@ -10,6 +11,7 @@ from sknet.model_card import model_card
 from sknet.plan import RunPlan
 from sknet.run_outputs import release_model
 from sknet.storage import read_manifest, sha256_file
+from test_escaping_and_redaction import HOSTILE, check_rendered_as_text
 
 S3_PREFIX = "cards"
 
@@ -18,9 +20,9 @@ def metrics_of(top_1: float, top_5: float = 0.99) -> dict:
     return {"top_1_accuracy": top_1, "top_5_accuracy": top_5, "loss": 0.25, "samples": 320, "synthetic_data": False}
 
 
-def lineage_of(cfg, *, synthetic: bool, top_1: float = 0.93) -> dict:
+def lineage_of(cfg, *, synthetic: bool, top_1: float = 0.93, dataset_uri: str = "s3://b/datasets/cifar10/d1g") -> dict:
     return lineage_record(
-        cfg, run_id="v2", dataset_uri="s3://b/datasets/cifar10/d1g", dataset_digest="d1g" + "0" * 61,
+        cfg, run_id="v2", dataset_uri=dataset_uri, dataset_digest="d1g" + "0" * 61,
         synthetic_data=synthetic, metrics=metrics_of(top_1),
         artifacts={"model.mindir": {"sha256": "m" * 64, "input_shape": [1, 3, 32, 32], "dynamic_batch": False,
                                     "max_abs_diff": 1e-6, "parameters": 1_234_567},
@@ -75,6 +77,28 @@ def test_the_card_does_not_depend_on_when_it_is_written():
     later = {**lineage, "created_at": "2099-01-01T00:00:00+00:00"}  # a retry's lineage record
     assert model_card(cfg, lineage, release="m", version="v2", previous=PREVIOUS) == \
         model_card(cfg, later, release="m", version="v2", previous=PREVIOUS)
+
+
+def test_a_hostile_dataset_uri_latest_version_and_date_are_shown_as_text_never_rendered():
+    """Issue 19 §1: backticks, a line break with a heading, an <img onerror>, links and table pipes in the dataset
+    URI and in a crafted LATEST pointer's version and date."""
+    cfg = load_config("cifar10-ascend8")
+
+    def card(value: str) -> str:
+        return model_card(cfg, lineage_of(cfg, synthetic=False, dataset_uri=value), release="sknet50", version="v2",
+                          previous={**PREVIOUS, "version": value, "released_at": value})
+
+    check_rendered_as_text(card(HOSTILE), card("s3://b/datasets/cifar10/d1g"), [HOSTILE])
+
+
+def test_a_metric_that_is_not_finite_is_a_dash():
+    cfg = load_config("cifar10-ascend8")
+    lineage = lineage_of(cfg, synthetic=False)
+    lineage["metrics"]["loss"] = float("nan")
+    previous = {**PREVIOUS, "metrics": {"top_1_accuracy": 0.92, "top_5_accuracy": float("nan")}}
+    card = model_card(cfg, lineage, release="sknet50", version="v2", previous=previous)
+    assert "| top-5 accuracy | **0.9900** | — | — | — |" in card and "- loss — on 320 test images" in card
+    assert not re.search(r"\b(nan|inf)\b", card, flags=re.IGNORECASE)
 
 
 def release(store, request, tmp_path, version: str, top_1: float, synthetic: bool = True):

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import run_sknet
 from sknet.launch.ranktable import (
-    RankTableError, build_rank_table, merge_rank_tables, parse_devices, parse_visible_devices, physical_devices,
-    query_hccn_tool, read_hccn_conf,
+    RankTableError, build_rank_table, load_rank_table, merge_rank_tables, parse_devices, parse_visible_devices,
+    physical_devices, query_hccn_tool, read_hccn_conf,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -172,3 +172,78 @@ def test_cli_reports_a_missing_conf_with_exit_2(tmp_path):
                      check=False)
     assert proc.returncode == 2 and "nope.conf not found" in proc.stderr
     assert not (tmp_path / "t.json").exists()
+
+
+def _device(device_id, rank_id, ip="192.168.100.101"):
+    return {"device_id": device_id, "device_ip": ip, "rank_id": rank_id}
+
+
+def _table(*servers):
+    return {"version": "1.0", "server_count": str(len(servers)), "server_list": list(servers), "status": "completed"}
+
+
+def _server(server_id, *devices):
+    return {"server_id": server_id, "device": list(devices), "host_nic_ip": "reserve"}
+
+
+TWO_IPS = ("192.168.100.101", "192.168.101.101")
+AT = r"server 10\.0\.0\.1, device"  # where a message says the device is
+# name → (the table, or the file's text; what the refusal says after the file name). Issue 19 §4: the first 11 of
+# these were accepted by `sknet launch --dry-run`, or crashed it.
+HOSTILE = {
+    "duplicate rank_id": (_table(_server("10.0.0.1", _device("0", "0"), _device("1", "0", TWO_IPS[1]))),
+                          rf"{AT}\[1\]: rank_id '0' repeats that of {AT}\[0\]; expected each rank once"),
+    "duplicate device_id": (_table(_server("10.0.0.1", _device("0", "0"), _device("0", "1", TWO_IPS[1]))),
+                            rf"{AT}\[1\]: device_id '0' repeats that of {AT}\[0\]; expected each device of a server "
+                            "once"),
+    "rank ids 5 and 9 of 2": (_table(_server("10.0.0.1", _device("0", "5"), _device("1", "9", TWO_IPS[1]))),
+                              rf"{AT}\[0\]: rank_id '5' is outside 0\.\.1: the table lists 2 device\(s\), so its rank "
+                              r"ids must be exactly 0\.\.1, each once"),
+    "a server listed twice": (_table(_server("10.0.0.1", _device("0", "0")),
+                                     _server("10.0.0.1", _device("1", "1", TWO_IPS[1]))),
+                              r"server 10\.0\.0\.1 \(server_list\[1\]\) is listed again \(first as server_list\[0\]\); "
+                              r"expected each server once, with all its devices"),
+    "negative rank_id": (_table(_server("10.0.0.1", _device("0", "-1"), _device("1", "0", TWO_IPS[1]))),
+                         rf"{AT}\[0\]: rank_id '-1': expected a string of ASCII digits, e\.g\. '3'"),
+    "negative device_id": (_table(_server("10.0.0.1", _device("-1", "0"))),
+                           rf"{AT}\[0\]: device_id '-1': expected a string of ASCII digits within 0\.\.7"),
+    "device 99": (_table(_server("10.0.0.1", _device("99", "0"))),
+                  rf"{AT}\[0\]: device_id '99': expected a string of ASCII digits within 0\.\.7 \(the NPUs of a "
+                  r"server\)"),
+    "Unicode device digits": (_table(_server("10.0.0.1", _device("\u0663", "0"))),
+                              rf"{AT}\[0\]: device_id '\u0663': expected a string of ASCII digits"),
+    "Unicode rank digits": (_table(_server("10.0.0.1", _device("0", "\u0660"))),
+                            rf"{AT}\[0\]: rank_id '\u0660': expected a string of ASCII digits"),
+    "integer ids": (_table(_server("10.0.0.1", _device(0, 0))),
+                    rf"{AT}\[0\]: device_id 0: expected a string of ASCII digits within 0\.\.7 \(the NPUs of a "
+                    r"server\), e\.g\. '3' \(v1\.0 writes ids as strings\)"),
+    "200k-deep JSON": ("[" * 200_000 + "]" * 200_000, r"nested too deeply to be a rank table"),
+    "a device IP twice": (_table(_server("10.0.0.1", _device("0", "0"), _device("1", "1"))),
+                          rf"{AT}\[1\]: device_ip '192\.168\.100\.101' repeats that of {AT}\[0\]; expected one NIC "
+                          "address per device"),
+    "an integer server_count": ({**_table(_server("10.0.0.1", _device("0", "0"))), "server_count": 1},
+                                r"server_count 1: expected '1' \(the number of servers in server_list, as a string\)"),
+    "an integer server_id": (_table(_server(1, _device("0", "0"))),
+                             r"server_list\[0\]: server_id 1: expected the server's address as a string"),
+    "a server without devices": (_table(_server("10.0.0.1")),
+                                 r"server 10\.0\.0\.1: device: expected a non-empty list of devices"),
+    "a list": ("[]", r"expected a JSON object \(a v1\.0 rank table\), got list"),
+}
+
+
+def write_hostile(path: Path, table) -> Path:
+    path.write_text(table if isinstance(table, str) else json.dumps(table))
+    return path
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_a_hostile_rank_table_is_refused_naming_the_file_the_place_and_what_was_expected(tmp_path, name):
+    table, message = HOSTILE[name]
+    path = write_hostile(tmp_path / "rank_table.json", table)
+    with pytest.raises(RankTableError, match=rf"^{path}: {message}"):
+        load_rank_table(path)
+
+
+@pytest.mark.parametrize("name", ["1x8", "1x4-visible-4-7", "2x8-merged"])
+def test_the_golden_rank_tables_are_accepted(name):
+    assert load_rank_table(GOLDEN / f"ranktable-{name}.json") == golden(name)

@@ -381,3 +381,62 @@ def test_failing_to_remove_the_claim_after_the_manifest_is_a_warning_not_a_failu
     assert store.exists("releases/sknet50/v1/.writing")
     assert publish_release(store, "sknet50", "v1", *v1) == pointer  # a retry of the release, or another one
     assert not store.exists("releases/sknet50/v1/.writing")  # the next publication removed it
+
+
+MALFORMED_LATEST = {  # LATEST's bytes → what the refusal says is wrong with it
+    "not JSON": (b"not json{", r"not valid JSON \(Expecting value"),
+    "nested past the parser": (b"[" * 100_000 + b"]" * 100_000, r"not valid JSON \(maximum recursion depth"),
+    "a list": (b"[1]", r"not a JSON object but b'\[1\]'"),
+    "a text sequence": (b'{"version": "v1", "sequence": "7"}',
+                        r"sequence '7': expected a whole number ≥ 1 \(the count of LATEST's moves\)"),
+    "a boolean sequence": (b'{"version": "v1", "sequence": true}', r"sequence True: expected a whole number ≥ 1"),
+    "a sequence of 0": (b'{"version": "v1", "sequence": 0}', r"sequence 0: expected a whole number ≥ 1"),
+    "text metrics": (b'{"version": "v1", "metrics": "0.99"}',
+                     r"metrics '0\.99': expected a JSON object of metric names and values"),
+}
+
+
+@pytest.fixture
+def file_store(tmp_path):
+    from sknet.storage import LocalStore
+
+    return LocalStore(tmp_path / "bucket")
+
+
+@pytest.mark.parametrize("name", MALFORMED_LATEST)
+def test_a_malformed_latest_is_refused_naming_the_object_what_was_expected_and_the_repair(file_store, tmp_path, name):
+    from sknet.storage import PermanentStorageError
+
+    data, wrong = MALFORMED_LATEST[name]
+    publish_release(file_store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    file_store.put_bytes(data, "releases/sknet50/LATEST")
+    refused = (rf"^{file_store.uri}/releases/sknet50/LATEST: {wrong}.*; LATEST is not followed: point it at a "
+               r"complete version with `sknet release promote` \(--model sknet50 --version V; `sknet release ls` "
+               r"lists them\), which replaces a malformed LATEST: that is the repair$")
+    with pytest.raises(PermanentStorageError, match=refused):
+        publish_release(file_store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.95))
+    with pytest.raises(PermanentStorageError, match=refused):
+        latest_release(file_store, "sknet50")
+    assert file_store.get_bytes("releases/sknet50/LATEST") == data  # nothing moved on top of it
+
+
+@pytest.mark.parametrize("name", MALFORMED_LATEST)
+def test_promote_replaces_a_malformed_latest(file_store, tmp_path, name):
+    from sknet.release import promote
+
+    publish_release(file_store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    file_store.put_bytes(MALFORMED_LATEST[name][0], "releases/sknet50/LATEST")
+    pointer = promote(file_store, "sknet50", "v1")
+    assert (pointer["version"], pointer["previous"], pointer["sequence"]) == ("v1", None, 1)
+    assert latest_release(file_store, "sknet50")["metrics"] == {"top_1_accuracy": 0.91}
+
+
+def test_release_ls_reports_a_malformed_latest_and_still_lists_the_versions(store, tmp_path):
+    from sknet.release import list_releases
+
+    publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
+    store.put_bytes(b'{"version": "v1", "sequence": "7"}', "releases/sknet50/LATEST")
+    listed = list_releases(store)["sknet50"]
+    assert listed["latest"] is None and [(v["version"], v["latest"]) for v in listed["versions"]] == [("v1", False)]
+    assert listed["latest_error"].startswith(f"{store.uri}/releases/sknet50/LATEST: sequence '7': expected a whole "
+                                             "number ≥ 1")

@@ -140,3 +140,24 @@ def test_a_diverged_loss_logged_as_null_is_shown_not_crashed_on(tmp_path):
     assert list(step_line.get_xdata()) == [5] and list(epoch_dots.get_xdata()) == []
     assert list(diverged.get_xdata()) == [10, 10]  # one dashed mark at the null step
     assert "loss null (diverged)" in {t.get_text() for t in loss.get_legend().get_texts()}
+
+
+def _summary(value: str, loss: float, message: str = "gate passed: top_1_accuracy 0.9300 ≥ threshold 0.5000") -> str:
+    from sknet.config import load_config
+    from sknet.report import run_summary
+
+    metrics = {"top_1_accuracy": 0.93, "top_5_accuracy": 0.99, "loss": loss, "samples": 320}
+    return run_summary(load_config("cpu-smoke"), {"uri": value, "digest": "d" * 64, "synthetic": False}, metrics,
+                       value, passed=True, message=message)
+
+
+def test_the_run_summary_shows_a_hostile_dataset_uri_and_message_as_text_never_rendered():
+    from test_escaping_and_redaction import HOSTILE, check_rendered_as_text
+
+    check_rendered_as_text(_summary(HOSTILE, 0.25, message=HOSTILE), _summary("s3://b/datasets/cifar10/d", 0.25),
+                           [HOSTILE])
+
+
+def test_the_run_summary_shows_a_nan_loss_as_a_dash():
+    summary = _summary("s3://b/datasets/cifar10/d", float("nan"))
+    assert "- top-5 0.9900, loss —, 320 samples" in summary and "nan" not in summary

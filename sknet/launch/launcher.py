@@ -39,13 +39,18 @@ from sknet.ports import free_port
 from sknet.training.run_record import check_run_dir, dataset_digest
 from sknet.training.stopping import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV, launcher_identity
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
+from sknet.storage import REDACTED, redact_url
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 10
+BAD_INPUT_EXIT_CODE = 2  # `sknet` exits so on an SknetError (sknet.cli.main): in a rank, a ConfigError or DataError
+BAD_INPUT_REASON = ": bad input (a ConfigError or DataError, named in its last lines); a retry would fail the same way"
 TAIL_LINES = 20
 DRY_RUN_INHERITED = ("AWS_", "MS_", "HCCL_", "ASCEND_", "RANK_", "DEVICE_", "GLOG_")
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|CREDENTIAL|ACCESS_KEY", re.IGNORECASE)
+URL_IN_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,;]+")
+USERINFO = re.compile(r"^([^:/]+://)[^/?#@]*@")
 __all__ = ["LaunchError", "LaunchResult", "launch", "check_launchable", "dry_run"]
 
 
@@ -62,6 +67,7 @@ class LaunchResult:
     last_lines: list[str] = field(default_factory=list)
     local_ranks: list[int] = field(default_factory=list)  # the global ranks that ran on this host
     diverged: bool = False  # a rank stopped on a bad loss: retrying the same recipe would do the same
+    bad_input: bool = False  # a rank refused its config or data (exit 2): a retry would refuse it again
 
     @property
     def ok(self) -> bool:
@@ -297,7 +303,8 @@ def _never_raising(on_line: Callable[[str], None]) -> Callable[[str], None]:
 def dry_run(cfg: Config, *, devices: int | None = None) -> dict:
     """What `launch` would start on this host, without starting it: each process's ranks, device (the
     logical `device_id` it binds and the table's `physical_device_id`), command and the environment it adds
-    (secret-looking values masked). Nothing is written."""
+    (values of secret-looking names masked, and in any value a URL's user info and signature or token). Nothing is
+    written."""
     port = cfg.launch.master_port or "<free port>"
     plan = check_launchable(cfg, devices, port)
     output_dir = Path(cfg.train.output_dir).resolve()
@@ -316,7 +323,19 @@ def _command_of(cfg: Config, process: RankProcess, port: int | str, log_dir: Pat
 
 
 def _masked(env: dict[str, str]) -> dict[str, str]:
-    return {k: "***" if SECRET_NAME.search(k) else v for k, v in sorted(env.items())}
+    """`env` fit to print: "***" for a secret-looking name; in other values each URL as `_masked_url` shows it."""
+    return {k: "***" if SECRET_NAME.search(k) else URL_IN_VALUE.sub(lambda m: _masked_url(m.group()), v)
+            for k, v in sorted(env.items())}
+
+
+def _masked_url(url: str) -> str:
+    """`url` without its user info (`http://REDACTED@host`: a password, or a token as user name) and with the
+    values of signature/credential/token query parameters redacted (`sknet.storage.redact_url`)."""
+    try:
+        shown = redact_url(url)
+    except ValueError:  # not parseable as a URL (e.g. a broken IPv6 host): show none of it
+        return REDACTED
+    return USERINFO.sub(rf"\1{REDACTED}@", shown)
 
 
 def _span(ranks: Sequence[int]) -> str:
@@ -375,7 +394,7 @@ def _wait(cfg: Config, processes: Sequence[_Rank], started: float,
         if bad:
             code = codes[bad[0].name]
             how = "diverged (its loss went non-finite or too large)" if code == DIVERGED_EXIT_CODE else \
-                f"exited with code {code}"
+                f"exited with code {code}{BAD_INPUT_REASON if code == BAD_INPUT_EXIT_CODE else ''}"
             return bad[0], f"rank {bad[0].name} {how}"
         if all(codes[r.name] == 0 for r in workers):
             return None, ""
@@ -417,6 +436,7 @@ def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], local_r
         checkpoint_dir=str(checkpoint_dir(output_dir)), failed_rank=failed_rank,
         reason=reason, last_lines=list(failed.tail) if failed else [], local_ranks=local_ranks,
         diverged=failed is not None and _diverged(failed, output_dir / LOGS_DIR),
+        bad_input=failed is not None and failed.process.returncode == BAD_INPUT_EXIT_CODE,
     )
     (output_dir / LAUNCH_FILE).write_text(dumps(result.to_dict(), indent=2) + "\n")
     if not result.ok:

@@ -36,6 +36,8 @@ HCCN_CONF = Path("/etc/hccn.conf")
 _ADDRESS = re.compile(r"^address_(\d+)\s*=\s*(\S+)$")
 _NAMED_DEVICE = re.compile(r"Ascend\w+-(\d+)")  # ASCEND_VISIBLE_DEVICES=Ascend910-4,Ascend910-5
 _DEVICE_SPAN = re.compile(r"(\d+)(?:-(\d+))?")  # 4 or 4-7
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")  # a rank table's id: ASCII digits, no sign, space or leading zero
+MAX_TABLE_BYTES = 16 * 2**20  # ~100k devices at v1.0's ~150 bytes each; a table is read whole
 
 
 class RankTableError(SknetError):
@@ -202,28 +204,103 @@ def merge_rank_tables(tables: Sequence[dict]) -> dict:
     return {"version": "1.0", "server_count": str(len(servers)), "server_list": servers, "status": "completed"}
 
 
-def validate_rank_table(table: dict, source: str = "rank table") -> None:
-    try:
-        if table["version"] != "1.0" or table["status"] != "completed":
-            raise RankTableError(f"{source}: expected version 1.0 and status completed")
-        if int(table["server_count"]) != len(table["server_list"]):
-            raise RankTableError(f"{source}: server_count {table['server_count']} != {len(table['server_list'])} servers")
-        for server in table["server_list"]:
-            for device in server["device"]:
-                int(device["device_id"]), int(device["rank_id"])
-                if not _is_ip(device["device_ip"]):
-                    raise RankTableError(f"{source}: device_ip {device['device_ip']!r} is not an IPv4 address")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RankTableError(f"{source}: not a v1.0 rank table ({type(exc).__name__}: {exc})") from None
+def validate_rank_table(table: object, source: str = "rank table") -> None:
+    """Refuse, before anything starts, a table HCCL could not run, naming `source` (the file), the server and
+    device, and what was expected: v1.0's shape; ids as strings of ASCII digits (v1.0 writes strings; `int()`
+    also takes ' 3', '+3', '3_0' and '٣'); each server once; device ids within 0..DEVICES_PER_SERVER-1, each once
+    per server; each device IP once; rank ids exactly 0..size-1."""
+    servers = _check_header(table, source)
+    ranks: dict[int, str] = {}  # rank id → the device that has it
+    ips: dict[str, str] = {}  # device IP → the device that has it
+    server_ids: dict[str, str] = {}  # server id → its place in server_list
+    for index, server in enumerate(servers):
+        where = _check_server(server, index, server_ids, source)
+        device_ids: dict[int, str] = {}
+        for number, device in enumerate(server["device"]):
+            _check_device(device, f"{where}, device[{number}]", source, device_ids, ips, ranks)
+    size = len(ranks)
+    if outside := sorted(rank for rank in ranks if rank >= size):  # unique, ≥ 0 and none ≥ size: 0..size-1
+        raise RankTableError(f"{source}: {ranks[outside[0]]}: rank_id '{outside[0]}' is outside 0..{size - 1}: the "
+                             f"table lists {size} device(s), so its rank ids must be exactly 0..{size - 1}, each once")
+
+
+def _check_header(table: object, source: str) -> list:
+    """The table's server_list, once version, status and server_count are v1.0's."""
+    if not isinstance(table, dict):
+        raise RankTableError(f"{source}: expected a JSON object (a v1.0 rank table), got {type(table).__name__}")
+    if table.get("version") != "1.0" or table.get("status") != "completed":
+        raise RankTableError(f"{source}: version {table.get('version')!r}, status {table.get('status')!r}: expected "
+                             "version '1.0' and status 'completed'")
+    servers = table.get("server_list")
+    if not isinstance(servers, list) or not servers:
+        raise RankTableError(f"{source}: server_list {servers!r:.80}: expected a non-empty list of servers")
+    if table.get("server_count") != str(len(servers)):
+        raise RankTableError(f"{source}: server_count {table.get('server_count')!r}: expected '{len(servers)}' (the "
+                             "number of servers in server_list, as a string)")
+    return servers
+
+
+def _check_server(server: object, index: int, seen: dict[str, str], source: str) -> str:
+    """Where `server` (server_list[index]) is, for messages, once it is an object listed once with devices."""
+    if not isinstance(server, dict):
+        raise RankTableError(f"{source}: server_list[{index}]: expected an object with server_id and device")
+    server_id = server.get("server_id")
+    if not isinstance(server_id, str) or not server_id.strip():
+        raise RankTableError(f"{source}: server_list[{index}]: server_id {server_id!r}: expected the server's "
+                             "address as a string, e.g. '10.0.0.1'")
+    if server_id in seen:
+        raise RankTableError(f"{source}: server {server_id} (server_list[{index}]) is listed again (first as "
+                             f"{seen[server_id]}); expected each server once, with all its devices")
+    seen[server_id] = f"server_list[{index}]"
+    if not isinstance(server.get("device"), list) or not server["device"]:
+        raise RankTableError(f"{source}: server {server_id}: device: expected a non-empty list of devices")
+    return f"server {server_id}"
+
+
+def _check_device(device: object, where: str, source: str, device_ids: dict[int, str], ips: dict[str, str],
+                  ranks: dict[int, str]) -> None:
+    """One device entry: its ids and IP well formed, none taken by an earlier device (recorded in the dicts)."""
+    if not isinstance(device, dict):
+        raise RankTableError(f"{source}: {where}: expected an object with device_id, device_ip and rank_id")
+    _once(device_ids, _table_id(device, "device_id", where, source, DEVICES_PER_SERVER), where, source,
+          "device_id", "each device of a server once")
+    ip = device.get("device_ip")
+    if not isinstance(ip, str) or not _is_ip(ip):
+        raise RankTableError(f"{source}: {where}: device_ip {ip!r}: expected an IPv4 address (the NPU's NIC, "
+                             "hccn.conf's address_N)")
+    _once(ips, ip, where, source, "device_ip", "one NIC address per device")
+    _once(ranks, _table_id(device, "rank_id", where, source), where, source, "rank_id", "each rank once")
+
+
+def _table_id(device: dict, key: str, where: str, source: str, limit: int | None = None) -> int:
+    """`device[key]` as an int, if it is a string of ASCII digits (below `limit`)."""
+    value = device.get(key)
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value) or (limit and int(value) >= limit):
+        within = f" within 0..{limit - 1} (the NPUs of a server)" if limit else ""
+        raise RankTableError(f"{source}: {where}: {key} {value!r}: expected a string of ASCII digits{within}, e.g. "
+                             "'3' (v1.0 writes ids as strings)")
+    return int(value)
+
+
+def _once(seen: dict, key: object, where: str, source: str, field: str, expected: str) -> None:
+    """Record `key` as `where`'s; refuse one an earlier device has, naming both."""
+    if key in seen:
+        raise RankTableError(f"{source}: {where}: {field} '{key}' repeats that of {seen[key]}; expected {expected}")
+    seen[key] = where
 
 
 def load_rank_table(path: str | Path) -> dict:
+    """The rank table in the JSON file `path`, validated (`validate_rank_table`); refused when it is not one."""
     path = Path(path)
     if not path.is_file():
         raise RankTableError(f"rank table {path} does not exist")
+    if (size := path.stat().st_size) > MAX_TABLE_BYTES:
+        raise RankTableError(f"{path}: {size:,} bytes: expected a rank table of at most {MAX_TABLE_BYTES:,} bytes")
     try:
-        table = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        table = json.loads(path.read_bytes())
+    except RecursionError:
+        raise RankTableError(f"{path}: nested too deeply to be a rank table (v1.0 nests 4 levels)") from None
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not text
         raise RankTableError(f"{path}: not valid JSON ({exc})") from None
     validate_rank_table(table, str(path))
     return table

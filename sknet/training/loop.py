@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sknet.config import Config
+from sknet.config import Config, check_on_this_host
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import CheckpointError, DataError
 from sknet.jsonio import dumps, json_safe
@@ -224,6 +224,7 @@ def _build(cfg: Config, data_dir: Path, output_dir: Path, uploads: BackgroundUpl
     from sknet.model import build_model
 
     t = cfg.train
+    check_on_this_host(cfg)  # MindSpore's own check would raise a bare ValueError at the dataset
     configure(t.device_target, t.seed)
     rank, ranks = _init_distributed()
     dataset = _dataset(cfg, data_dir, rank, ranks)
