@@ -32,21 +32,40 @@ def run_json(*args: str) -> dict:
     return json.loads(run_sknet(*args).stdout)
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """`<shared>/<name>`, made by `make(path)` in the first pytest worker that asks for it and reused by the
+    others (pytest-xdist workers share the parent of their base temp directories; without xdist it is the
+    session's own). A partial result of a worker that failed is made again."""
+    from sknet.locks import exclusive_lock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    target, done = shared / name, shared / f"{name}.done"
+    with exclusive_lock(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            make(target)
+            done.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
-    """A full-size synthetic layout shared by the session; tests must not modify it."""
-    root = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_layout(root, seed=0)
-    return root
+    """A full-size synthetic layout shared by the whole session (all workers); tests must not modify it."""
+    return made_once(tmp_path_factory, "synthetic", lambda root: write_synthetic_layout(root, seed=0))
 
 
 @pytest.fixture(scope="session")
 def smoke_run(synthetic_data, tmp_path_factory) -> dict:
-    """`sknet train --config cpu-smoke` on synthetic data, as a user would run it."""
-    out = tmp_path_factory.mktemp("smoke-run")
-    result = run_json("-q", "train", "--config", "cpu-smoke",
-                      "--set", f"data.uri={synthetic_data}", f"train.output_dir={out}")
-    return result
+    """`sknet train --config cpu-smoke` on synthetic data, as a user would run it (once a session; tests must not
+    modify its directory)."""
+    def train(out: Path) -> None:
+        result = run_json("-q", "train", "--config", "cpu-smoke",
+                          "--set", f"data.uri={synthetic_data}", f"train.output_dir={out / 'run'}")
+        (out / "result.json").write_text(json.dumps(result))
+
+    return json.loads((made_once(tmp_path_factory, "smoke-run", train) / "result.json").read_text())
 
 
 @pytest.fixture(scope="module")
