@@ -1,7 +1,9 @@
 """Stage a CIFAR-10 dataset into the store, then announce it: the event that starts retraining.
 
-When the dataset changed state (newly published, or objects of it missing or damaged and uploaded again)
-the flow emits `sknet.dataset.staged`, whose resource is the dataset URI (with its digest and whether it
+Staging takes the data's census first (class counts per split, exact duplicate images; `sknet.data.census`) and
+refuses a skewed dataset unless `allow_skew`; the census is the `sknet-dataset-census` artifact and is in the
+event's payload. When the dataset changed state (newly published, or objects of it missing or damaged and uploaded
+again) the flow emits `sknet.dataset.staged`, whose resource is the dataset URI (with its digest and whether it
 is synthetic). The `sknet-train` deployments in `deployments/prefect.yaml` are triggered by that event with
 `dataset_uri` set to that URI. Staging data that is already there and intact uploads nothing and emits
 nothing, so it starts nothing.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import uuid
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.events import Event
 from prefect.events.clients import get_events_client
@@ -22,6 +25,7 @@ from prefect.events.related import related_resources_from_run_context
 from prefect.runtime import flow_run
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from sknet.data.census import DEFAULT_MAX_CLASS_SKEW, census_markdown
 from sknet.data.stage import DATASETS_PREFIX
 from sknet.errors import ConfigError
 from sknet.storage import join
@@ -38,7 +42,8 @@ class EventNotDelivered(RuntimeError):
 
 @flow(name="sknet-stage")
 def sknet_stage(source: str, dest: str | None = None, publish_to: str | None = None,
-                expected_md5: str | None = None, aws_credentials_block: str | None = None) -> dict:
+                expected_md5: str | None = None, aws_credentials_block: str | None = None,
+                max_class_skew: float = DEFAULT_MAX_CLASS_SKEW, allow_skew: bool = False) -> dict:
     """Publish a dataset under its manifest digest (or repair it there) and emit `sknet.dataset.staged` if it
     is new or was repaired.
 
@@ -50,13 +55,16 @@ def sknet_stage(source: str, dest: str | None = None, publish_to: str | None = N
         publish_to: the store the training deployments publish to (the deployment sets it).
         expected_md5: the tarball's MD5 when it is not the official CIFAR-10 one.
         aws_credentials_block: a Prefect AwsCredentials block for the bucket; default: the worker's environment.
+        max_class_skew: refuse a split with a class off its mean count by more than this fraction (or missing).
+        allow_skew: stage a skewed dataset anyway (the census records that the skew was allowed).
     """
     refuse_untemplated(publish_to=publish_to)
     if aws_credentials_block:
         use_aws_credentials_block(aws_credentials_block)
     if not (dest or publish_to):
         raise ConfigError("sknet-stage needs dest (a datasets prefix) or publish_to (a store URI)")
-    staged = stage_dataset(source, dest or join(publish_to, DATASETS_PREFIX), expected_md5)
+    staged = stage_dataset(source, dest or join(publish_to, DATASETS_PREFIX), expected_md5, max_class_skew, allow_skew)
+    create_markdown_artifact(key="sknet-dataset-census", markdown=census_markdown(staged.get("census"), staged["uri"]))
     if staged["published"] or staged["repaired"]:
         event = announce(staged)
         get_run_logger().info("emitted %s for %s (event %s, received by the API)", STAGED_EVENT, staged["uri"],

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from sknet.evaluate import headline
 from sknet.markdown import finite_or_dash
 from sknet.plan import plan_run
 from sknet.report import run_summary
@@ -84,13 +85,13 @@ def sknet_train(
         run_uri = publish_run(cfg, plan, metrics)
     gate_state = gate_model(cfg, metrics, plan.model, return_state=True)
     _summarize(cfg, dataset, metrics, run_uri, gate_state)
-    gate_state.result()  # a miss ends the run Failed here: "gate failed: <metric> <value> < threshold <t>"
+    verdict = gate_state.result()  # a miss ends the run Failed here: "gate failed: <metric> <value> < threshold <t>"
     with _timed(seconds, "export"):
-        model = export(cfg, run["checkpoint"], plan.model_path)
+        model = export(cfg, run["checkpoint"], plan.model_path, metrics)
     with _timed(seconds, "release"):
         pointer = publish_release.with_options(assets=[f"{plan.release_uri}/model.mindir"],
                                                asset_deps=[plan.checkpoint_mirror])(
-            cfg, plan, dataset, run, metrics, model)
+            cfg, plan, dataset, run, metrics, model, verdict)
     return {"release": pointer, "run_uri": run_uri, "metrics": metrics, "synthetic_data": dataset["synthetic"],
             "stage_seconds": seconds}
 
@@ -128,7 +129,7 @@ def _summarize(cfg, dataset: dict, metrics: dict, run_uri: str, gate_state) -> N
     message = outcome["message"] if gate_state.is_completed() else str(outcome)
     create_markdown_artifact(key="sknet-run-summary", markdown=run_summary(
         cfg, dataset, metrics, run_uri, passed=gate_state.is_completed(), message=message))
-    create_table_artifact(key="sknet-metrics", table=[{k: finite_or_dash(v) for k, v in metrics.items()}])
+    create_table_artifact(key="sknet-metrics", table=[{k: finite_or_dash(v) for k, v in headline(metrics).items()}])
 
 
 if __name__ == "__main__":

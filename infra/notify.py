@@ -1,11 +1,13 @@
-"""Failure notifications: the automation in `deployments/notify-on-failure.yaml`, pointed at SKNET_NOTIFY_URL.
+"""Notifications: the automations in `deployments/notify-on-failure.yaml` (a sknet-train run failed or crashed)
+and `deployments/notify-on-missing-night.yaml` (no sknet-train/nightly run completed for 26 h), pointed at
+SKNET_NOTIFY_URL.
 
     SKNET_NOTIFY_URL=https://hooks.slack.com/services/… python -m infra.notify    # against $PREFECT_API_URL
     python -m infra.notify --url https://example.com/hook
     python -m infra.notify --off                                                 # nothing is sent any more
 
-Idempotent: the webhook block `sknet-notify` is overwritten and the automation replaced (by name), so running
-it again with another URL moves the notifications. With no URL the automation and the block are removed.
+Idempotent: the webhook block `sknet-notify` is overwritten and each automation replaced (by name), so running
+it again with another URL moves the notifications. With no URL the automations and the block are removed.
 `make up` runs it with the SKNET_NOTIFY_URL of its environment.
 """
 
@@ -18,26 +20,30 @@ from pathlib import Path
 
 import yaml
 
-AUTOMATION_FILE = Path(__file__).resolve().parent.parent / "deployments" / "notify-on-failure.yaml"
+DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
+AUTOMATION_FILES = (DEPLOYMENTS / "notify-on-failure.yaml", DEPLOYMENTS / "notify-on-missing-night.yaml")
 BLOCK_NAME = "sknet-notify"
 URL_SECRET = "notify_url"  # the URL lives in the block's secrets, masked in the UI and API
 
 
-def apply(url: str | None) -> str | None:
-    """Point the failure automation at `url` (creating or replacing it and its block), or remove both when url
-    is empty. Returns the automation's id, or None when removed."""
-    check_url(url)
-    definition = yaml.safe_load(AUTOMATION_FILE.read_text())
-    _delete_automations(definition["name"])
-    if not url:
-        _delete_block()
-        return None
-    for action in definition["actions"]:
-        if action["type"] == "send-notification":
-            action["block_document_id"] = _save_block(url)
+def apply(url: str | None, files: tuple[Path, ...] = AUTOMATION_FILES) -> dict[str, str]:
+    """Point the automations of `files` at `url` (creating or replacing them and their block), or remove them
+    and the block when url is empty. Returns {automation name: id}, empty when removed."""
     from prefect.automations import Automation
 
-    return str(Automation.model_validate(definition).create().id)
+    check_url(url)
+    definitions = [yaml.safe_load(path.read_text()) for path in files]
+    for definition in definitions:
+        _delete_automations(definition["name"])
+    if not url:
+        _delete_block()
+        return {}
+    block = _save_block(url)
+    for definition in definitions:
+        for action in definition["actions"]:
+            if action["type"] == "send-notification":
+                action["block_document_id"] = block
+    return {d["name"]: str(Automation.model_validate(d).create().id) for d in definitions}
 
 
 def check_url(url: str | None) -> None:
@@ -46,12 +52,12 @@ def check_url(url: str | None) -> None:
         raise ValueError(f"SKNET_NOTIFY_URL must be an http(s) webhook URL, got {url.split('?')[0][:40]!r}")
 
 
-def apply_to(api_url: str, url: str | None) -> str | None:
+def apply_to(api_url: str, url: str | None, files: tuple[Path, ...] = AUTOMATION_FILES) -> dict[str, str]:
     """`apply` against the Prefect API at `api_url` (whatever this process's profile says)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api_url}):
-        return apply(url)
+        return apply(url, files)
 
 
 def _save_block(url: str) -> str:
@@ -90,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("SKNET_NOTIFY_URL", ""),
                         help="webhook URL (default $SKNET_NOTIFY_URL; empty: remove the notification)")
-    parser.add_argument("--off", action="store_true", help="remove the notification automation and its block")
+    parser.add_argument("--off", action="store_true", help="remove the notification automations and their block")
     args = parser.parse_args(argv)
     try:
-        automation = apply(None if args.off else args.url)
+        automations = apply(None if args.off else args.url)
     except ValueError as error:
         print(f"infra.notify: error: {error}", file=sys.stderr)
         return 2
-    print(f"failure notifications: {'on (automation ' + automation + ')' if automation else 'off'}")
+    on = ", ".join(f"{name!r} ({id_})" for name, id_ in automations.items())
+    print(f"notifications: {'on: ' + on if automations else 'off'}")
     return 0
 
 

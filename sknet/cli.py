@@ -104,6 +104,11 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     stage.add_argument("--dest", required=True, metavar="URI", help="s3://bucket/prefix or file:///path")
     stage.add_argument("--expected-md5", default=None, metavar="HEX",
                        help="MD5 a tarball must have (default: the official cifar-10-binary.tar.gz's)")
+    stage.add_argument("--max-class-skew", type=float, default=0.1, metavar="FRACTION",
+                       help="refuse a split whose class count is off its mean by more than this fraction of it, "
+                       "or that misses a class (default 0.1 = 10%%)")
+    stage.add_argument("--allow-skew", action="store_true",
+                       help="stage a skewed dataset anyway; its census records that the skew was allowed")
     _add_storage_args(stage)
     fetch = data_commands.add_parser(
         "fetch", help="download a staged dataset into a verified local cache (no-op when cached)",
@@ -198,11 +203,13 @@ def _add_gate_command(commands: argparse._SubParsersAction) -> None:
 def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     """`sknet eval`: accuracy and loss of a checkpoint."""
     evaluate = commands.add_parser(
-        "eval", help="top-1/top-5 accuracy and loss of a checkpoint, printed as JSON",
+        "eval", help="top-1/top-5, per-class accuracy, confusion matrix and loss of a checkpoint, printed as JSON",
         epilog="example: sknet eval --config cpu-smoke --set data.uri=work/data --checkpoint RUN/checkpoints/step-00000060.ckpt",
     )
     _add_config_args(evaluate)
     evaluate.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .ckpt written by sknet train")
+    evaluate.add_argument("--predictions", metavar="FILE",
+                          help="also write each sample's label and top-1 prediction here (JSON, in eval order)")
 
 
 def _add_export_command(commands: argparse._SubParsersAction) -> None:
@@ -258,13 +265,15 @@ RELEASE_EXAMPLES = """\
 examples:
   sknet release ls --store s3://my-bucket/sknet                       # every model's versions, LATEST marked
   sknet release ls --store file:///srv/sknet --model sknet-tiny
-  sknet release promote --store s3://my-bucket/sknet --model sknet50 --version <flow-run-id>   # roll back
+  sknet release promote --store s3://my-bucket/sknet --model sknet50 --version <flow-run-id> --reason "night data"
+  sknet release history --store s3://my-bucket/sknet --model sknet50 --json      # every move of LATEST
+  sknet release ls --store s3://my-bucket/sknet --model sknet50 --at 2026-12-01T06:00:00Z   # LATEST back then
 """
 
 
 def _add_release_commands(commands: argparse._SubParsersAction) -> None:
-    """`sknet release ls|promote`: the published versions and the LATEST pointer."""
-    release = commands.add_parser("release", help="list released versions, re-point LATEST (rollback)",
+    """`sknet release ls|promote|history`: the published versions, the LATEST pointer and its moves."""
+    release = commands.add_parser("release", help="list released versions, re-point LATEST (rollback), its history",
                                   epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
     ls = actions.add_parser(
@@ -276,24 +285,47 @@ def _add_release_commands(commands: argparse._SubParsersAction) -> None:
     )
     ls.add_argument("--model", default=None, metavar="M",
                     help="only this model (its name under releases/: one path segment, [A-Za-z0-9._-]+)")
+    ls.add_argument("--at", default=None, metavar="TIME",
+                    help="instead: what LATEST of --model was at TIME (ISO 8601, UTC unless an offset is given), "
+                    "from its recorded moves (see `release history`)")
     promote = actions.add_parser(
         "promote", help="point LATEST at an existing, complete version (also backwards: a rollback)",
         description="Re-point releases/<model>/LATEST at VERSION by compare-and-swap. VERSION must be published "
         "completely (its manifest.json and every file it lists, at the recorded size). Releases published before "
-        "the promotion never move LATEST past it; a newer release moves it on as usual. Prints the new pointer.",
+        "the promotion never move LATEST past it; a newer release moves it on as usual. Prints the new pointer. "
+        "The move is recorded (`release history`: promoted by <user>@<host>, --reason) and the event "
+        "sknet.release.promoted is posted to $PREFECT_API_URL/events (with PREFECT_API_KEY or "
+        "PREFECT_API_AUTH_STRING) when PREFECT_API_URL is set; the output's `event` says whether it was received.",
         epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     promote.add_argument("--model", required=True, metavar="M",
                          help="the model's name under releases/ (one path segment, [A-Za-z0-9._-]+)")
     promote.add_argument("--version", required=True, metavar="V",
                          help="the version to point LATEST at (one path segment, [A-Za-z0-9._-]+)")
-    for parser in (ls, promote):
+    promote.add_argument("--reason", default=None, metavar="TEXT",
+                         help="why, recorded in the release history after \"promoted by <user>@<host>\" (one line)")
+    for parser in (ls, promote, _add_history_command(actions)):
         parser.add_argument("--store", required=True, metavar="URI",
                             help="where runs/ and releases/ are (storage.uri): s3://bucket/prefix or file:///path")
         _add_storage_args(parser)
 
 
-def _release_command(args: argparse.Namespace) -> dict:
+def _add_history_command(actions: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`sknet release history`: every recorded move of LATEST."""
+    history = actions.add_parser(
+        "history", help="every recorded move of LATEST, oldest first: when, from → to, why, metrics, run URL",
+        description="Print the moves of releases/<model>/LATEST (releases and promotions), oldest first, one a "
+        "line; --json: one JSON object per line ({sequence, from, to, why, when, metrics, run_url, …}). History "
+        "starts at the first move recorded (LATEST moves before the trail existed are not known).",
+        epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    history.add_argument("--model", required=True, metavar="M",
+                         help="the model's name under releases/ (one path segment, [A-Za-z0-9._-]+)")
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
+    return history
+
+
+def _release_command(args: argparse.Namespace) -> dict | None:
     from sknet.release import check_segment, list_releases, promote
     from sknet.storage import open_store
 
@@ -301,10 +333,54 @@ def _release_command(args: argparse.Namespace) -> dict:
         check_segment("--model", args.model)
     if args.release_command == "promote":
         check_segment("--version", args.version)
+    at = _release_time(args)
     store = open_store(args.store, endpoint_url=args.endpoint_url, region=args.region)
+    if args.release_command == "history" or at is not None:
+        return _release_history(store, args.model, at, args)
     if args.release_command == "ls":
         return {"store": store.uri, "models": list_releases(store, args.model)}
-    return promote(store, args.model, args.version)
+    pointer = promote(store, args.model, args.version, reason=args.reason)
+    return {**pointer, "event": _announce(store.uri, args.model, pointer)}
+
+
+def _release_time(args: argparse.Namespace):
+    """`release ls --at`'s time, checked before the store is opened; None without --at."""
+    from sknet.release_history import parse_time
+
+    if getattr(args, "at", None) is None:
+        return None
+    if args.model is None:
+        raise SknetError("release ls --at: name the model (--model M): the time is looked up in its history")
+    return parse_time(args.at)
+
+
+def _release_history(store, model: str, at, args: argparse.Namespace) -> dict | None:
+    """`release history` (printed here, one move a line) or `release ls --at` (LATEST at that time, as JSON)."""
+    from sknet.jsonio import dumps
+    from sknet.release import history
+    from sknet.release_history import latest_at, render
+
+    records, notes = history(store, model)
+    for note in notes or ([] if records else [f"no release of {model} in {store.uri}"]):
+        print(f"sknet: note: {note}", file=sys.stderr)
+    if at is not None:
+        record = latest_at(records, at, model)
+        return {"store": store.uri, "model": model, "at": at.isoformat(), "latest": record["to"],
+                "since": record["when"], "move": record}
+    for record in records:
+        print(dumps(record, sort_keys=True) if args.json else render(record))
+    return None
+
+
+def _announce(store_uri: str, model: str, pointer: dict) -> dict:
+    """Send `sknet.release.promoted` for the promotion that wrote `pointer`; what happened goes to the output (and
+    to stderr when nothing was received)."""
+    from sknet.release_events import release_event, send_event
+
+    status = send_event(release_event(store_uri, model, pointer), occurred=pointer["move"]["when"])
+    if not status["sent"]:
+        print(f"sknet: note: {status['event']}: {status['detail']}", file=sys.stderr)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -389,7 +465,7 @@ def _run(args: argparse.Namespace) -> dict | None:
     if args.command == "eval":
         from sknet.evaluate import evaluate
 
-        return evaluate(cfg, args.checkpoint)
+        return evaluate(cfg, args.checkpoint, predictions_out=args.predictions)
     if args.command == "export":
         from sknet.export import export_mindir
 
@@ -407,7 +483,8 @@ def _data_storage_command(args: argparse.Namespace) -> dict:
         return open_store(uri, endpoint_url=args.endpoint_url, region=args.region)
 
     if args.data_command == "stage":
-        return staging.stage_dataset(args.source, store_for(args.dest), expected_md5=args.expected_md5).to_dict()
+        return staging.stage_dataset(args.source, store_for(args.dest), expected_md5=args.expected_md5,
+                                     max_class_skew=args.max_class_skew, allow_skew=args.allow_skew).to_dict()
     uri = args.uri if args.data_command == "fetch" else args.path
     store = store_for(staging.split_dataset_uri(uri)[0])
     if args.data_command == "fetch":

@@ -101,6 +101,7 @@ class LaunchConfig:
     ranks: int = field(default=1, **_at_least(1))  # in all, across nodes
     timeout_minutes: float = field(default=0.0, **_at_least(0))  # 0: no limit
     stop_grace_seconds: float = field(default=60.0, **_at_least(0))  # SIGTERM → KILL; within k8s's grace
+    stall_timeout_seconds: float = field(default=0.0, **_at_least(0))  # no rank logs a step that long: stop; 0: off
     rank_table: str = ""  # HCCL rank table for the ascend backend (`sknet ranktable`)
     server_id: str = ""  # this host's server_id in the rank table (default: the one at one of its addresses)
     nodes: int = field(default=1, **_at_least(1))  # msrun: hosts taking part
@@ -114,7 +115,10 @@ class GateConfig:
     metric: Literal["top_1_accuracy", "top_5_accuracy"] = "top_1_accuracy"
     threshold: float = field(default=0.9, metadata=_bounds(0.0, 1.0))
     compare_to_latest: bool = False
-    margin: float = field(default=0.0, metadata=_bounds(0.0, 1.0))
+    margin: float = field(default=0.0, metadata=_bounds(0.0, 1.0))  # when LATEST cannot be scored on our samples
+    mode: Literal["superior", "non_inferior"] = "superior"  # paired: significantly better / not significantly worse
+    significance: float = field(default=0.05, metadata=_bounds(0.0, 1.0, low_open=True))  # McNemar's exact test
+    max_class_drop: float = field(default=0.05, metadata=_bounds(0.0, 1.0))  # no class may lose more (paired)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class ExportConfig:
     batch_size: int = field(default=1, **_at_least(1))
     dynamic_batch: bool = False
     tolerance: float = field(default=1e-4, **_at_least(0))  # max abs diff of the round trip
+    accuracy_tolerance: float = field(default=0.001, metadata=_bounds(0.0, 1.0))  # |exported − checkpoint top-1|
 
 
 @dataclass(frozen=True)

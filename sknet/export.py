@@ -1,16 +1,19 @@
-"""MINDIR export with a round-trip check: reload with `nn.GraphCell`, compare with the network."""
+"""MINDIR export with a round-trip check (reload with `nn.GraphCell`, compare with the network), then the exported
+model scored on the whole eval set against the checkpoint's metrics (`sknet.exported_eval`)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from sknet.config import Config
 from sknet.errors import ExportError
+from sknet.exported_eval import require_scores, score_exported
 from sknet.training.runtime import configure
 
 log = logging.getLogger(__name__)
@@ -65,3 +68,18 @@ def export_mindir(cfg: Config, checkpoint: str, out: str | Path, dynamic_batch: 
         "input_shape": [None if dynamic else batch, 3, size, size], "max_abs_diff": diff,
         "parameters": count_parameters(network),
     }
+
+
+def export_scored(cfg: Config, checkpoint: str, out: str | Path, checkpoint_metrics: Mapping,
+                  dynamic_batch: bool | None = None) -> dict:
+    """`export_mindir`, then the MINDIR scored on the eval set (`sknet.exported_eval.score_exported`): the result
+    gains `exported_model`. A model whose top-1 is not the checkpoint's within `export.accuracy_tolerance` raises
+    `ExportError` and is removed, so nothing can release it."""
+    require_scores(checkpoint_metrics)  # before anything is built
+    model = export_mindir(cfg, checkpoint, out, dynamic_batch=dynamic_batch)
+    try:
+        exported = score_exported(cfg, model, checkpoint_metrics)
+    except ExportError as exc:
+        Path(model["path"]).unlink()
+        raise ExportError(f"{exc} ({model['path']} removed)") from None
+    return {**model, "exported_model": exported}

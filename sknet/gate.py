@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from sknet.data.layout import CLASS_NAMES
 from sknet.errors import SknetError
 
 
@@ -21,27 +22,76 @@ class Verdict:
     champion: float | None
     margin: float
     message: str
+    paired: dict | None = None  # `sknet.champion.Paired.to_dict()` when the release was compared sample by sample
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def gate(metrics: Mapping, *, metric: str, threshold: float,
-         champion_metrics: Mapping | None = None, margin: float = 0.0) -> Verdict:
-    """Pass when `metrics[metric] ≥ threshold` and, given a champion, `≥ champion + margin`."""
+@dataclass(frozen=True)
+class PairedRule:
+    """How a paired comparison decides (gate.mode, gate.significance, gate.max_class_drop)."""
+
+    mode: str = "superior"  # or "non_inferior"
+    significance: float = 0.05
+    max_class_drop: float = 0.05
+
+
+def gate(metrics: Mapping, *, metric: str, threshold: float, champion_metrics: Mapping | None = None,
+         margin: float = 0.0, paired=None, rule: PairedRule = PairedRule(), fallback: str = "") -> Verdict:
+    """Pass when `metrics[metric] ≥ threshold` and, given a champion, beat it: by `paired` comparison on the same
+    samples when there is one (`sknet.champion.Paired`, judged by `rule`), else by `metric ≥ champion + margin`
+    (`fallback`: why the comparison was not paired, said in the message)."""
     value = _metric(metrics, metric, "the new model's metrics")
+    if paired is not None:
+        champion_metrics = paired.champion_metrics
     champion = None if champion_metrics is None else _metric(champion_metrics, metric, "the current release")
-    failures = []
+    failures, passes = [], [f"{metric} {value:.4f} ≥ threshold {threshold:.4f}"]
     if value < threshold:
         failures.append(f"{metric} {value:.4f} < threshold {threshold:.4f}")
-    if champion is not None and value < champion + margin:
-        failures.append(f"{metric} {value:.4f} < current release {champion:.4f} + margin {margin:.4f}")
+    if paired is not None:
+        _judge_paired(paired, rule, failures, passes)
+    elif champion is not None:
+        margin_text = f"current release {champion:.4f} + margin {margin:.4f}" + (f" ({fallback})" if fallback else "")
+        if value < champion + margin:
+            failures.append(f"{metric} {value:.4f} < {margin_text}")
+        else:
+            passes.append(f"≥ {margin_text}")
     if failures:
         message = "gate failed: " + "; ".join(failures)
+        if paired is not None and len(passes) > 1:  # the paired evidence is named whichever rule failed
+            message += " (while " + " and ".join(passes[1:]) + ")"
     else:
-        message = f"gate passed: {metric} {value:.4f} ≥ threshold {threshold:.4f}" + (
-            f" and ≥ current release {champion:.4f} + margin {margin:.4f}" if champion is not None else "")
-    return Verdict(not failures, metric, value, threshold, champion, margin, message)
+        message = "gate passed: " + " and ".join(passes)
+    return Verdict(not failures, metric, value, threshold, champion, margin, message,
+                   paired.to_dict() if paired is not None else None)
+
+
+def _judge_paired(paired, rule: PairedRule, failures: list[str], passes: list[str]) -> None:
+    """The paired rule's failures and passes, each naming the p-value, the discordant counts or the worst class."""
+    evidence = (f"McNemar p={paired.p_value:.3g} on {paired.samples} samples: {paired.better} right only by this "
+                f"model, {paired.worse} only by release {paired.champion}")
+    significant = paired.p_value < rule.significance
+    if rule.mode == "non_inferior":
+        worse = significant and paired.worse > paired.better
+        (failures if worse else passes).append(
+            f"{'significantly worse than' if worse else 'not significantly worse than'} release {paired.champion} "
+            f"at significance {rule.significance:g} ({evidence})")
+    else:
+        better = significant and paired.better > paired.worse
+        (passes if better else failures).append(
+            f"{'significantly better than' if better else 'not significantly better than'} release "
+            f"{paired.champion} at significance {rule.significance:g} ({evidence})")
+    name = f"class {paired.worst_class} ({_class_name(paired.worst_class)})"
+    drop = f"{name} changes by {0.0 - paired.worst_class_drop:+.4f}"
+    if paired.worst_class_drop > rule.max_class_drop:
+        failures.append(f"{drop}, a drop beyond gate.max_class_drop {rule.max_class_drop:.4f}")
+    else:
+        passes.append(f"no class drops more than {rule.max_class_drop:.4f} (worst: {drop})")
+
+
+def _class_name(index: int) -> str:
+    return CLASS_NAMES[index] if 0 <= index < len(CLASS_NAMES) else f"#{index}"
 
 
 def enforce(verdict: Verdict) -> Verdict:

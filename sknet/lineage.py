@@ -38,14 +38,18 @@ def package_versions() -> dict[str, str]:
 
 
 def lineage_record(cfg: Config, *, run_id: str, dataset_uri: str, dataset_digest: str, synthetic_data: bool,
-                   metrics: Mapping, artifacts: Mapping[str, Mapping]) -> dict:
-    """Facts linking dataset → checkpoint → model: digests, metrics, config, code and packages."""
+                   metrics: Mapping, artifacts: Mapping[str, Mapping], exported_model: Mapping | None = None,
+                   dataset_census: Mapping | None = None) -> dict:
+    """Facts linking dataset → checkpoint → model: digests, metrics (the checkpoint's, and `exported_model`: the
+    shipped MINDIR's own score, `sknet.exported_eval`), config, code and packages."""
     return {
         "run_id": run_id,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"uri": dataset_uri, "digest": dataset_digest, "synthetic": synthetic_data},
+        "dataset": {"uri": dataset_uri, "digest": dataset_digest, "synthetic": synthetic_data,
+                    **({"census": dict(dataset_census)} if dataset_census else {})},  # sknet.data.census
         "config": {"digest": cfg.digest(), "resolved": cfg.to_dict()},
         "metrics": dict(metrics),
+        "exported_model": None if exported_model is None else dict(exported_model),
         "artifacts": {name: dict(info) for name, info in artifacts.items()},
         "code": {"commit": code_commit(), "python": platform.python_version(), "packages": package_versions()},
     }

@@ -9,8 +9,10 @@ goes through `sknet.markdown`: a hostile one is shown as text, never rendered, a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from sknet.config import Config, TrainConfig
+from sknet.data.census import census_lines
 from sknet.data.layout import CLASS_NAMES, MEAN, STD
 from sknet.gate import gate
 from sknet.markdown import code, number, table, text
@@ -27,10 +29,11 @@ def model_card(cfg: Config, lineage: Mapping, *, release: str, version: str, pre
     synthetic = lineage["dataset"]["synthetic"]
     return "\n\n".join([
         _title(release, version, synthetic),
-        _model(cfg, lineage["artifacts"]["model.mindir"]),
+        _model(cfg, lineage["artifacts"]["model.mindir"], lineage.get("exported_model")),
         _data(cfg, lineage["dataset"], lineage["metrics"]),
         _recipe(cfg),
-        _evaluation(cfg, lineage["metrics"], release, previous),
+        _evaluation(cfg, lineage["metrics"], release, previous, lineage.get("gate")),
+        _per_class(lineage["metrics"], lineage.get("gate")),
         _lineage(lineage),
         _intended_use(cfg, synthetic, lineage["metrics"]),
     ]) + "\n"
@@ -46,7 +49,7 @@ def _title(release: str, version: str, synthetic: bool) -> str:
             "Use it only to test this pipeline.")
 
 
-def _model(cfg: Config, model: Mapping) -> str:
+def _model(cfg: Config, model: Mapping, exported: Mapping | None = None) -> str:
     shape = text("×".join("N" if size is None else str(size) for size in model.get("input_shape", [])))
     count = model.get("parameters")
     batch = "dynamic" if model.get("dynamic_batch") else "static"
@@ -56,7 +59,23 @@ def _model(cfg: Config, model: Mapping) -> str:
         + (f"**{number(count, ',')} parameters** (trainable)" if count is not None else "parameter count not recorded"),
         f"- `model.mindir`: input {shape} float32 (NCHW, {batch} batch), output {cfg.model.num_classes} logits; "
         f"round trip checked to {number(model.get('max_abs_diff', 0), '.2g')} max abs difference",
+        _exported_score(exported),
     ])
+
+
+def _exported_score(exported: Mapping | None) -> str:
+    """The shipped MINDIR's own score on the eval set (`sknet.exported_eval`), and each other runtime's."""
+    if not exported:
+        return "- `model.mindir` itself: not scored on the eval set (released before the exported model was scored)"
+    others = "".join(
+        f"; {code(other.get('runtime'))}: " + (f"skipped — {text(other['skipped'])}" if "skipped" in other else
+                                               f"top-1 {number(other.get('top_1_accuracy'))}")
+        for other in exported.get("other_runtimes") or [])
+    return (f"- `model.mindir` itself, run through {code(exported.get('runtime'))}: top-1 "
+            f"**{number(exported.get('top_1_accuracy'))}**, top-5 {number(exported.get('top_5_accuracy'))} on "
+            f"{number(exported.get('samples'), ',')} test images (the checkpoint's top-1 "
+            f"{number(exported.get('checkpoint_top_1_accuracy'))}, allowed difference "
+            f"{number(exported.get('accuracy_tolerance'), 'g')}){others}")
 
 
 def _data(cfg: Config, dataset: Mapping, metrics: Mapping) -> str:
@@ -68,6 +87,7 @@ def _data(cfg: Config, dataset: Mapping, metrics: Mapping) -> str:
         f"- digest {code(dataset['digest'])}",
         f"- trained on {'all training images' if cap is None else f'at most {cap:,} training images'}, "
         f"evaluated on {number(metrics['samples'], ',')} test images",
+        *census_lines(dataset.get("census")),
     ])
 
 
@@ -101,12 +121,17 @@ def _learning_rate(t: TrainConfig) -> str:
     return f"{warmup}{t.lr_schedule}{power} from {t.base_lr:g} to {t.end_lr:g}"
 
 
-def _evaluation(cfg: Config, metrics: Mapping, release: str, previous: Mapping | None) -> str:
-    """This release's metrics against the gate and the release it replaces (with the change)."""
+def _evaluation(cfg: Config, metrics: Mapping, release: str, previous: Mapping | None,
+                recorded: Mapping | None = None) -> str:
+    """This release's metrics against the gate and the release it replaces (with the change). The gate's own
+    verdict when it compared this model with that release sample by sample (`recorded`), else judged again."""
     before = previous.get("metrics", {}) if previous else {}
     champion = before if cfg.gate.compare_to_latest and cfg.gate.metric in before else None
     verdict = gate(metrics, metric=cfg.gate.metric, threshold=cfg.gate.threshold, champion_metrics=champion,
                    margin=cfg.gate.margin)
+    paired = (recorded or {}).get("paired") or {}
+    if previous and paired.get("champion") == previous.get("version"):
+        verdict = replace(verdict, passed=bool(recorded.get("passed")), message=str(recorded.get("message")))
     header = ["metric", "this release", "gate"]
     if previous:
         header += [f"previous release {code(previous['version'])}", "change"]
@@ -124,6 +149,29 @@ def _evaluation(cfg: Config, metrics: Mapping, release: str, previous: Mapping |
     return "\n".join(["## Evaluation", table(header, rows), "",
                       f"- gate: **{'PASS' if verdict.passed else 'FAIL'}** — {text(verdict.message)}", compared,
                       f"- loss {number(metrics['loss'])} on {number(metrics['samples'], ',')} test images"])
+
+
+def _per_class(metrics: Mapping, recorded: Mapping | None) -> str:
+    """Accuracy per class (and the champion's on the same samples, when the gate compared them), then the
+    confusion matrix: rows are the true classes, columns the predicted ones."""
+    matrix, accuracy = metrics.get("confusion_matrix"), metrics.get("per_class_accuracy")
+    if not matrix or not accuracy:
+        return "## Per class\n\n- not recorded for this release"
+    names = [CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"#{i}" for i in range(len(matrix))]
+    paired = (recorded or {}).get("paired") or {}
+    theirs = (paired.get("champion_metrics") or {}).get("per_class_accuracy")
+    header = ["class", "samples", "accuracy"] + ([f"release {code(paired['champion'])}", "change"] if theirs else [])
+    rows = []
+    for i, name in enumerate(names):
+        row = [name, number(sum(matrix[i]), ","), number(accuracy[i])]
+        if theirs:
+            change = accuracy[i] - theirs[i] if None not in (accuracy[i], theirs[i]) else None
+            row += [number(theirs[i]), number(change, "+.4f")]
+        rows.append(row)
+    confusion = table(["true \\ predicted", *names], [[name, *(number(n, ",") for n in matrix[i])]
+                                                      for i, name in enumerate(names)])
+    return "\n".join(["## Per class", table(header, rows), "", "Confusion matrix (rows: true class, columns: "
+                      "predicted class):", "", confusion])
 
 
 def _lineage(lineage: Mapping) -> str:

@@ -9,6 +9,11 @@ the first release). It moves by compare-and-swap against the LATEST just read (`
 releases racing never overwrite a pointer neither has judged. `promote` re-points it to any complete
 version, backwards too (a rollback), and adds `promoted_at`; `list_releases` lists the versions.
 
+Each move also records itself: LATEST carries the record of the move that wrote it (`move`: from, to, why,
+when, metrics, run URL), so the compare-and-swap that moves LATEST is the write that records the move, and the
+records of earlier moves are kept in `release-history/<model>/` (`sknet.release_history`); `history` reads
+the trail back from LATEST.
+
 Run ids, versions and model names are each one path segment (`check_segment`): checked where they enter (the
 flow's parameters through `sknet.plan.plan_run`, the CLI, this module's functions) and in a LATEST read back,
 so no name reaches outside its directory.
@@ -26,6 +31,7 @@ from pathlib import Path
 
 from sknet.errors import ConfigError, SknetError
 from sknet.gate import gate
+from sknet.release_history import clean_reason, keep_own_record, keep_record, move_record, promotion_why, trail, who
 from sknet.storage import (
     MANIFEST, IncompleteError, PermanentStorageError, Store, Versioned, WriteConflict, clear_published_claim, join,
     publish, read_manifest, sha256_file,
@@ -48,10 +54,12 @@ class LatestNotMoved(SknetError):
 
 @dataclass(frozen=True)
 class BeatLatest:
-    """gate.compare_to_latest, judged again when LATEST moves: `metric` ≥ LATEST's + `margin`."""
+    """gate.compare_to_latest, judged again when LATEST moves: `metric` ≥ LATEST's + `margin`; except against
+    `judged`, a version the gate compared this model with sample by sample (`sknet.champion`): that verdict stands."""
 
     metric: str
     margin: float = 0.0
+    judged: str | None = None
 
 
 def check_segment(what: str, value: object, error: type[Exception] = ConfigError) -> str:
@@ -78,8 +86,9 @@ def publish_run(store: Store, run_id: str, files: Mapping[str, Path], metadata: 
 def publish_release(store: Store, model: str, version: str, files: Mapping[str, Path],
                     metadata: Mapping | None = None, *, beat_latest: BeatLatest | None = None,
                     against_latest: Callable[[dict | None], Mapping[str, Path]] | None = None,
-                    file_facts: Mapping[str, dict] | None = None, holder: str | None = None) -> dict:
-    """Publish the release (manifest last, `released_at` in it), then move `LATEST` (`move_latest`).
+                    file_facts: Mapping[str, dict] | None = None, holder: str | None = None,
+                    why: str | None = None) -> dict:
+    """Publish the release (manifest last, `released_at` in it), then move `LATEST` (`move_latest`, recording `why`).
 
     Returns the pointer LATEST holds. With `beat_latest`, a model that does not beat LATEST as it is
     now is refused before anything is uploaded (`LatestNotMoved`). `against_latest(pointer)` writes files
@@ -105,7 +114,7 @@ def publish_release(store: Store, model: str, version: str, files: Mapping[str, 
     if against_latest and not (current and current["version"] == version):
         files = {**files, **against_latest(current)}
     manifest = _publish_version(store, release_prefix(model, version), files, metadata, file_facts, holder)
-    return move_latest(store, model, version, manifest, beat_latest=beat_latest)
+    return move_latest(store, model, version, manifest, beat_latest=beat_latest, why=why)
 
 
 def _refuse_before_upload(store: Store, model: str, version: str, metadata: Mapping,
@@ -138,7 +147,7 @@ def _publish_version(store: Store, prefix: str, files: Mapping[str, Path], metad
 
 
 def move_latest(store: Store, model: str, version: str, manifest: Mapping, *,
-                beat_latest: BeatLatest | None = None) -> dict:
+                beat_latest: BeatLatest | None = None, why: str | None = None) -> dict:
     """Point LATEST at the complete release `version` (its `manifest`) unless that moves it backwards.
 
     LATEST is read right before the write, and written only if it is still what was read (else it is
@@ -151,8 +160,12 @@ def move_latest(store: Store, model: str, version: str, manifest: Mapping, *,
       task compared with LATEST earlier, and its result is cached; LATEST may have moved since.
     Then the version stays published (versions are immutable), LATEST stays, and `LatestNotMoved` names
     both versions. LATEST already at `version` is returned as it is (a retry after the move).
+
+    The pointer carries the move's record (`why`, default "released by run <the manifest's flow_run_id or
+    version>"); the record of the LATEST it replaces is kept in the trail first (`sknet.release_history`).
     """
     key = join(release_prefix(model), LATEST)
+    why = why or f"released by run {manifest.get('flow_run_id') or version}"
     for _ in range(LATEST_ATTEMPTS):
         held, current = _read_latest(store, model)
         if current and current["version"] == version:
@@ -160,12 +173,14 @@ def move_latest(store: Store, model: str, version: str, manifest: Mapping, *,
         if current:
             _refuse_backwards(f"{store.uri}/{release_prefix(model, version)} is published, but LATEST stays at "
                               f"{current['version']}", version, manifest, current, beat_latest)
-        pointer = _pointer(store, model, version, manifest, current)
+        pointer = _pointer(store, model, version, manifest, current, why=why, action="released")
+        keep_record(store, model, current)  # before LATEST leaves it, its record is in the trail
         try:
             store.put_bytes_if(json.dumps(pointer, indent=2, sort_keys=True).encode(), key, held.tag if held else None)
         except WriteConflict:
             log.info("LATEST of %s moved while releasing %s; judging the release again", model, version)
             continue
+        keep_own_record(store, model, pointer, log)
         log.info("LATEST of %s: %s → %s (move %d)", model, current["version"] if current else "none", version,
                  pointer["sequence"])
         return pointer
@@ -173,11 +188,16 @@ def move_latest(store: Store, model: str, version: str, manifest: Mapping, *,
                         "was judged; retry the release")
 
 
-def _pointer(store: Store, model: str, version: str, manifest: Mapping, current: Mapping | None) -> dict:
-    """What LATEST holds once it points at `version` (its `manifest`), replacing `current`."""
-    return {"version": version, "uri": f"{store.uri}/{release_prefix(model, version)}",
-            "metrics": manifest.get("metrics", {}), "released_at": manifest.get("released_at", ""),
-            "sequence": (current or {}).get("sequence", 0) + 1}
+def _pointer(store: Store, model: str, version: str, manifest: Mapping, current: Mapping | None, *, why: str,
+             **facts: object) -> dict:
+    """What LATEST holds once it points at `version` (its `manifest`), replacing `current`: with the record of
+    this move (`why`, `facts`, and the run URL, flow run and dataset the manifest recorded)."""
+    sequence = (current or {}).get("sequence", 0) + 1
+    metrics = manifest.get("metrics", {})
+    return {"version": version, "uri": f"{store.uri}/{release_prefix(model, version)}", "metrics": metrics,
+            "released_at": manifest.get("released_at", ""), "sequence": sequence,
+            "move": move_record(current, version, sequence, why=why, metrics=metrics, run_url=manifest.get("run_url"),
+                                flow_run_id=manifest.get("flow_run_id"), dataset=manifest.get("dataset"), **facts)}
 
 
 def _read_latest(store: Store, model: str, *, replacing: bool = False) -> tuple[Versioned | None, dict | None]:
@@ -229,7 +249,7 @@ def _refuse_backwards(where: str, version: str, release: Mapping, current: Mappi
         raise LatestNotMoved(
             f"{where}: {version} (released {release.get('released_at') or 'at an unrecorded time'}) is older "
             f"than {current['version']} (released {current.get('released_at')}{promoted}); LATEST never moves back")
-    if beat_latest is not None:
+    if beat_latest is not None and current.get("version") != beat_latest.judged:
         verdict = gate(release.get("metrics", {}), metric=beat_latest.metric, threshold=0.0,
                        champion_metrics=current.get("metrics", {}), margin=beat_latest.margin)
         if not verdict.passed:
@@ -246,9 +266,11 @@ def _released_at(record: Mapping, field: str = "released_at") -> datetime:
 
 
 def latest_release(store: Store, model: str) -> dict | None:
-    """The current release's manifest (with its metrics), or None before the first release."""
+    """The current release's manifest (with its metrics) and its `version`, or None before the first release."""
     pointer = _read_latest(store, check_segment("model", model))[1]
-    return read_manifest(store, release_prefix(model, pointer["version"])) if pointer else None
+    if not pointer:
+        return None
+    return {**read_manifest(store, release_prefix(model, pointer["version"])), "version": pointer["version"]}
 
 
 def list_releases(store: Store, model: str | None = None) -> dict[str, dict]:
@@ -316,7 +338,7 @@ def _complete_manifest(store: Store, model: str, version: str) -> dict:
     return manifest
 
 
-def promote(store: Store, model: str, version: str) -> dict:
+def promote(store: Store, model: str, version: str, *, reason: str | None = None, by: str | None = None) -> dict:
     """Point LATEST at the published, complete `version`, older or not (a rollback); returns the new pointer.
 
     Refuses a version that does not exist, has no manifest or lacks a file of its manifest at the recorded
@@ -325,20 +347,33 @@ def promote(store: Store, model: str, version: str) -> dict:
     (a late retry of the release rolled back from) never moves LATEST past it. A new release moves it on as
     usual. A LATEST that cannot be followed (see `_read_latest`) is replaced; a claim a killed writer left
     beside the version's manifest is removed.
+
+    The move is recorded as "promoted by <by>" (default: this process's user@host) and the `reason`, if any.
     """
+    by, reason = by or who(), clean_reason(reason)  # a bad reason is refused before anything is read
+    why = promotion_why(by, reason)
     manifest = _complete_manifest(store, check_segment("model", model), check_segment("version", version))
     clear_published_claim(store, release_prefix(model, version))
     key = join(release_prefix(model), LATEST)
     for _ in range(LATEST_ATTEMPTS):
         held, current = _read_latest(store, model, replacing=True)
-        pointer = {**_pointer(store, model, version, manifest, current),
+        pointer = {**_pointer(store, model, version, manifest, current, why=why, action="promoted", by=by,
+                              reason=reason),
                    "promoted_at": datetime.now(timezone.utc).isoformat()}
+        keep_record(store, model, current)
         try:
             store.put_bytes_if(json.dumps(pointer, indent=2, sort_keys=True).encode(), key, held.tag if held else None)
         except WriteConflict:
             continue
+        keep_own_record(store, model, pointer, log)
         log.info("LATEST of %s: %s → %s (promoted, move %d)", model, current["version"] if current else "none",
                  version, pointer["sequence"])
         return {**pointer, "previous": current["version"] if current else None}
     raise WriteConflict(f"{store.uri}/{key}: other releases moved it {LATEST_ATTEMPTS} times while promoting "
                         f"{version}; retry")
+
+
+def history(store: Store, model: str) -> tuple[list[dict], list[str]]:
+    """The recorded moves of LATEST of `model`, oldest first, and notes on what the trail does not show (see
+    `sknet.release_history.trail`); ([], []) before the first release."""
+    return trail(store, model, _read_latest(store, check_segment("model", model))[1])

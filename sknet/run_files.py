@@ -6,8 +6,11 @@
     metrics.jsonl    one JSON record per logged step and per epoch (rank 0)
     result.json      rank 0's training result (train)
     rank-N.json      each rank's shard and parameter digest (train)
-    eval.json        evaluation metrics (flow)
+    eval.json        evaluation metrics, per-class accuracy and confusion matrix (flow)
+    predictions.json each eval sample's label and top-1 prediction, in eval order (flow)
+    champion/        LATEST's checkpoint and predictions on the same samples (gate.compare_to_latest)
     curve.png        the training curve (flow)
+    confusion.png    the confusion matrix of the evaluation (flow)
     model.mindir     the exported model (flow)
     checkpoints/     step-NNNNNNNN.ckpt files (checkpoint)
     logs/            rank-N.log, one per rank (launcher)
@@ -24,7 +27,10 @@ LAUNCH_FILE = "launch.json"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
 EVAL_FILE = "eval.json"
+PREDICTIONS_FILE = "predictions.json"
+CHAMPION_DIR = "champion"
 CURVE_FILE = "curve.png"
+CONFUSION_FILE = "confusion.png"
 MODEL_FILE = "model.mindir"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"

@@ -4,27 +4,34 @@ outputs (`runs/<id>/`) and the release (`releases/<model>/<version>/`)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from sknet.training.checkpoint import latest_verified_checkpoint, read_record
 from sknet.config import Config
 from sknet.errors import CheckpointError, SknetError
-from sknet.gate import Verdict, enforce, gate
+from sknet.champion import ChampionUnavailable, pair_with_latest
+from sknet.figures import figures_markdown, plot_confusion_matrix
+from sknet.gate import PairedRule, Verdict, enforce, gate
 from sknet.lineage import lineage_record
 from sknet.model_card import model_card
 from sknet.plan import RunPlan
 from sknet.release import (
     LINEAGE, MODEL_CARD, BeatLatest, latest_release, publish_release, publish_run, release_prefix,
 )
+from sknet.release_history import release_facts
 from sknet.report import plot_training_curve, read_metrics
 from sknet.run_files import (
-    CONFIG_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE, RESULT_FILE,
+    CHAMPION_DIR, CONFIG_FILE, CONFUSION_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE,
+    PREDICTIONS_FILE, RESULT_FILE,
 )
 from sknet.storage import join, store_from_config
 from sknet.training_key import release_with_key, training_key
 
-RUN_FILES = (EVAL_FILE, CURVE_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
+RUN_FILES = (EVAL_FILE, PREDICTIONS_FILE, CURVE_FILE, CONFUSION_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
+
+log = logging.getLogger(__name__)
 
 
 def training_outcome(launched: Mapping, output_dir: str | Path) -> dict:
@@ -65,17 +72,29 @@ def _check_complete(output_dir: Path) -> None:
 
 
 def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:
-    """Metrics, training curve, config, metrics log and rank logs to `runs/<id>/`, whatever the gate says."""
+    """Metrics, predictions, training curve, confusion matrix, config, metrics log and rank logs to `runs/<id>/`,
+    whatever the gate says."""
     run = Path(plan.output_dir)
     (run / EVAL_FILE).write_text(json.dumps(dict(metrics), indent=2) + "\n")
     plot_training_curve(read_metrics(run), run / CURVE_FILE, title=(
         f"{cfg.model.name}: top-1 {metrics['top_1_accuracy']:.4f}, top-5 {metrics['top_5_accuracy']:.4f}"),
         metrics=metrics)  # the figure adds "(SYNTHETIC data)" from metrics["synthetic_data"]
+    plot_confusion_matrix(metrics, run / CONFUSION_FILE, title=f"{cfg.model.name}: confusion matrix on "
+                          f"{metrics['samples']:,} test images" + (" (SYNTHETIC data)" if metrics.get(
+                              "synthetic_data") else ""))
     files = {name: run / name for name in RUN_FILES}
     files.update({f"{LOGS_DIR}/{p.name}": p for p in (run / LOGS_DIR).glob("*.log")})
     publish_run(store_from_config(cfg.storage), plan.run_id, {k: p for k, p in files.items() if p.exists()},
                 metadata={"metrics": dict(metrics)})
     return plan.run_uri
+
+
+def run_figures(cfg: Config, plan: RunPlan, run_uri: str) -> str:
+    """Markdown embedding the run's curve and confusion matrix PNGs, each with the URI of its stored copy."""
+    run = Path(plan.output_dir)
+    return figures_markdown(f"{cfg.model.name} {plan.run_id}", [
+        (run / CURVE_FILE, "training curves", f"{run_uri}/{CURVE_FILE}"),
+        (run / CONFUSION_FILE, "confusion matrix", f"{run_uri}/{CONFUSION_FILE}")])
 
 
 def unchanged_release(cfg: Config, plan: RunPlan, dataset: Mapping) -> dict | None:
@@ -88,15 +107,26 @@ def unchanged_release(cfg: Config, plan: RunPlan, dataset: Mapping) -> dict | No
 def gate_against_latest(cfg: Config, metrics: Mapping, model: str) -> Verdict:
     """The gate's verdict (raises `GateFailed` on a miss); with gate.compare_to_latest, the release must be beaten.
 
+    LATEST's checkpoint is scored on this run's eval samples and compared with this run's predictions sample by
+    sample (`sknet.champion`: McNemar's exact test, gate.mode, gate.significance, gate.max_class_drop); when it
+    cannot be (another model, no checkpoint, no predictions here), the verdict says why and judges by gate.margin.
     LATEST is read here, before export, and the flow caches this verdict: `release_model` judges the
     model against LATEST again right before moving it, so a release published meanwhile is beaten too.
     """
-    champion = None
+    champion, paired, fallback = None, None, ""
     if cfg.gate.compare_to_latest:
-        current = latest_release(store_from_config(cfg.storage), model)
-        champion = current.get("metrics") if current else None
-    return enforce(gate(metrics, metric=cfg.gate.metric, threshold=cfg.gate.threshold,
-                        champion_metrics=champion, margin=cfg.gate.margin))
+        store = store_from_config(cfg.storage)
+        if current := latest_release(store, model):
+            champion = current.get("metrics")
+            run = Path(cfg.train.output_dir)
+            try:
+                paired = pair_with_latest(cfg, store, model, current, run / PREDICTIONS_FILE, run / CHAMPION_DIR)
+            except ChampionUnavailable as exc:
+                fallback = f"release {current['version']} not scored on this run's samples: {exc}"
+                log.warning("%s; judged by gate.margin instead", fallback)
+    return enforce(gate(metrics, metric=cfg.gate.metric, threshold=cfg.gate.threshold, champion_metrics=champion,
+                        margin=cfg.gate.margin, paired=paired, fallback=fallback, rule=PairedRule(
+                            cfg.gate.mode, cfg.gate.significance, cfg.gate.max_class_drop)))
 
 
 def regate_release(cfg: Config, release: Mapping, model: str) -> Verdict:
@@ -112,9 +142,10 @@ def regate_release(cfg: Config, release: Mapping, model: str) -> Verdict:
 
 
 def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, metrics: Mapping,
-                  model: Mapping) -> tuple[dict, dict, str]:
+                  model: Mapping, verdict: Mapping | None = None, *,
+                  run_url: str | None = None) -> tuple[dict, dict, str]:
     """Publish MINDIR, checkpoint, config, lineage and model card as version `plan.run_id` (its manifest records
-    the metrics and the training key, `sknet.training_key`), then move LATEST.
+    the metrics, the exported model's own score and the training key, `sknet.training_key`), then move LATEST.
 
     The model card (`sknet.model_card`) compares the model with LATEST as read before the upload. LATEST
     moves only forwards: never to an older release, and with gate.compare_to_latest only past a LATEST
@@ -123,9 +154,13 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
     """
     lineage = lineage_record(
         cfg, run_id=plan.run_id, dataset_uri=dataset["uri"], dataset_digest=dataset["digest"],
-        synthetic_data=dataset["synthetic"], metrics=metrics,
-        artifacts={"model.mindir": model, "checkpoint.ckpt": {"step": run["step"], "sha256": run["checkpoint_sha256"]}},
+        synthetic_data=dataset["synthetic"], metrics=metrics, exported_model=model.get("exported_model"),
+        dataset_census=dataset.get("census"),
+        artifacts={"model.mindir": {k: v for k, v in model.items() if k != "exported_model"},
+                   "checkpoint.ckpt": {"step": run["step"], "sha256": run["checkpoint_sha256"]}},
     )
+    if verdict:
+        lineage["gate"] = dict(verdict)  # the evidence the release passed on (a paired comparison's p-value, …)
     lineage_path = Path(model["path"]).with_name(LINEAGE)
     lineage_path.write_text(json.dumps(lineage, indent=2) + "\n")
     files = {"model.mindir": Path(model["path"]), "checkpoint.ckpt": Path(run["checkpoint"]),
@@ -137,10 +172,14 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
         return {MODEL_CARD: card}
 
     store = store_from_config(cfg.storage)
-    beat = BeatLatest(cfg.gate.metric, cfg.gate.margin) if cfg.gate.compare_to_latest else None
+    judged = ((verdict or {}).get("paired") or {}).get("champion")  # compared sample by sample: that verdict stands
+    beat = BeatLatest(cfg.gate.metric, cfg.gate.margin, judged) if cfg.gate.compare_to_latest else None
     pointer = publish_release(store, plan.model, plan.run_id, files,
                               metadata={"metrics": dict(metrics), "lineage_digest": lineage["config"]["digest"],
-                                        "training_key": training_key(cfg, dataset["digest"])},
+                                        "exported_model": lineage["exported_model"],
+                                        **({"gate": dict(verdict)} if verdict else {}),
+                                        "training_key": training_key(cfg, dataset["digest"]),
+                                        **release_facts(plan.flow_run_id, run_url, dataset)},  # for its LATEST moves
                               beat_latest=beat, against_latest=card_against, file_facts={  # hashed already
                                   "model.mindir": {"sha256": model["sha256"]},
                                   "checkpoint.ckpt": {"sha256": run["checkpoint_sha256"]}}, holder=plan.flow_run_id)

@@ -78,7 +78,7 @@ def unchanged_summary(release: Mapping, dataset: Mapping, key: str) -> str:
     """The run summary (markdown) of a run that trained nothing: what it found, and how to retrain anyway (values
     escaped with `sknet.markdown`, a non-finite metric shown as "—")."""
     metrics = ", ".join(f"{text(k)} {number(v)}" for k, v in release.get("metrics", {}).items()
-                        if k.endswith("accuracy"))
+                        if k.endswith("accuracy") and not isinstance(v, list))
     return "\n".join([
         f"# sknet-train: unchanged since release {text(release['version'])}",
         f"- release {code(release['uri'])} (released {text(release.get('released_at'))}) was trained from the same "

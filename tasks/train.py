@@ -15,7 +15,8 @@ from tasks._support import describe_assets, progress_artifact, retry_transient
 @materialize("sknet://checkpoint", name="train", task_run_name="train {cfg.model.name} on {cfg.launch.ranks} rank(s)",
              persist_result=True, **retry_transient(retries=2, delay_seconds=10))
 def train(cfg: Config, dataset_digest: str) -> dict:
-    """All ranks via the launcher, their output live in this task's log; a retry resumes from a checkpoint."""
+    """All ranks via the launcher, their output live in this task's log. A crashed or stalled rank
+    (launch.stall_timeout_seconds) fails it as transient: the retry resumes from the newest checkpoint."""
     progress = ProgressTracker(get_run_logger().info, progress_artifact("sknet-training-progress",
                                                                          "training steps done (%)"))
     run = training_outcome(launch(cfg, on_line=progress).to_dict(), cfg.train.output_dir)

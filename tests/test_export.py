@@ -45,3 +45,10 @@ def test_output_must_be_a_mindir_file(smoke_run, tmp_path):
     proc = run_sknet("export", "--config", "cpu-smoke", "--checkpoint", smoke_run["checkpoint"],
                      "--out", str(tmp_path / "model.onnx"), check=False)
     assert proc.returncode == 2 and "expected a file name ending in .mindir" in proc.stderr
+
+
+def test_an_accuracy_tolerance_outside_0_to_1_is_refused_by_key(tmp_path):
+    proc = run_sknet("export", "--config", "cpu-smoke", "--set", "export.accuracy_tolerance=1.5",
+                     "--checkpoint", str(tmp_path / "any.ckpt"), "--out", str(tmp_path / "m.mindir"), check=False)
+    assert proc.returncode == 2
+    assert "export.accuracy_tolerance: got 1.5, expected a number in [0, 1]" in proc.stderr

@@ -162,7 +162,9 @@ def artifact_of(state, key: str) -> str | None:
 
 @pytest.mark.slow
 def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, synthetic_data, tmp_path, monkeypatch):
+    import base64
     import json
+    import re
     import time
 
     import sknet.training_key
@@ -171,10 +173,10 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
     monkeypatch.setattr(sknet.training_key, "code_version", lambda: "git:fixed")  # others commit meanwhile
     bucket = tmp_path / "bucket"
 
-    def smoke(**parameters):
+    def smoke(gate_settings: dict | None = None, **parameters):
         started = time.perf_counter()
         state = sknet_train(config="cpu-smoke", overrides={"train.epochs": 1, "data.num_train_samples": 320,
-                                                           **allowing(synthetic_data)},
+                                                           **allowing(synthetic_data), **(gate_settings or {})},
                             dataset_uri=str(synthetic_data), gate_threshold=0.0, publish_to=f"file://{bucket}",
                             work_dir=str(tmp_path / "work"), return_state=True, **parameters)
         seconds = time.perf_counter() - started
@@ -189,6 +191,16 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
     card = (bucket / "releases" / "sknet-tiny" / version / "MODEL_CARD.md").read_text()
     assert "MODEL_CARD.md" in manifest["files"] and artifact_of(first_state, "sknet-model-card") == card
     assert "SYNTHETIC data" in card and "first release of sknet-tiny" in card and " parameters** (trainable)" in card
+    assert "## Per class" in card and "Confusion matrix (rows: true class" in card
+    run_dir = tmp_path / "work" / "runs" / version
+    figures = artifact_of(first_state, "sknet-curve")  # the PNGs themselves, which the UI shows
+    embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)\)", figures)
+    assert [base64.b64decode(png) for png in embedded] == [(run_dir / name).read_bytes()
+                                                           for name in ("curve.png", "confusion.png")]
+    per_class = json.loads(artifact_of(first_state, "sknet-per-class"))
+    assert [row["class"] for row in per_class][:2] == ["airplane", "automobile"]
+    assert sum(row["samples"] for row in per_class) == first["metrics"]["samples"]
+    assert [row["accuracy"] for row in per_class] == first["metrics"]["per_class_accuracy"]
 
     state, second, second_tasks, second_seconds = smoke()
     print(f"first run {first_seconds:.1f} s, unchanged run {second_seconds:.1f} s")
@@ -213,9 +225,18 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
         state.result()
     assert {run.name.split(" ")[0] for run in task_runs_of(state)} == {"fetch", "re-gate"}  # nothing retrained
 
-    _, forced, forced_tasks, _ = smoke(force=True)
+    # the same training again, judged against LATEST sample by sample: the same predictions, not worse
+    forced_state, forced, forced_tasks, _ = smoke({"gate.compare_to_latest": True, "gate.mode": "non_inferior"},
+                                                  force=True)
     assert "unchanged_since" not in forced and {"train", "evaluate", "export", "release"} <= forced_tasks
     assert forced["release"]["version"] != version
+    gate_run = next(run for run in task_runs_of(forced_state) if run.name.startswith("gate"))
+    print(f"paired gate: {(gate_run.end_time - gate_run.start_time).total_seconds():.1f} s")
+    manifest = json.loads((bucket / "releases" / "sknet-tiny" / forced["release"]["version"] /
+                           "manifest.json").read_text())
+    paired = manifest["gate"]["paired"]
+    assert paired["champion"] == version and paired["samples"] == first["metrics"]["samples"]
+    assert "not significantly worse than release" in manifest["gate"]["message"]
 
 
 @pytest.mark.slow

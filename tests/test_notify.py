@@ -22,15 +22,16 @@ from test_escaping_and_redaction import CHAT_HOSTILE, check_chat_safe
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "sknet-train failed"
+MISSING_NIGHT = "sknet-train/nightly missing"
 
 
 @pytest.fixture
 def automations(prefect_api):
     from prefect.client.orchestration import get_client
 
-    def named() -> list:
+    def named(name: str = NAME) -> list:
         with get_client(sync_client=True) as client:
-            return client.read_automations_by_name(NAME)
+            return client.read_automations_by_name(name)
 
     yield named
     from infra.notify import apply
@@ -47,7 +48,7 @@ def test_it_points_one_automation_at_the_webhook_and_keeps_the_url_secret(automa
     apply("https://hooks.example.com/services/T000/B000/first")
     second = apply("https://hooks.example.com/services/T000/B000/second")
     [automation] = automations()  # replaced, not added
-    assert str(automation.id) == second and automation.enabled
+    assert str(automation.id) == second[NAME] and automation.enabled
     assert set(automation.trigger.expect) == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
     [action] = automation.actions
     block = CustomWebhookNotificationBlock.load(BLOCK_NAME)
@@ -64,8 +65,8 @@ def test_without_a_url_nothing_is_left_to_send(automations):
     from infra.notify import BLOCK_NAME, apply
 
     apply("https://hooks.example.com/x")
-    assert apply("") is None
-    assert automations() == []
+    assert apply("") == {}
+    assert automations() == [] and automations(MISSING_NIGHT) == []
     with pytest.raises(ValueError):
         CustomWebhookNotificationBlock.load(BLOCK_NAME)
 
@@ -86,6 +87,71 @@ def test_make_up_refuses_a_bad_notify_url_before_starting_anything(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "SKNET_NOTIFY_URL must be an http(s) webhook URL" in proc.stderr
     assert not (tmp_path / "work" / "store").exists() and not (tmp_path / "work" / "prefect").exists()
+
+
+def test_one_command_applies_the_missing_night_alert_beside_the_failure_one_through_the_same_block(automations):
+    from datetime import timedelta
+
+    from infra.notify import apply
+
+    apply("https://hooks.example.com/first")
+    applied = apply("https://hooks.example.com/second")
+    [failure], [missing] = automations(), automations(MISSING_NIGHT)  # each replaced, not added
+    assert applied == {NAME: str(failure.id), MISSING_NIGHT: str(missing.id)} and missing.enabled
+    trigger = missing.trigger
+    assert (trigger.posture, trigger.expect, trigger.after) == ("Proactive", {"prefect.flow-run.Completed"},
+                                                                {"prefect.flow-run.Completed"})
+    assert trigger.within == timedelta(hours=26) and trigger.threshold == 1
+    related = [spec.root for spec in trigger.match_related]
+    assert {"prefect.resource.role": "flow", "prefect.resource.name": "sknet-train"} in related
+    assert {"prefect.resource.role": "deployment", "prefect.resource.name": "nightly"} in related
+    assert missing.actions[0].block_document_id == failure.actions[0].block_document_id
+
+
+def test_the_missing_night_alert_fires_a_window_after_the_last_nightly_run_completed(tmp_path):
+    """The YAML with a 15 s window instead of 26 h, on the stack's own server: a nightly run completes, then a
+    smoke run (another deployment: not counted); one window after the nightly one, the webhook hears of it."""
+    import yaml
+
+    from infra.notify import AUTOMATION_FILES, apply_to
+    from infra.stack import Stack
+    from sknet.ports import free_port
+    from test_e2e import WebhookReceiver
+
+    within = 15
+    definition = yaml.safe_load(AUTOMATION_FILES[1].read_text())
+    short = tmp_path / "missing-night.yaml"
+    short.write_text(yaml.safe_dump({**definition, "trigger": {**definition["trigger"], "within": within}}))
+    webhook, stack = WebhookReceiver(), Stack(tmp_path / "prefect", free_port())
+    try:
+        stack.start_server()
+        apply_to(stack.api_url, webhook.url, (short,))
+        flow = _post(stack, "flows/", {"name": "sknet-train"})
+        completed = _complete_run(stack, flow["id"], "nightly", "nightly-run")
+        _complete_run(stack, flow["id"], "smoke", "smoke-run")
+        deadline = completed + within + 30  # + the server's 5 s evaluation period and the action's delivery
+        while not webhook.posts:
+            assert time.monotonic() < deadline, "no missing-night notification"
+            time.sleep(0.5)
+        arrived = time.monotonic()
+    finally:
+        stack.down()
+        webhook.server.shutdown()
+        webhook.server.server_close()
+    assert arrived - completed >= within - 1  # the window began at the completed run, not when it was applied
+    [post] = webhook.posts
+    assert post["text"].startswith("sknet-train/nightly: no completed run for 26 hours\n"
+                                   f"No sknet-train/nightly flow run has completed within 0:00:{within}.\n"
+                                   "Last completed: nightly-run at ")
+
+
+def _complete_run(stack, flow_id: str, deployment: str, name: str) -> float:
+    """A run of `deployment` (made here) taken to Completed through the API; when it completed (monotonic)."""
+    made = _post(stack, "deployments/", {"name": deployment, "flow_id": flow_id})
+    run = _post(stack, f"deployments/{made['id']}/create_flow_run", {"name": name})
+    for state in ({"type": "RUNNING"}, {"type": "COMPLETED"}):
+        _post(stack, f"flow_runs/{run['id']}/set_state", {"state": state, "force": True})
+    return time.monotonic()
 
 
 SECRET_PATH = "/hooks/services/T000/SECRETTOKEN?token=QUERYSECRET"

@@ -95,3 +95,66 @@ def test_release_promote_and_ls_see_a_version_whose_model_was_deleted_as_incompl
     assert (v1["version"], v1["complete"], v1["damaged"]) == (
         "v1", False, {"model.mindir": "missing, manifest.json records 200 bytes"})
     assert json.loads(store.get_bytes("releases/sknet50/LATEST"))["version"] == "v2"
+
+
+def history_of(args) -> list[dict]:
+    return [json.loads(line) for line in
+            run_sknet("-q", "release", "history", *args, "--model", "sknet50", "--json").stdout.splitlines()]
+
+
+def test_release_history_prints_every_move_oldest_first(released):
+    import re
+
+    _, args = released
+    run_sknet("-q", "release", "promote", *args, "--model", "sknet50", "--version", "v1", "--reason", "rollback")
+    records = history_of(args)
+    assert [(r["sequence"], r["from"], r["to"]) for r in records] == [(1, None, "v1"), (2, "v1", "v2"), (3, "v2", "v1")]
+    assert [r["why"] for r in records[:2]] == ["released by run v1", "released by run v2"]
+    assert re.fullmatch(r"promoted by \S+@\S+: rollback", records[2]["why"])
+    lines = run_sknet("-q", "release", "history", *args, "--model", "sknet50").stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith(records[0]["when"] + "  #1  (none) → v1  released by run v1")
+    assert "#3  v2 → v1  promoted by " in lines[2] and lines[1].endswith("top_1_accuracy=0.9200")
+
+
+def test_release_ls_at_says_what_latest_was_then(released):
+    from datetime import datetime
+
+    _, args = released
+    first, second = history_of(args)
+    between = datetime.fromisoformat(first["when"]) + (datetime.fromisoformat(second["when"]) -
+                                                       datetime.fromisoformat(first["when"])) / 2
+    then = json.loads(run_sknet("-q", "release", "ls", *args, "--model", "sknet50", "--at", between.isoformat()).stdout)
+    assert (then["latest"], then["since"], then["move"]["sequence"]) == ("v1", first["when"], 1)
+    now = json.loads(run_sknet("-q", "release", "ls", *args, "--model", "sknet50", "--at", "2999-01-01").stdout)
+    assert (now["latest"], now["at"]) == ("v2", "2999-01-01T00:00:00+00:00")
+
+
+def test_release_ls_at_refuses_a_bad_time_a_time_before_the_first_move_and_a_missing_model(released):
+    _, args = released
+    first = history_of(args)[0]
+    for at, message in (
+            ("yesterday", "--at 'yesterday': expected an ISO 8601 time, e.g. 2026-12-01T06:00:00Z or 2026-12-01 "
+                          "(UTC unless an offset is given)"),
+            ("2000-01-01T00:00:00+02:00", "1999-12-31T22:00:00+00:00 is before the first recorded move of "
+                                          f"LATEST of sknet50 ({first['when']}: (none) → v1); sknet50 had no release "
+                                          "before it")):
+        proc = run_sknet("release", "ls", *args, "--model", "sknet50", "--at", at, check=False)
+        assert proc.returncode == 2 and proc.stdout == "" and f"sknet: error: {message}" in proc.stderr, proc.stderr
+    proc = run_sknet("release", "ls", *args, "--at", "2026-12-01", check=False)
+    assert proc.returncode == 2 and "release ls --at: name the model (--model M)" in proc.stderr
+
+
+def test_release_promote_records_who_without_a_reason_and_says_no_event_was_sent_without_an_api(released,
+                                                                                               monkeypatch):
+    import getpass
+    import socket
+
+    _, args = released
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    proc = run_sknet("release", "promote", *args, "--model", "sknet50", "--version", "v1")
+    pointer = json.loads(proc.stdout)
+    assert pointer["move"]["why"] == f"promoted by {getpass.getuser()}@{socket.gethostname()}"
+    assert pointer["event"]["sent"] is False and pointer["event"]["event"] == "sknet.release.promoted"
+    assert ("sknet: note: sknet.release.promoted: no Prefect API configured (PREFECT_API_URL is not set): event "
+            "not sent") in proc.stderr
+    assert history_of(args)[-1] == pointer["move"]

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from sknet.data.layout import LAYOUT_DIR, TEST_FILE
+from sknet.data.layout import CLASS_NAMES, LAYOUT_DIR, TEST_FILE
 from sknet.data.stage import VERIFIED_MARKER, dataset_manifest, fetch, manifest_digest, stage, verify_remote
 from sknet.errors import DataError
 from sknet.storage import IncompleteError, LocalStore, S3Store
@@ -47,6 +47,8 @@ def test_stage_fetch_round_trip(store, synthetic_data, tmp_path):
     assert dataset_manifest(path)["files"] == dataset_manifest(synthetic_data)["files"]
     staged = json.loads(store.get_bytes(f"{digest}/manifest.json"))
     assert staged["files"]["data_batch_1.bin"]["records"] == 10_000 and staged["synthetic"] is True
+    census = staged["census"]  # sknet.data.census, taken before the upload (tests/test_census.py)
+    assert census["splits"]["train"]["classes"] == dict.fromkeys(CLASS_NAMES, 5_000) and census["skewed"] == []
 
 
 def test_second_fetch_is_served_from_cache_without_any_get(store, synthetic_data, tmp_path):

@@ -5,6 +5,7 @@ against the real server and worker in tests/test_e2e.py."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -12,7 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from sknet.errors import ConfigError
+from sknet.errors import ConfigError, DataError
+from sknet.markdown import text
 
 
 def staged_events(uri: str, expect: int, timeout: float = 30) -> list[dict]:
@@ -41,12 +43,48 @@ def test_new_data_is_staged_and_announced_once(prefect_api, synthetic_data, tmp_
     assert event["resource"]["prefect.resource.id"] == first["uri"]
     assert event["resource"]["sknet.dataset.synthetic"] == "true"
     assert event["payload"]["digest"] == first["digest"]
+    assert event["payload"]["census"] == first["census"] and first["census"]["splits"]["test"]["records"] == 10_000
     assert any(r["prefect.resource.role"] == "flow-run" for r in event["related"])  # emitted from the flow run
 
     again = sknet_stage(source=str(synthetic_data), dest=f"{store}/datasets/cifar10")
     assert again["uri"] == first["uri"] and not again["published"]
     time.sleep(3)  # an event would have reached the API by now (the first one did within this)
     assert len(staged_events(first["uri"], expect=2, timeout=3)) == 1
+
+
+def artifact_of(state, key: str) -> str | None:
+    """The data of the flow run's artifact `key` (None if it has none)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            key=ArtifactFilterKey(any_=[key])))
+    return artifacts[0].data if artifacts else None
+
+
+def test_a_skewed_dataset_fails_the_flow_unless_allowed_and_its_census_is_the_artifact_and_in_the_event(
+        prefect_api, synthetic_data, tmp_path):
+    from flows.sknet_stage import sknet_stage
+    from test_census import layout_copy, make_skewed
+
+    skewed = make_skewed(layout_copy(synthetic_data, tmp_path / "skewed"))
+    store = f"file://{tmp_path}/store"
+    refused = sknet_stage(source=str(skewed), dest=store, return_state=True)
+    error = refused.result(raise_on_failure=False)
+    assert refused.is_failed() and isinstance(error, DataError) and "test class 'frog': no images" in str(error)
+    assert not (tmp_path / "store").exists()  # refused before any upload: nothing staged, nothing announced
+
+    allowed = sknet_stage(source=str(skewed), dest=store, allow_skew=True, return_state=True)
+    staged = allowed.result()
+    assert staged["published"] and staged["census"]["skew_allowed"] is True
+    [event] = staged_events(staged["uri"], expect=1)
+    assert event["payload"]["census"] == staged["census"]
+    census = artifact_of(allowed, "sknet-dataset-census")
+    assert census.startswith(f"# Data census of {text(staged['uri'])}\n") and "| frog | 5,000 | 0 |" in census
+    assert "**class skew allowed** (--allow-skew): train class 'cat': 4,400 images, 12% below" in census
+    shutil.rmtree(skewed)
 
 
 def test_a_deployment_made_without_its_variables_fails_before_staging(prefect_api, synthetic_data, tmp_path):

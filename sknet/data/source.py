@@ -1,17 +1,21 @@
 """A run's dataset, whatever `data.uri` names: a local layout is verified in place, a staged dataset
 (`<store>/<digest>`) is fetched into the digest-keyed cache and verified against its manifest. Either must lie
-under one of `data.allowed_prefixes` (`sknet.data.allowlist`), checked before anything is read."""
+under one of `data.allowed_prefixes` (`sknet.data.allowlist`), checked before anything is read. Either carries its
+data census (`sknet.data.census`): a staged dataset's as its manifest records it (a file:// one is read in place),
+another local layout's taken here."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sknet.config import Config
 from sknet.data.allowlist import refuse_unless_allowed
+from sknet.data.census import read_census, take_census
 from sknet.data.layout import TEST_FILE, is_synthetic, layout_dir, local_dataset_path
 from sknet.data.stage import dataset_manifest, fetch, split_dataset_uri
-from sknet.storage import is_s3_uri, store_from_config
+from sknet.storage import MANIFEST, is_s3_uri, store_from_config
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,7 @@ class Dataset:
     path: str  # the verified local layout directory
     digest: str
     synthetic: bool
+    census: dict | None = None  # None: a staged dataset whose manifest has none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,10 +44,20 @@ def resolve_dataset(cfg: Config, cache_dir: str | Path) -> Dataset:
     local = _local_layout(uri)
     if local is not None:
         path, digest = local, dataset_manifest(local)["digest"]  # verifies the layout
+        census = _recorded_census(path / MANIFEST) or take_census(path)  # a file:// staged dataset is read in place
     else:
         store = store_from_config(cfg.storage, split_dataset_uri(uri)[0])
         path, digest = fetch(uri, store, Path(cache_dir))
-    return Dataset(uri=uri, path=str(path), digest=digest, synthetic=is_synthetic(path))
+        census = _recorded_census(path.parent / MANIFEST)  # the cache's copy of the staged manifest
+    return Dataset(uri=uri, path=str(path), digest=digest, synthetic=is_synthetic(path), census=census)
+
+
+def _recorded_census(manifest: Path) -> dict | None:
+    """The census a staged manifest records (`sknet.data.census.read_census`); None without a readable one."""
+    try:
+        return read_census(json.loads(manifest.read_text()))
+    except (OSError, ValueError):
+        return None
 
 
 def _local_layout(uri: str) -> Path | None:

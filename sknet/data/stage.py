@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from sknet.data.census import DEFAULT_MAX_CLASS_SKEW, check_max_class_skew, refuse_skew, take_census
 from sknet.data.layout import (
     FILE_BYTES, LAYOUT_DIR, META_FILE, RECORD_BYTES, SYNTHETIC_MARKER, TARBALL_MD5, TEST_FILE, TRAIN_FILES,
     check_batch_file, layout_dir, verify_layout,
@@ -129,14 +130,16 @@ def dataset_manifest(directory: Path) -> dict:
 @dataclass(frozen=True)
 class StagedDataset:
     """A staged dataset: its URI and digest, whether it is synthetic, whether this call published it (wrote
-    its manifest; False: the same files were already staged under that digest), and the objects of an
-    already staged dataset that this call found missing or damaged and uploaded again (`repaired`)."""
+    its manifest; False: the same files were already staged under that digest), the objects of an
+    already staged dataset that this call found missing or damaged and uploaded again (`repaired`), and
+    the data's census (`sknet.data.census`)."""
 
     uri: str
     digest: str
     synthetic: bool
     published: bool
     repaired: tuple[str, ...] = ()
+    census: dict | None = None
 
     def summary(self) -> str:
         """One line for a log: what this call did to the dataset."""
@@ -157,23 +160,28 @@ def stage(source: str, store: Store, *, expected_md5: str | None = None, work_di
     return stage_dataset(source, store, expected_md5=expected_md5, work_dir=work_dir).uri
 
 
-def stage_dataset(source: str, store: Store, *, expected_md5: str | None = None,
-                  work_dir: Path | None = None) -> StagedDataset:
+def stage_dataset(source: str, store: Store, *, expected_md5: str | None = None, work_dir: Path | None = None,
+                  max_class_skew: float = DEFAULT_MAX_CLASS_SKEW, allow_skew: bool = False) -> StagedDataset:
     """Publish SOURCE (URL, tarball or layout directory) to `store`; when it is staged there already, check
     its objects and upload again those missing or damaged (see `repair`).
-    A tarball must have `expected_md5` (default: the official CIFAR-10 tarball's)."""
+    A tarball must have `expected_md5` (default: the official CIFAR-10 tarball's). Before anything is
+    uploaded the data's census is taken (`sknet.data.census`) and a skewed dataset refused unless `allow_skew`;
+    the census goes into the manifest (a dataset staged before keeps its manifest)."""
+    check_max_class_skew(max_class_skew)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="sknet-stage-") as scratch:
         directory = _materialize(source, Path(scratch), expected_md5 or TARBALL_MD5)
         manifest = dataset_manifest(directory)
         digest = manifest["digest"]
-        staged = StagedDataset(f"{store.uri}/{digest}", digest, bool(manifest["synthetic"]), published=False)
         layout = layout_dir(directory)  # verified by dataset_manifest
+        census = take_census(layout, max_class_skew=max_class_skew, allow_skew=allow_skew)
+        refuse_skew(census, redact_url(source))
+        staged = StagedDataset(f"{store.uri}/{digest}", digest, bool(manifest["synthetic"]), False, census=census)
         files = {name: layout / name for name in manifest["files"]}
         if _staged_file_table(store, digest) == manifest["files"]:
             staged = replace(staged, repaired=tuple(repair(store, digest, manifest["files"], files)))
             log.info("%s", staged.summary())
             return staged
-        metadata = {k: v for k, v in manifest.items() if k != "files"}
+        metadata = {**{k: v for k, v in manifest.items() if k != "files"}, "census": census}
         publish(store, digest, files, metadata=metadata, progress=log.info, file_facts=manifest["files"])
         staged = replace(staged, published=True)
         log.info("%s", staged.summary())

@@ -10,8 +10,9 @@ Backends (`launch.backend`):
   `worker_N.log` files, and a failed rank is reported by msrun's exit (after its own ~35 s wait).
 
 Every line a rank prints goes to `<output_dir>/logs/rank-N.log` and, prefixed `[rank N]`, to a
-callback. The first rank to fail, or the wall-clock timeout, stops all ranks (TERM, then KILL, per
-process group). A relaunch of the same run resumes from its newest checkpoint (see `sknet.training.loop`).
+callback. The first rank to fail, the wall-clock timeout, or a stall (no rank logged a step for
+`launch.stall_timeout_seconds`, see `sknet.launch.stall`) stops all ranks (TERM, then KILL, per process group).
+A relaunch of the same run resumes from its newest checkpoint (see `sknet.training.loop`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sknet.config import Config
 from sknet.errors import LaunchError
 from sknet.jsonio import dumps
 from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
+from sknet.launch.stall import StallWatch
 from sknet.ports import free_port
 from sknet.training.run_record import check_run_dir, dataset_digest
 from sknet.training.stopping import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV, launcher_identity
@@ -68,6 +70,9 @@ class LaunchResult:
     local_ranks: list[int] = field(default_factory=list)  # the global ranks that ran on this host
     diverged: bool = False  # a rank stopped on a bad loss: retrying the same recipe would do the same
     bad_input: bool = False  # a rank refused its config or data (exit 2): a retry would refuse it again
+    # the ranks that stopped advancing when no rank logged a step for launch.stall_timeout_seconds, laggards first
+    # (`sknet.launch.stall.StalledRank`s); failed_rank is the first: a stall is retried, as a crashed rank is
+    stalled: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -211,16 +216,19 @@ class _SigtermWatch:
 def _stop(processes: Sequence[_Rank], grace_seconds: float = STOP_GRACE_SECONDS) -> None:
     """TERM to every process group and every descendant, KILL to whatever still runs `grace_seconds` later.
 
-    Descendants are collected first: once their parent exits they are no longer found through it.
+    Descendants are collected first: once their parent exits they are no longer found through it. CONT follows
+    the TERM: a stopped process (SIGSTOP, a debugger) would hold the TERM pending until KILL.
     """
     import psutil
 
     descendants = [child for rank in processes for child in rank.descendants()]
     for rank in processes:
         rank.signal(signal.SIGTERM)
+        rank.signal(signal.SIGCONT)
     for child in descendants:
         with contextlib.suppress(psutil.Error):
             child.terminate()  # psutil checks the PID still names the same process
+            child.resume()
     deadline = time.monotonic() + grace_seconds
     for rank in processes:
         try:
@@ -258,11 +266,12 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     local_ranks = sorted(r for p in plan for r in p.ranks)
     on_line(f"launching rank(s) {_span(local_ranks)} of {cfg.launch.ranks} with the {cfg.launch.backend} "
             f"backend; logs in {log_dir}")
+    stall = StallWatch(cfg.launch.stall_timeout_seconds, local_ranks)
     with _SigtermWatch() as sigterm:
-        processes, tails = _start(cfg, plan, port, log_dir, rank_command, on_line)
+        processes, tails = _start(cfg, plan, port, log_dir, rank_command, stall.watching(on_line))
         failed, reason = None, ""
         try:
-            failed, reason = _wait(cfg, processes, started, sigterm.received)
+            failed, reason = _wait(cfg, processes, started, sigterm.received, stall)
         finally:
             if failed or reason:
                 on_line(f"stopping all ranks: {reason}")
@@ -272,7 +281,7 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
                 rank.close()
             for tail in tails:
                 tail.close()
-        return _conclude(cfg, output_dir, processes, local_ranks, started, failed, reason)
+        return _conclude(cfg, output_dir, processes, local_ranks, started, failed, reason, stall)
 
 
 def _dataset_of(cfg: Config, command: Sequence[str] | None) -> str | None:
@@ -382,10 +391,10 @@ def _start(cfg: Config, plan: Sequence[RankProcess], port: int, log_dir: Path, r
     return processes, tails
 
 
-def _wait(cfg: Config, processes: Sequence[_Rank], started: float,
-          sigterm: threading.Event) -> tuple[_Rank | None, str]:
-    """Poll until every worker exited 0, a process failed, the timeout passed or SIGTERM came:
-    (failed rank, reason)."""
+def _wait(cfg: Config, processes: Sequence[_Rank], started: float, sigterm: threading.Event,
+          stall: StallWatch) -> tuple[_Rank | None, str]:
+    """Poll until every worker exited 0, a process failed, the timeout passed, the ranks stalled or SIGTERM
+    came: (failed rank, reason)."""
     workers = [r for r in processes if r.name != SCHEDULER]
     timeout = cfg.launch.timeout_minutes * 60 or None
     while True:
@@ -400,6 +409,8 @@ def _wait(cfg: Config, processes: Sequence[_Rank], started: float,
             return None, ""
         if timeout and time.monotonic() - started > timeout:
             return None, f"timed out after {cfg.launch.timeout_minutes:g} min (launch.timeout_minutes)"
+        if stall.check():
+            return None, stall.reason()
         if sigterm.is_set():
             return None, (f"SIGTERM: the ranks checkpoint at their next step boundary (within "
                           f"launch.stop_grace_seconds={cfg.launch.stop_grace_seconds:g}) and stop")
@@ -424,22 +435,26 @@ def _msrun_failed_worker(msrun: _Rank) -> str | None:
 
 
 def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], local_ranks: list[int], started: float,
-              failed: _Rank | None, reason: str) -> LaunchResult:
+              failed: _Rank | None, reason: str, stall: StallWatch) -> LaunchResult:
     """The run's result, written to launch.json; raised inside a `LaunchError` when the run failed."""
-    failed_rank = failed.name if failed else None
+    failed_rank, last_lines = (failed.name, list(failed.tail)) if failed else (None, [])
     if failed_rank == MSRUN and (worker := _msrun_failed_worker(failed)) is not None:
         failed_rank, reason = worker, f"rank {worker} failed (msrun: {reason})"
+    if stall.stalled:
+        failed_rank, last_lines = stall.stalled[0].rank, stall.stalled[0].last_lines
     result = LaunchResult(
         backend=cfg.launch.backend, ranks=cfg.launch.ranks,
         exit_codes={r.name: r.process.returncode for r in processes},
         seconds=round(time.monotonic() - started, 2), output_dir=str(output_dir),
         checkpoint_dir=str(checkpoint_dir(output_dir)), failed_rank=failed_rank,
-        reason=reason, last_lines=list(failed.tail) if failed else [], local_ranks=local_ranks,
+        reason=reason, last_lines=last_lines, local_ranks=local_ranks,
         diverged=failed is not None and _diverged(failed, output_dir / LOGS_DIR),
         bad_input=failed is not None and failed.process.returncode == BAD_INPUT_EXIT_CODE,
+        stalled=[asdict(rank) for rank in stall.stalled],
     )
     (output_dir / LAUNCH_FILE).write_text(dumps(result.to_dict(), indent=2) + "\n")
     if not result.ok:
         tail = "\n".join(result.last_lines[-10:])
-        raise LaunchError(f"{reason}; last lines of its log:\n{tail}" if failed else reason, result)
+        raise LaunchError(f"{reason}; last lines of its log:\n{tail}" if failed else
+                          f"{reason}\n{stall.last_lines()}" if stall.stalled else reason, result)
     return result

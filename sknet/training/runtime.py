@@ -73,6 +73,7 @@ def configure(device_target: str = "CPU", seed: int | None = None, graph_mode: b
 # array's length, ranks, sink and cadence) names the compile cache, since MindSpore does not check them.
 NOT_IN_GRAPH = ("data.uri", "data.allowed_prefixes", "storage.", "train.output_dir", "train.checkpoint_mirror",
                 "gate.", "export.", "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.rank_table",
+                "launch.stall_timeout_seconds",
                 "launch.server_id", "launch.master_addr", "launch.master_port")
 
 

@@ -1,0 +1,63 @@
+"""Figures a person looks at in the Prefect UI: the confusion matrix as a PNG, and markdown that embeds PNGs as
+`data:image/png;base64,…` images (the UI renders those; it cannot open a `file://` or `s3://` link)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sknet.data.layout import CLASS_NAMES
+from sknet.markdown import code, text
+
+EMBED_LIMIT_BYTES = 1_000_000  # a larger PNG is linked, not embedded: an artifact is stored in the API's database
+
+
+def plot_confusion_matrix(metrics: Mapping, out: str | Path, *, title: str) -> Path | None:
+    """A PNG of `metrics["confusion_matrix"]` (rows: true class, columns: predicted; each cell its count, shaded
+    by the share of its row) with each class's accuracy in its label; None when the metrics have no matrix."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    matrix = metrics.get("confusion_matrix")
+    if not matrix:
+        return None
+    n = len(matrix)
+    names = [CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"#{i}" for i in range(n)]
+    shares = [[count / max(1, sum(row)) for count in row] for row in matrix]
+    accuracy = metrics.get("per_class_accuracy") or [None] * n
+    figure = Figure(figsize=(8, 7), dpi=100, layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=8,
+                    color="white" if shares[i][j] > 0.5 else "black")
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), [f"{name} ({'—' if a is None else f'{a:.1%}'})" for name, a in zip(names, accuracy)])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (accuracy)")
+    ax.set_title(title)
+    figure.colorbar(image, ax=ax, label="share of the true class")
+    out = Path(out)
+    FigureCanvasAgg(figure).print_png(out)
+    return out
+
+
+def embedded_png(path: str | Path, alt: str, link: str = "") -> str:
+    """A markdown image of the PNG at `path` as a data URI (`link`, when given, also named below it); a PNG over
+    `EMBED_LIMIT_BYTES` is only linked."""
+    data = Path(path).read_bytes()
+    where = f"\n\n{text(alt)}: {code(link)}" if link else ""
+    if len(data) > EMBED_LIMIT_BYTES:
+        return f"{text(alt)}: {len(data):,} bytes, too large to embed{where}"
+    return f"![{text(alt)}](data:image/png;base64,{base64.b64encode(data).decode()}){where}"
+
+
+def figures_markdown(title: str, figures: Sequence[tuple[Path, str, str]]) -> str:
+    """A markdown artifact showing each (PNG path, caption, stored URI) that exists."""
+    parts = [f"# {text(title)}"]
+    for path, caption, link in figures:
+        if Path(path).is_file():
+            parts += [f"## {text(caption)}", embedded_png(path, caption, link)]
+    return "\n\n".join(parts) + "\n"
