@@ -153,3 +153,36 @@ def run_shell(script: str, cwd: Path, env: dict[str, str] | None = None, timeout
     """`script` in bash -euo pipefail, as a user would type it."""
     return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def race(calls):
+    """Run `calls` in threads released at the same moment; each one's result or exception."""
+    import threading
+
+    start, results = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def run(i):
+        start.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def artifact_of(state, key: str) -> str | None:
+    """The data of the flow run's artifact `key` (None if it has none)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            key=ArtifactFilterKey(any_=[key])))
+    return artifacts[0].data if artifacts else None

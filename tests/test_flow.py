@@ -4,6 +4,7 @@ on a temporary API) and the deployments through a real server and worker in test
 
 
 import pytest
+from conftest import artifact_of
 from prefect.states import Failed
 
 from sknet.gate import GateFailed
@@ -146,18 +147,6 @@ def flow_logs_and_summary(state) -> tuple[str, str]:
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     summary = next((a.data for a in artifacts if a.key == "sknet-run-summary"), "")
     return "\n".join(log.message for log in logs), summary
-
-
-def artifact_of(state, key: str) -> str | None:
-    """The data of the flow run's artifact `key` (None if it has none)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
-            key=ArtifactFilterKey(any_=[key])))
-    return artifacts[0].data if artifacts else None
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@ import json
 import re
 
 import pytest
+from conftest import race
 
 from sknet.config import load_config
 from sknet.lineage import lineage_record
@@ -134,27 +135,6 @@ def test_a_latest_written_before_release_times_were_recorded_is_replaced(store, 
     store.put_bytes(json.dumps({"version": "old", "uri": "x", "metrics": {}}).encode(), "releases/sknet50/LATEST")
     pointer = publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
     assert latest(store) == pointer and pointer["sequence"] == 1
-
-
-def race(calls):
-    """Run `calls` in threads released at the same moment; each one's result or exception."""
-    import threading
-
-    start, results = threading.Barrier(len(calls)), [None] * len(calls)
-
-    def run(i):
-        start.wait()
-        try:
-            results[i] = calls[i]()
-        except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 def test_concurrent_releases_never_lose_a_move_and_end_at_the_newest(store, tmp_path):

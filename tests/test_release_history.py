@@ -10,7 +10,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from conftest import run_sknet
+from conftest import race, run_sknet
 
 from sknet import release
 from sknet.release import LatestNotMoved, history, promote, publish_release
@@ -74,25 +74,6 @@ def test_history_starts_at_the_first_recorded_move_of_a_latest_written_before_th
     assert notes == [] and (record["sequence"], record["from"], record["to"], record["previous"]) == (
         5, "old", "v1", None)
     assert history(store, "no-such-model") == ([], [])
-
-
-def race(calls):
-    """Run `calls` in threads released at the same moment; each one's result or exception."""
-    start, results = threading.Barrier(len(calls)), [None] * len(calls)
-
-    def run(i):
-        start.wait()
-        try:
-            results[i] = calls[i]()
-        except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 def test_concurrent_moves_record_exactly_the_moves_that_won(store, tmp_path):

@@ -12,6 +12,7 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import artifact_of
 
 from sknet.errors import ConfigError, DataError
 from sknet.markdown import text
@@ -50,18 +51,6 @@ def test_new_data_is_staged_and_announced_once(prefect_api, synthetic_data, tmp_
     assert again["uri"] == first["uri"] and not again["published"]
     time.sleep(3)  # an event would have reached the API by now (the first one did within this)
     assert len(staged_events(first["uri"], expect=2, timeout=3)) == 1
-
-
-def artifact_of(state, key: str) -> str | None:
-    """The data of the flow run's artifact `key` (None if it has none)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
-            key=ArtifactFilterKey(any_=[key])))
-    return artifacts[0].data if artifacts else None
 
 
 def test_a_skewed_dataset_fails_the_flow_unless_allowed_and_its_census_is_the_artifact_and_in_the_event(
