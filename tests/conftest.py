@@ -186,3 +186,26 @@ def artifact_of(state, key: str) -> str | None:
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
             key=ArtifactFilterKey(any_=[key])))
     return artifacts[0].data if artifacts else None
+
+
+RETRIED_STATUSES = {429, 502, 503}  # what Prefect's own client retries (503: its SQLite database was busy)
+
+
+def call_api(api_url: str, path: str, body: dict | None = None, attempts: int = 6):
+    """POST `body` (GET without one) to the Prefect REST API at `api_url`; the decoded answer. A 429/502/503 is
+    retried with backoff, as `prefect.client` does: under a loaded suite the server's SQLite answers "busy"."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{api_url}/{path}", method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            if error.code not in RETRIED_STATUSES or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)

@@ -14,12 +14,11 @@ import re
 import shutil
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_of_repo, readme_commands, run_sknet, run_shell
+from conftest import call_api, copy_of_repo, readme_commands, run_sknet, run_shell
 
 pytestmark = pytest.mark.slow
 
@@ -131,11 +130,7 @@ def nightly_run(site) -> dict:
 
 
 def api(site, path: str, body: dict | None = None):
-    request = urllib.request.Request(f"{site['stack'].api_url}/{path}", method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    return call_api(site["stack"].api_url, path, body)
 
 
 def run_deployment(site, *params: str, watch: bool = True) -> str:

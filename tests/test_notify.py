@@ -8,16 +8,15 @@ infra/server-logging.yml), a run failed through its API: no worker, no training.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import call_api
 from test_escaping_and_redaction import CHAT_HOSTILE, check_chat_safe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,10 +188,7 @@ def notified(tmp_path_factory):
 
 
 def _post(stack, path: str, body: dict) -> dict:
-    request = urllib.request.Request(f"{stack.api_url}/{path}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+    return call_api(stack.api_url, path, body)
 
 
 def test_a_hostile_failed_run_reaches_the_webhook_without_mention_link_or_markup(notified):
