@@ -12,8 +12,9 @@ STAMP  := $(VENV)/.installed
 DATA ?= auto
 # three pytest workers on two cores, one test module each: a module's servers and fixtures stay in one process,
 # and what waits (server start-ups, Prefect's event handling, single-threaded compiles) overlaps with training;
-# on 2 cores 3 workers finish the suite in ≈ 3/4 of the time 2 workers take (README: Benchmarks)
-PYTEST_ARGS ?= -n 3 --dist loadfile
+# on 2 cores 3 workers finish the suite in ≈ 3/4 of the time 2 workers take (README: Quick start); the 25 longest
+# tests close the report, to keep an eye on the suite's time
+PYTEST_ARGS ?= -n 3 --dist loadfile --durations=25
 RUN := GLOG_v=3 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python
 
 $(BIN)/python:
