@@ -1,7 +1,7 @@
 # sknet-pipeline. `make run`: the sknet-train flow end to end on the embedded default (DATA=cifar10 stages
 # the real dataset first). `make test`: the whole suite (what CI runs). `make bench`: the benchmarks.
-# `make up` / `make down`: the local Prefect stack with the deployments applied. `make stage SOURCE=… [DEST=…]`:
-# stage a dataset through that stack (a new one starts a training run on it).
+# `make up` / `make down`: the local Prefect stack with the deployments applied. `make stage SOURCE=… [DEST=…]
+# [MAX_CLASS_SKEW=0.2] [ALLOW_SKEW=1]`: stage a dataset through that stack (a new one starts a training run on it).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -44,7 +44,8 @@ down:
 
 stage: $(STAMP)
 	@test -n "$(SOURCE)" || { echo "make stage: SOURCE=<layout dir, tarball or URL> is required" >&2; exit 2; }
-	$(RUN) -m infra.stage --source "$(SOURCE)" $(if $(DEST),--dest "$(DEST)")
+	$(RUN) -m infra.stage --source "$(SOURCE)" $(if $(DEST),--dest "$(DEST)") \
+		$(if $(MAX_CLASS_SKEW),--max-class-skew "$(MAX_CLASS_SKEW)") $(if $(ALLOW_SKEW),--allow-skew)
 
 clean:
 	rm -rf $(VENV) work bench/results/*.json rewritten_network

@@ -222,13 +222,26 @@ def test_a_census_not_shaped_as_staging_writes_it_is_ignored_and_values_are_rend
 
 
 def test_make_stage_forwards_the_skew_flags_as_the_flow_parameters_prefect_reads():
+    import shlex
+    import subprocess
+
     from prefect.cli._utilities import load_json_key_values
 
     from infra.stage import stage_command
 
+    def stage_args(*variables: str) -> list[str]:
+        """The arguments `make stage` gives `python -m infra.stage` (make -n: printed, not run)."""
+        printed = subprocess.run(["make", "-n", "stage", *variables], cwd=Path(__file__).parents[1],
+                                 capture_output=True, text=True, check=True).stdout
+        words = shlex.split(printed.replace("\\\n", " ").splitlines()[-1])
+        return words[words.index("infra.stage") + 1:]
+
     def parameters(command: list[str]) -> dict:
         return load_json_key_values([command[i + 1] for i, arg in enumerate(command) if arg == "--param"], "parameter")
 
+    assert stage_args("SOURCE=/data/thinned", "MAX_CLASS_SKEW=0.2", "ALLOW_SKEW=1") == [
+        "--source", "/data/thinned", "--max-class-skew", "0.2", "--allow-skew"]
+    assert stage_args("SOURCE=/data/seed7") == ["--source", "/data/seed7"]
     assert parameters(stage_command("/data/thinned", None, 0.2, True)) == {
         "source": "/data/thinned", "max_class_skew": 0.2, "allow_skew": True}
     assert parameters(stage_command("/data/seed7", None)) == {"source": "/data/seed7"}  # the flow's defaults
