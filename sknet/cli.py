@@ -215,8 +215,9 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
 def _add_export_command(commands: argparse._SubParsersAction) -> None:
     """`sknet export`: MINDIR with a round-trip check."""
     export = commands.add_parser(
-        "export", help="write MINDIR and check that it round-trips",
-        epilog="example: sknet export --config cpu-smoke --checkpoint CKPT --out work/model.mindir --dynamic-batch",
+        "export", help="write MINDIR and check that it round-trips (--score: and that it scores as its checkpoint)",
+        epilog="example: sknet export --config cpu-smoke --set data.uri=work/data --checkpoint CKPT "
+               "--out work/model.mindir --dynamic-batch --score",
     )
     _add_config_args(export)
     export.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .ckpt written by sknet train")
@@ -224,6 +225,11 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--dynamic-batch", action="store_true", default=None,
         help="leave the batch dimension free (default: export.dynamic_batch, static export.batch_size)",
+    )
+    export.add_argument(
+        "--score", action="store_true",
+        help="also score the checkpoint and the MINDIR (nn.GraphCell) on the eval set (data.uri), as the flow does; "
+             "a MINDIR whose top-1 differs by more than export.accuracy_tolerance is refused and removed",
     )
 
 
@@ -467,9 +473,10 @@ def _run(args: argparse.Namespace) -> dict | None:
 
         return evaluate(cfg, args.checkpoint, predictions_out=args.predictions)
     if args.command == "export":
-        from sknet.export import export_mindir
+        from sknet.export import export_checked_against_checkpoint, export_mindir
 
-        return export_mindir(cfg, args.checkpoint, args.out, dynamic_batch=args.dynamic_batch)
+        export = export_checked_against_checkpoint if args.score else export_mindir
+        return export(cfg, args.checkpoint, args.out, dynamic_batch=args.dynamic_batch)
     raise AssertionError(f"unhandled command {args.command}")
 
 

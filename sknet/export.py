@@ -19,6 +19,14 @@ from sknet.training.runtime import configure
 log = logging.getLogger(__name__)
 
 
+def check_out(out: str | Path) -> Path:
+    """`out` as a Path, or `ExportError` when it does not name a .mindir file."""
+    out = Path(out)
+    if out.suffix != ".mindir":
+        raise ExportError(f"--out {out}: expected a file name ending in .mindir")
+    return out
+
+
 def export_mindir(cfg: Config, checkpoint: str, out: str | Path, dynamic_batch: bool | None = None) -> dict:
     """Write `out` (.mindir) only if the reloaded graph matches the network within `export.tolerance`.
 
@@ -32,9 +40,7 @@ def export_mindir(cfg: Config, checkpoint: str, out: str | Path, dynamic_batch: 
     from sknet.evaluate import load_network
     from sknet.model import count_parameters
 
-    out = Path(out)
-    if out.suffix != ".mindir":
-        raise ExportError(f"--out {out}: expected a file name ending in .mindir")
+    out = check_out(out)
     dynamic = cfg.export.dynamic_batch if dynamic_batch is None else dynamic_batch
     configure(cfg.train.device_target, cfg.train.seed)
     network = load_network(cfg, checkpoint)
@@ -83,3 +89,13 @@ def export_scored(cfg: Config, checkpoint: str, out: str | Path, checkpoint_metr
         Path(model["path"]).unlink()
         raise ExportError(f"{exc} ({model['path']} removed)") from None
     return {**model, "exported_model": exported}
+
+
+def export_checked_against_checkpoint(cfg: Config, checkpoint: str, out: str | Path,
+                                      dynamic_batch: bool | None = None) -> dict:
+    """`sknet export --score`: the checkpoint scored on the eval set (`sknet.evaluate.evaluate`), then
+    `export_scored` against that score, as the flow's export task does with its evaluate task's metrics."""
+    from sknet.evaluate import evaluate
+
+    check_out(out)  # before the evaluation's work
+    return export_scored(cfg, checkpoint, out, evaluate(cfg, checkpoint), dynamic_batch=dynamic_batch)

@@ -27,6 +27,20 @@ def test_dynamic_batch_export_round_trips(smoke_run, synthetic_data, tmp_path):
     assert result["max_abs_diff"] <= 1e-4
 
 
+def test_score_scores_the_checkpoint_and_then_the_mindir_on_the_same_samples(smoke_run, synthetic_data, tmp_path):
+    result = export(smoke_run, synthetic_data, tmp_path / "model.mindir", "--score")
+    exported = result["exported_model"]
+    assert exported["runtime"] == "mindspore.nn.GraphCell" and exported["samples"] == 320
+    assert exported["top_1_accuracy"] == exported["checkpoint_top_1_accuracy"]  # the same model, scored twice
+    assert exported["accuracy_tolerance"] == 0.001 and (tmp_path / "model.mindir").stat().st_size == result["bytes"]
+
+
+def test_score_refuses_a_bad_out_before_evaluating(smoke_run, tmp_path):
+    proc = run_sknet("export", "--config", "cpu-smoke", "--set", f"data.uri={tmp_path / 'no-data'}", "--checkpoint",
+                     smoke_run["checkpoint"], "--out", str(tmp_path / "model.onnx"), "--score", check=False)
+    assert proc.returncode == 2 and "expected a file name ending in .mindir" in proc.stderr  # not the missing data
+
+
 def test_checkpoint_of_another_model_is_rejected_by_name(smoke_run, synthetic_data, tmp_path):
     proc = run_sknet("eval", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
                      "model.num_classes=7", "--checkpoint", smoke_run["checkpoint"], check=False)
