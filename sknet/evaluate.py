@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sknet.config import Config
+from sknet.config import Config, check_on_this_host
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.training.runtime import configure
 
@@ -37,6 +37,7 @@ def load_network(cfg: Config, checkpoint: str, *, verified: bool = False):
 def evaluate(cfg: Config, checkpoint: str, *, predictions_out: str | Path | None = None,
              verified: bool = False) -> dict:
     """The metrics of `checkpoint` (see `evaluate_forward`)."""
+    check_on_this_host(cfg)  # before the checkpoint is loaded: MindSpore's own check is a bare ValueError
     configure(cfg.train.device_target, cfg.train.seed)
     network = load_network(cfg, checkpoint, verified=verified)
     return evaluate_forward(cfg, network, what=str(checkpoint), predictions_out=predictions_out)
@@ -54,6 +55,7 @@ def evaluate_forward(cfg: Config, forward: Callable, *, batch_size: int | None =
     """
     from sknet.data.pipeline import build_dataset
 
+    check_on_this_host(cfg)
     report = verify_layout(local_dataset_path(cfg.data.uri))
     batch = batch_size or cfg.train.batch_size
     dataset = build_dataset(

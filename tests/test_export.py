@@ -48,6 +48,16 @@ def test_checkpoint_of_another_model_is_rejected_by_name(smoke_run, synthetic_da
     assert f"checkpoint {smoke_run['checkpoint']} does not fit" in proc.stderr
 
 
+def test_eval_refuses_more_dataset_workers_than_this_hosts_cpus_before_loading_anything(smoke_run, synthetic_data):
+    import multiprocessing
+
+    workers = multiprocessing.cpu_count() + 1
+    proc = run_sknet("eval", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
+                     f"data.num_parallel_workers={workers}", "--checkpoint", smoke_run["checkpoint"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"data.num_parallel_workers={workers}: expected an integer in [1, {workers - 1}] on this host" in proc.stderr
+
+
 def test_missing_checkpoint_is_named(synthetic_data, tmp_path):
     proc = run_sknet("export", "--config", "cpu-smoke", "--checkpoint", str(tmp_path / "nope.ckpt"),
                      "--out", str(tmp_path / "m.mindir"), check=False)
