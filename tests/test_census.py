@@ -231,9 +231,10 @@ def test_make_stage_forwards_the_skew_flags_as_the_flow_parameters_prefect_reads
 
     def stage_args(*variables: str) -> list[str]:
         """The arguments `make stage` gives `python -m infra.stage` (make -n: printed, not run)."""
-        printed = subprocess.run(["make", "-n", "stage", *variables], cwd=Path(__file__).parents[1],
-                                 capture_output=True, text=True, check=True).stdout
-        words = shlex.split(printed.replace("\\\n", " ").splitlines()[-1])
+        printed = subprocess.run(["make", "-n", "--no-print-directory", "stage", *variables],
+                                 cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True).stdout
+        [line] = [line for line in printed.replace("\\\n", " ").splitlines() if "-m infra.stage" in line]
+        words = shlex.split(line)
         return words[words.index("infra.stage") + 1:]
 
     def parameters(command: list[str]) -> dict:
