@@ -55,7 +55,6 @@ def evaluate_forward(cfg: Config, forward: Callable, *, batch_size: int | None =
     """
     from sknet.data.pipeline import build_dataset
 
-    check_on_this_host(cfg)
     report = verify_layout(local_dataset_path(cfg.data.uri))
     batch = batch_size or cfg.train.batch_size
     dataset = build_dataset(

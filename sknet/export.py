@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sknet.config import Config
+from sknet.config import Config, check_on_this_host
 from sknet.errors import ExportError
 from sknet.exported_eval import require_scores, score_exported
 from sknet.training.runtime import configure
@@ -82,6 +82,7 @@ def export_scored(cfg: Config, checkpoint: str, out: str | Path, checkpoint_metr
     gains `exported_model`. A model whose top-1 is not the checkpoint's within `export.accuracy_tolerance` raises
     `ExportError` and is removed, so nothing can release it."""
     require_scores(checkpoint_metrics)  # before anything is built
+    check_on_this_host(cfg)  # the scoring's dataset workers, before the export
     model = export_mindir(cfg, checkpoint, out, dynamic_batch=dynamic_batch)
     try:
         exported = score_exported(cfg, model, checkpoint_metrics)

@@ -90,6 +90,18 @@ def test_checkpoint_metrics_without_a_top_1_are_refused_before_anything_is_built
     assert list(tmp_path.iterdir()) == []
 
 
+def test_more_dataset_workers_than_this_hosts_cpus_are_refused_before_the_export(tmp_path):
+    import multiprocessing
+
+    from sknet.errors import ConfigError
+
+    workers = multiprocessing.cpu_count() + 1
+    cfg = load_config("cpu-smoke", {"data.num_parallel_workers": workers})
+    with pytest.raises(ConfigError, match=rf"^data\.num_parallel_workers={workers}: expected an integer in "):
+        export_scored(cfg, str(tmp_path / "no.ckpt"), tmp_path / "m.mindir", {"top_1_accuracy": 0.5, "samples": 320})
+    assert list(tmp_path.iterdir()) == []  # refused before the checkpoint was read or anything written
+
+
 EXPORTED = {"runtime": GRAPH_CELL, "top_1_accuracy": 0.9375, "top_5_accuracy": 1.0, "samples": 320, "seconds": 1.5,
             "checkpoint_top_1_accuracy": 0.9375, "accuracy_tolerance": 0.001,
             "other_runtimes": [{"runtime": LITE, "skipped": "not importable on Python 3.11"}]}
