@@ -75,25 +75,11 @@ class TestTwoCpuRanks:
     OVERRIDES = ["launch.ranks=2", "data.num_train_samples=256", "train.epochs=2", "train.batch_size=16",
                  "train.checkpoint_every_steps=2", "train.log_every_steps=1", "train.keep_checkpoints=5"]
 
-    def test_data_parallel_ranks_end_with_identical_weights_on_disjoint_shards(self, synthetic_data, tmp_path):
+    def test_a_killed_rank_stops_the_run_and_a_relaunch_resumes_to_identical_weights_on_disjoint_shards(
+            self, synthetic_data, tmp_path):
         from sknet.model import build_model
         from sknet.training.runtime import fusion_split_indices
 
-        cfg = load_config("cpu-smoke", [*self.OVERRIDES, f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}"])
-        lines = []
-        result = launch(cfg, on_line=lines.append)
-        assert result.ok and result.exit_codes["0"] == 0 and result.exit_codes["1"] == 0
-        ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
-        assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]
-        assert [(r["shard_id"], r["num_shards"]) for r in ranks] == [(0, 2), (1, 2)]
-        assert ranks[0]["batches_per_epoch"] == 8  # 256 samples / 2 shards / batch 16
-        tiny = [p.size for p in build_model("sknet_tiny", 10, "cifar").trainable_params()]  # 81 gradients
-        assert ranks[0]["all_reduce_fusion"] == ranks[1]["all_reduce_fusion"] == fusion_split_indices(tiny)
-        assert len(ranks[0]["all_reduce_fusion"]) == 3  # four fused all-reduces a step
-        assert any(line.startswith("[rank 1] ") and "step 16/16" in line for line in lines)
-        assert "step 16/16" in (tmp_path / "logs" / "rank-0.log").read_text()
-
-    def test_a_killed_rank_stops_the_run_and_a_relaunch_resumes(self, synthetic_data, tmp_path):
         cfg = load_config("cpu-smoke", [*self.OVERRIDES, f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}"])
         killed = threading.Event()
         killed_at = []
@@ -113,10 +99,21 @@ class TestTwoCpuRanks:
         assert not processes_running(str(tmp_path / "config.yaml"))
         assert killed_at and time.monotonic() - killed_at[0] < 60  # every process gone within 60 s
 
-        result = launch(cfg, on_line=lambda line: None)
-        assert result.ok
+        lines = []
+        result = launch(cfg, on_line=lines.append)
+        assert result.ok and result.exit_codes["0"] == 0 and result.exit_codes["1"] == 0
         resumed = json.loads((tmp_path / "result.json").read_text())
         assert resumed["resumed_from_step"] >= 4 and resumed["steps"] == 16
+        # data parallel: both ranks end with the same weights, each having read its own half of the data
+        ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+        assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]
+        assert [(r["shard_id"], r["num_shards"]) for r in ranks] == [(0, 2), (1, 2)]
+        assert ranks[0]["batches_per_epoch"] == 8  # 256 samples / 2 shards / batch 16
+        tiny = [p.size for p in build_model("sknet_tiny", 10, "cifar").trainable_params()]  # 81 gradients
+        assert ranks[0]["all_reduce_fusion"] == ranks[1]["all_reduce_fusion"] == fusion_split_indices(tiny)
+        assert len(ranks[0]["all_reduce_fusion"]) == 3  # four fused all-reduces a step
+        assert any(line.startswith("[rank 1] ") and "step 16/16" in line for line in lines)
+        assert "step 16/16" in (tmp_path / "logs" / "rank-0.log").read_text()
 
     def test_sigterm_to_the_launcher_stops_every_rank_after_the_same_step_with_a_checkpoint(self, synthetic_data,
                                                                                            tmp_path):
