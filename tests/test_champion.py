@@ -80,16 +80,26 @@ def checkpoints(smoke_run) -> dict[int, Path]:
     return {int(p.stem.split("-")[1]): p for p in found}
 
 
+@pytest.fixture(scope="module")
+def scored(synthetic_data, smoke_run, tmp_path_factory) -> tuple[dict, Path]:
+    """The final checkpoint evaluated once for the module: its metrics and its predictions file."""
+    predictions = tmp_path_factory.mktemp("scored") / PREDICTIONS_FILE
+    cfg = load_config("cpu-smoke", {"data.uri": str(synthetic_data)})
+    return evaluate(cfg, smoke_run["checkpoint"], predictions_out=predictions), predictions
+
+
 @pytest.fixture
-def setup(synthetic_data, smoke_run, tmp_path):
+def setup(synthetic_data, scored, tmp_path):
     """A run directory with the final checkpoint's predictions, and a file store for releases."""
     run = tmp_path / "run"
     store_dir = tmp_path / "store"
     cfg = load_config("cpu-smoke", {"data.uri": str(synthetic_data), "train.output_dir": str(run),
                                     "storage.uri": f"file://{store_dir}", "gate.compare_to_latest": True,
                                     "gate.threshold": 0.0})
-    metrics = evaluate(cfg, smoke_run["checkpoint"], predictions_out=run / PREDICTIONS_FILE)
-    return cfg, LocalStore(str(store_dir)), metrics, run
+    metrics, predictions = scored
+    run.mkdir()
+    shutil.copy2(predictions, run / PREDICTIONS_FILE)
+    return cfg, LocalStore(str(store_dir)), dict(metrics), run
 
 
 def release(cfg, store, version: str, checkpoint: Path, tmp_path: Path, **config_changes) -> None:

@@ -61,9 +61,9 @@ def test_more_epochs_resume_and_fresh_starts_over_keeping_the_old_run(synthetic_
     longer = json.loads(train(synthetic_data, run, "train.epochs=3").stdout)
     assert longer["resumed_from_step"] == 12 and longer["steps"] == 18 and longer["complete"] is True
 
-    other = train(synthetic_data, run, "train.batch_size=16", "--fresh")
+    other = train(synthetic_data, run, "train.base_lr=0.1", "--fresh")  # another run, as short as the first
     assert json.loads(other.stdout)["resumed_from_step"] == 0
     (kept,) = tmp_path.glob("run.replaced-*")
     assert "--fresh: the previous run is kept in" in other.stderr
     assert json.loads((kept / "result.json").read_text())["steps"] == 18  # nothing of the old run is lost
-    assert json.loads((run / "run.json").read_text())["settings"]["train.batch_size"] == 16
+    assert json.loads((run / "run.json").read_text())["settings"]["train.base_lr"] == 0.1
