@@ -157,6 +157,27 @@ NOISY = [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'bad byte \
          "[print('x' * 200) for _ in range(2000)]; print('done', flush=True)"]
 
 
+def test_the_callback_takes_one_line_at_a_time_so_ranks_lines_never_interleave(tmp_path):
+    """Each rank's output is read on a thread of its own; unserialized, a callback that prints (`sknet launch`
+    writes a line and then its newline) mixed two ranks' lines mid-line and a reader missed a rank's step."""
+    table = write_rank_table(build_rank_table(read_hccn_conf(GOLDEN / "hccn-server1.conf"), range(2), "10.0.0.1"),
+                             tmp_path / "rank_table.json")
+    cfg = load_config("cifar10-ascend8", ["launch.ranks=2", f"launch.rank_table={table}", "launch.server_id=10.0.0.1",
+                                          f"train.output_dir={tmp_path / 'run'}"])
+    inside, overlaps, lines = [], [], []
+
+    def slow_callback(line):
+        inside.append(line)
+        overlaps.append(len(inside) > 1)
+        time.sleep(0.001)  # a write, a flush: time in which the other rank's thread runs
+        lines.append(line)
+        inside.remove(line)
+
+    launch(cfg, on_line=slow_callback, command=[sys.executable, "-c", "[print(i) for i in range(300)]"], devices=8)
+    assert [sum(line.startswith(f"[rank {rank}] ") for line in lines) for rank in (0, 1)] == [300, 300]
+    assert not any(overlaps)
+
+
 def test_undecodable_output_and_a_failing_callback_never_stall_a_rank(tmp_path):
     cfg = load_config("cpu-smoke", ["launch.ranks=1", "launch.timeout_minutes=1", f"train.output_dir={tmp_path}"])
 

@@ -293,13 +293,16 @@ def _dataset_of(cfg: Config, command: Sequence[str] | None) -> str | None:
 
 
 def _never_raising(on_line: Callable[[str], None]) -> Callable[[str], None]:
-    """`on_line` with its exceptions (e.g. the progress artifact's API call failing) logged once, not raised:
-    a callback must never stop a reader or the launch."""
+    """`on_line` called for one line at a time (each rank's reader thread calls it: unserialized, two ranks'
+    lines would interleave mid-line in a printed stream), with its exceptions (e.g. the progress artifact's API
+    call failing) logged once, not raised: a callback must never stop a reader or the launch."""
     failed = threading.Event()
+    one_at_a_time = threading.Lock()
 
     def call(line: str) -> None:
         try:
-            on_line(line)
+            with one_at_a_time:
+                on_line(line)
         except Exception as exc:
             if not failed.is_set():
                 failed.set()
