@@ -32,7 +32,8 @@ from sknet.training.checkpoint import (
 )
 from sknet.training.lr_schedule import learning_rates
 from sknet.training.run_record import check_run_dir, dataset_digest
-from sknet.training.runtime import configure, fusion_split_indices, loss_scaling, use_compile_cache
+from sknet.training.compile_cache import share_compile_cache, use_compile_cache
+from sknet.training.runtime import configure, fusion_split_indices, loss_scaling
 from sknet.training.steps import TrainCall, sink_size, train_call
 from sknet.training.callbacks import (
     GuardDivergence, Progress, ReadStep, RunShape, SaveCheckpoints, StepLog, StopAtBoundary,
@@ -77,7 +78,8 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
         mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))
         if os.environ.get(LAUNCHED_ENV) != "1" and (pulled := mirror.pull(output_dir)) is not None:
             log.info("pulled checkpoint of step %d from %s", pulled, mirror.store.uri)  # the launcher pulls once per node
-    cache = use_compile_cache(output_dir / COMPILE_CACHE_DIR, cfg.to_dict())  # a resumed or retried run skips the compile
+    # a resumed or retried run (and with SKNET_COMPILE_CACHE_DIR, any later run of the same graph) skips the compile
+    cache = use_compile_cache(output_dir / COMPILE_CACHE_DIR, cfg.to_dict(), report.train_records)
     log.info("compile cache: %s", cache or "off (no entry script, or MS_COMPILER_CACHE_ENABLE is not 1)")
     # amp O1/O2 and the graph compiler write scratch files into the cwd: each rank gets its own.
     work = output_dir / RANKS_DIR / _process_name()
@@ -87,7 +89,9 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
         stop = stack.enter_context(StopRequest())
         uploads = None if mirror is None else stack.enter_context(
             BackgroundUploads(mirror, output_dir, cfg.train.keep_checkpoints))  # drained before returning
-        return _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop, uploads)
+        result = _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop, uploads)
+    share_compile_cache(cache)
+    return result
 
 
 @dataclass(frozen=True)

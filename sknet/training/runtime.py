@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from sknet.errors import SknetError
@@ -66,59 +63,6 @@ def configure(device_target: str = "CPU", seed: int | None = None, graph_mode: b
     if seed is not None:
         ms.set_seed(seed)
         ds.config.set_seed(seed)
-
-
-# Config keys that cannot change the compiled graph: where things are, how long to wait, what happens after
-# training. Every other key (model, data shape, batch, optimizer and schedule values, epochs: the learning-rate
-# array's length, ranks, sink and cadence) names the compile cache, since MindSpore does not check them.
-NOT_IN_GRAPH = ("data.uri", "data.allowed_prefixes", "storage.", "train.output_dir", "train.checkpoint_mirror",
-                "gate.", "export.", "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.rank_table",
-                "launch.stall_timeout_seconds",
-                "launch.server_id", "launch.master_addr", "launch.master_port")
-
-
-def use_compile_cache(run_cache: Path, config: Mapping[str, Mapping], environ: MutableMapping[str, str] = os.environ
-                      ) -> Path | None:
-    """Turn on MindSpore's compile cache under `run_cache` (call before the first compile): a resumed or retried
-    run then loads its graph instead of compiling it again (minutes for SKNet-50 on Ascend). Returns the
-    directory used, or None when the cache stays off.
-
-    MindSpore validates a cache only against the entry script and the files it imports that are not on
-    `sys.path` (`mindspore/graph/api.py`, `_get_compile_cache_dep_files`): for `python -m sknet` that is
-    `__main__.py` alone; nor does it check parameter shapes (a cached graph of a shorter run indexes past
-    a longer run's learning rates). So the cache lives in a subdirectory named by a digest of this package's
-    source, the MindSpore version and the config (`config`, as `Config.to_dict()`) less `NOT_IN_GRAPH`;
-    other subdirectories are stale and removed. MindSpore reads the entry script's imports, so a process
-    without one (`python -c`, an interactive session) runs without the cache. An operator's own
-    `MS_COMPILER_CACHE_ENABLE` / `MS_COMPILER_CACHE_PATH` win.
-    """
-    if environ.get("MS_COMPILER_CACHE_ENABLE", "1") != "1" or not (sys.argv and Path(sys.argv[0]).is_file()):
-        return None
-    if "MS_COMPILER_CACHE_PATH" in environ:
-        return Path(environ["MS_COMPILER_CACHE_PATH"])
-    path = run_cache / _graph_digest(config)
-    if run_cache.is_dir():
-        for stale in run_cache.iterdir():
-            if stale != path:
-                shutil.rmtree(stale, ignore_errors=True)
-    environ["MS_COMPILER_CACHE_ENABLE"] = "1"
-    environ["MS_COMPILER_CACHE_PATH"] = str(path)
-    return path
-
-
-def _graph_digest(config: Mapping[str, Mapping]) -> str:
-    """sha256 (12 hex) of the `sknet` package's source, the installed MindSpore's version and the config keys
-    that shape the graph."""
-    import json
-    from importlib import metadata
-
-    from sknet.training_key import code_version
-
-    shaping = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()
-               if not any(f"{section}.{key}" == rule or (rule.endswith(".") and f"{section}.".startswith(rule))
-                          for rule in NOT_IN_GRAPH)}
-    material = {"code": code_version(), "mindspore": metadata.version("mindspore"), "config": shaping}
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 ALL_REDUCE_GROUPS = 4  # gradient all-reduces per step, of about equal bytes

@@ -1,0 +1,109 @@
+"""MindSpore's compile cache for a run: a resumed or retried run loads its graph instead of compiling it again
+(minutes for SKNet-50 on Ascend); with `SKNET_COMPILE_CACHE_DIR` set, so does every later run on this host
+that compiles the same graph.
+
+MindSpore validates a cache only against the entry script and the files it imports that are not on `sys.path`
+(`mindspore/graph/api.py`, `_get_compile_cache_dep_files`): for `python -m sknet` that is `__main__.py` alone;
+nor does it check parameter shapes (a cached graph of a shorter run indexes past a longer run's learning
+rates). So a cache entry is a directory named by a digest of this package's source, the MindSpore version,
+the config less `NOT_IN_GRAPH` and the dataset's training-record count (with `data.num_train_samples` unset,
+it sets the steps per epoch).
+
+MindSpore never uses the shared directory itself: a run copies a shared entry's files into its own
+`compile-cache/` before it compiles, and after it trained adds the files of its own entry that the shared one
+lacks (a rank's files are named by its role: a launched rank's differ from a lone `sknet train`'s), each copied
+under a temporary name and renamed into place, so concurrent runs read only whole files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHARED_CACHE_ENV = "SKNET_COMPILE_CACHE_DIR"
+
+# Config keys that cannot change the compiled graph: where things are, how long to wait, what happens after
+# training. Every other key (model, data shape, batch, optimizer and schedule values, epochs: the learning-rate
+# array's length, ranks, sink and cadence) names the compile cache, since MindSpore does not check them.
+NOT_IN_GRAPH = ("data.uri", "data.allowed_prefixes", "storage.", "train.output_dir", "train.checkpoint_mirror",
+                "gate.", "export.", "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.rank_table",
+                "launch.stall_timeout_seconds",
+                "launch.server_id", "launch.master_addr", "launch.master_port")
+
+
+def use_compile_cache(run_cache: Path, config: Mapping[str, Mapping], train_records: int,
+                      environ: MutableMapping[str, str] = os.environ) -> Path | None:
+    """Turn on MindSpore's compile cache in the entry of `run_cache` for this graph (call before the first
+    compile), filled from the shared directory if it has the entry; other entries of `run_cache` are stale and
+    removed. Returns the entry, or None when the cache stays off: a process without an entry script
+    (`python -c`, an interactive session) runs without it. An operator's own `MS_COMPILER_CACHE_ENABLE` /
+    `MS_COMPILER_CACHE_PATH` win (and are not shared)."""
+    if environ.get("MS_COMPILER_CACHE_ENABLE", "1") != "1" or not (sys.argv and Path(sys.argv[0]).is_file()):
+        return None
+    if "MS_COMPILER_CACHE_PATH" in environ:
+        return Path(environ["MS_COMPILER_CACHE_PATH"])
+    entry = run_cache / graph_digest(config, train_records)
+    if run_cache.is_dir():
+        for stale in run_cache.iterdir():
+            if stale != entry:
+                shutil.rmtree(stale, ignore_errors=True)
+    if shared := environ.get(SHARED_CACHE_ENV):
+        _copy_missing(Path(shared) / entry.name, entry, "took the compiled graph from")
+    environ["MS_COMPILER_CACHE_ENABLE"] = "1"
+    environ["MS_COMPILER_CACHE_PATH"] = str(entry)
+    return entry
+
+
+def share_compile_cache(entry: Path | None, environ: Mapping[str, str] = os.environ) -> None:
+    """After a run trained: the files of its entry the shared one lacks, copied there (a no-op
+    without `SKNET_COMPILE_CACHE_DIR`). A failure is logged, never raised: the run itself succeeded."""
+    if entry is None or not (shared := environ.get(SHARED_CACHE_ENV)) or \
+            environ.get("MS_COMPILER_CACHE_PATH") != str(entry):
+        return
+    _copy_missing(entry, Path(shared) / entry.name, "shared the compiled graph in")
+
+
+def graph_digest(config: Mapping[str, Mapping], train_records: int) -> str:
+    """sha256 (12 hex) of the `sknet` package's source, the installed MindSpore's version, the config keys that
+    shape the graph and the dataset's training-record count."""
+    import json
+    from importlib import metadata
+
+    from sknet.training_key import code_version
+
+    shaping = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()
+               if not any(f"{section}.{key}" == rule or (rule.endswith(".") and f"{section}.".startswith(rule))
+                          for rule in NOT_IN_GRAPH)}
+    material = {"code": code_version(), "mindspore": metadata.version("mindspore"), "config": shaping,
+                "train_records": train_records}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _copy_missing(source: Path, target: Path, done: str) -> None:
+    """Each file under `source` that `target` lacks, copied under a temporary name and renamed into place: a
+    reader sees a whole file or none (a cache that lacks a file is a cache miss: MindSpore compiles)."""
+    if not source.is_dir():
+        return
+    copied = 0
+    try:
+        for path in sorted(source.rglob("*")):
+            destination = target / path.relative_to(source)
+            if not path.is_file() or path.name.startswith(".") or destination.exists():
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            scratch = destination.with_name(f".{destination.name}.{os.getpid()}")
+            shutil.copyfile(path, scratch)
+            scratch.rename(destination)
+            copied += 1
+    except OSError as exc:
+        log.warning("compile cache: copying %s to %s failed (%s); the run compiles as usual", source, target, exc)
+        return
+    if copied:
+        log.info("%s %s (%d file(s))", done, source if done.startswith("took") else target, copied)

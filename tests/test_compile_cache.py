@@ -1,0 +1,59 @@
+"""The compile cache shared between runs (SKNET_COMPILE_CACHE_DIR): a run of a graph another run compiled loads
+it, trains the same weights, and nothing half-copied is ever read."""
+
+import json
+
+from conftest import run_sknet
+from sknet.config import load_config
+from sknet.training.compile_cache import SHARED_CACHE_ENV, _copy_missing, graph_digest, share_compile_cache
+
+TWO_STEPS = ["data.num_train_samples=64", "train.epochs=1"]
+
+
+def test_a_run_loads_the_graph_an_earlier_run_compiled_and_trains_the_same_weights(synthetic_data, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv(SHARED_CACHE_ENV, str(tmp_path / "shared"))
+    runs = []
+    for name in ("first", "second"):
+        proc = run_sknet("train", "--config", "cpu-smoke", "--set", f"data.uri={synthetic_data}",
+                         f"train.output_dir={tmp_path / name}", *TWO_STEPS)
+        runs.append((json.loads((tmp_path / name / "rank-0.json").read_text()), proc.stderr))
+    [entry] = (tmp_path / "shared").iterdir()
+    assert sorted(p.name for p in entry.rglob("*") if p.is_file()) == ["compile_cache_0.mindir",
+                                                                      "compile_dependency.hash"]
+    assert f"shared the compiled graph in {entry} (2 file(s))" in runs[0][1]
+    assert f"took the compiled graph from {entry} (2 file(s))" in runs[1][1]
+    assert "shared the compiled graph" not in runs[1][1]  # it had nothing the shared entry lacked
+    assert runs[0][0]["parameters_sha256"] == runs[1][0]["parameters_sha256"]
+
+
+def test_the_graph_digest_follows_what_shapes_the_graph_and_the_training_set_size():
+    cfg = load_config("cpu-smoke").to_dict()
+    moved = load_config("cpu-smoke", ["data.uri=/elsewhere", "train.output_dir=/other", "gate.threshold=0.9"])
+    assert graph_digest(cfg, 50000) == graph_digest(moved.to_dict(), 50000)
+    assert graph_digest(cfg, 50000) != graph_digest(cfg, 40000)  # with num_train_samples unset: steps per epoch
+    assert graph_digest(cfg, 50000) != graph_digest(load_config("cpu-smoke", ["train.epochs=4"]).to_dict(), 50000)
+
+
+def test_files_are_added_whole_and_never_replace_what_is_there(tmp_path):
+    source, target = tmp_path / "run" / "abc", tmp_path / "shared" / "abc"
+    (source / "rank_0" / "graph_cache").mkdir(parents=True)
+    (source / "rank_0" / "graph_cache" / "compile_cache_0.mindir").write_bytes(b"graph")
+    (source / "rank_0" / "graph_cache" / "compile_dependency.hash").write_bytes(b"new hash")
+    (target / "rank_0" / "graph_cache").mkdir(parents=True)
+    (target / "rank_0" / "graph_cache" / "compile_dependency.hash").write_bytes(b"old hash")
+    _copy_missing(source, target, "shared the compiled graph in")
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()) == [
+        "rank_0/graph_cache/compile_cache_0.mindir", "rank_0/graph_cache/compile_dependency.hash"]
+    assert (target / "rank_0" / "graph_cache" / "compile_dependency.hash").read_bytes() == b"old hash"
+
+
+def test_nothing_is_shared_without_the_variable_or_when_an_operator_chose_the_cache_path(tmp_path):
+    entry = tmp_path / "run" / "compile-cache" / "abc"
+    (entry / "rank_0").mkdir(parents=True)
+    (entry / "rank_0" / "compile_cache_0.mindir").write_bytes(b"graph")
+    share_compile_cache(entry, {"MS_COMPILER_CACHE_PATH": str(entry)})
+    share_compile_cache(entry, {SHARED_CACHE_ENV: str(tmp_path / "shared"), "MS_COMPILER_CACHE_PATH": "/ops/cache"})
+    assert not (tmp_path / "shared").exists()
+    share_compile_cache(entry, {SHARED_CACHE_ENV: str(tmp_path / "shared"), "MS_COMPILER_CACHE_PATH": str(entry)})
+    assert (tmp_path / "shared" / "abc" / "rank_0" / "compile_cache_0.mindir").read_bytes() == b"graph"
