@@ -333,7 +333,7 @@ def _pids_with(needle: str) -> list[int]:
 
 def _is_rank(pid: int) -> bool:
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return b"MS_ROLE=MS_WORKER" in environ
+    return any(entry.startswith(b"RANK_ID=") for entry in environ) and b"MS_ROLE=MS_SCHED" not in environ
 
 
 def test_a_newly_staged_dataset_starts_a_training_run_on_it_and_restaging_starts_nothing(site, tmp_path):

@@ -195,3 +195,13 @@ def test_the_dry_run_masks_user_info_and_signatures_in_urls_of_any_variable(tmp_
     assert env["AWS_ENDPOINT_URL"] == "http://REDACTED@minio.local:9000"
     assert env["MS_DATA_MIRROR"] == "https://REDACTED@mirror.example/data"
     assert env["AWS_PRESIGNED"] == "https://b.example/k?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&n=1"
+
+
+def test_one_cpu_rank_is_one_process_that_joins_no_group(tmp_path):
+    """A scheduler and a group of one cost a single rank a process and seconds of start-up to all-reduce nothing:
+    one rank is planned as `sknet train` runs, like a one-device Ascend run (RANK_SIZE 1: no group either)."""
+    plan = json.loads(run_sknet("launch", "--dry-run", "--config", "cpu-smoke",
+                                "--set", f"train.output_dir={tmp_path / 'run'}").stdout)
+    [rank] = plan["processes"]
+    assert rank["name"] == "0" and rank["env"]["RANK_ID"] == "0"
+    assert not {"MS_ROLE", "MS_SCHED_HOST", "MS_WORKER_NUM"} & set(rank["env"])

@@ -113,6 +113,17 @@ def test_quick_leaves_out_the_slow_checks_and_says_so(tmp_path):
                                                   "detail": "a slow check: left out by --quick"}]}
 
 
+def test_one_cpu_rank_has_no_collective_to_check_and_starts_nothing(tmp_path):
+    from sknet.config import load_config
+    from sknet.preflight.collective import check_collective
+
+    report = run_checks([Check("collective", check_collective, slow=True)],
+                        Context(load_config("cpu-smoke"), tmp_path / "work", HCCN_CONF))
+    assert statuses(report) == {"collective": "skip"}
+    assert detail(report, "collective").startswith("launch.ranks=1 on CPU: one rank trains without a collective")
+    assert not (tmp_path / "work").exists()
+
+
 # --- an Ascend host, through the stand-in tools -----------------------------------------------------------------
 
 def test_a_healthy_ascend_host_passes_every_fast_check(ascend_host, tmp_path, capsys):

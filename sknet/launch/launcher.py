@@ -2,8 +2,9 @@
 
 Backends (`launch.backend`):
 - `cpu`: MindSpore's dynamic cluster on this host (the mechanism behind msrun): one scheduler process
-  plus one worker per rank, CPU collectives over `mccl`. We spawn them ourselves so that every rank is
-  our child: its exit code, its output and its process group are ours to watch and to stop.
+  plus one worker per rank, CPU collectives over `mccl` (one rank alone: no scheduler, no group). We spawn
+  them ourselves so that every rank is our child: its exit code, its output and its process group are ours to
+  watch and to stop.
 - `ascend`: one process per NPU with DEVICE_ID (logical), RANK_ID, RANK_SIZE and RANK_TABLE_FILE (HCCL).
   `ascend` and `msrun` ranks get HCCL_CONNECT_TIMEOUT / HCCL_EXEC_TIMEOUT unless already set (see `ranks`).
 - `msrun`: MindSpore's own launcher, for one or several nodes; per-rank output is followed in its

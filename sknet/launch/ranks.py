@@ -1,6 +1,8 @@
 """Which processes a launch starts on this host, and with what environment.
 
-- `cpu`: a scheduler plus one worker per rank (MindSpore's dynamic cluster over `mccl`), all on this host.
+- `cpu`: a scheduler plus one worker per rank (MindSpore's dynamic cluster over `mccl`), all on this host; one
+  rank alone is one process that joins no group (as `sknet train` and a one-device Ascend run do): a scheduler
+  and a group of one would cost it a process and ≈ 4 s of start-up, and all-reduce nothing.
 - `ascend`: one process per device of THIS host's entry in the HCCL rank table. The table's `device_id` is
   the PHYSICAL NPU; the process's DEVICE_ID is its LOGICAL id, the index of that NPU among this host's
   visible ones (ASCEND_VISIBLE_DEVICES, set by the Ascend Docker runtime and the k8s device plugin; without
@@ -123,6 +125,8 @@ def hccl_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def _cpu_processes(ranks: int, port: str) -> list[RankProcess]:
+    if ranks == 1:
+        return [RankProcess("0", {"RANK_ID": "0"}, ranks=(0,))]
     common = {"MS_WORKER_NUM": str(ranks), "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": port,
               "MS_TOPO_TIMEOUT": SCHEDULER_TOPOLOGY_TIMEOUT}
     scheduler = RankProcess(SCHEDULER, {**common, "MS_ROLE": "MS_SCHED", "RANK_ID": "0"})

@@ -62,6 +62,8 @@ def check_collective(ctx: Context) -> Outcome:
     cfg = ctx.cfg
     if cfg.train.device_target == "Ascend" and not has_tool("npu-smi"):
         raise Skip("train.device_target=Ascend but npu-smi not found on PATH: not an Ascend host")
+    if cfg.launch.backend == "cpu" and cfg.launch.ranks == 1:
+        raise Skip("launch.ranks=1 on CPU: one rank trains without a collective group (nothing to all-reduce)")
     ctx.work.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="collective-", dir=ctx.work)).resolve()
     smoke = cfg.override({"train.output_dir": str(scratch), "train.checkpoint_mirror": "",
