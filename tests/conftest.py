@@ -204,14 +204,16 @@ def artifact_of(state, key: str) -> str | None:
 RETRIED_STATUSES = {429, 502, 503}  # what Prefect's own client retries (503: its SQLite database was busy)
 
 
-def call_api(api_url: str, path: str, body: dict | None = None, attempts: int = 6):
-    """POST `body` (GET without one) to the Prefect REST API at `api_url`; the decoded answer. A 429/502/503 is
-    retried with backoff, as `prefect.client` does: under a loaded suite the server's SQLite answers "busy"."""
+def call_api(api_url: str, path: str, body: dict | None = None, attempts: int = 6, method: str | None = None):
+    """POST `body` (GET without one; or `method`) to the Prefect REST API at `api_url`; the decoded answer. A
+    429/502/503 is retried with backoff, as `prefect.client` does: under a loaded suite the server's SQLite
+    answers "busy"."""
     import time
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{api_url}/{path}", method="POST" if body is not None else "GET",
+    method = method or ("POST" if body is not None else "GET")
+    request = urllib.request.Request(f"{api_url}/{path}", method=method,
                                      data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json"})
     for attempt in range(attempts):

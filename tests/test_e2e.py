@@ -129,8 +129,8 @@ def nightly_run(site) -> dict:
     return {**flow_run(site, run_id), "output": proc.stdout, "command_lines": command_lines.seen}
 
 
-def api(site, path: str, body: dict | None = None):
-    return call_api(site["stack"].api_url, path, body)
+def api(site, path: str, body: dict | None = None, method: str | None = None):
+    return call_api(site["stack"].api_url, path, body, method=method)
 
 
 def run_deployment(site, *params: str, watch: bool = True) -> str:
@@ -338,9 +338,14 @@ def _is_rank(pid: int) -> bool:
 
 def test_a_newly_staged_dataset_starts_a_training_run_on_it_and_restaging_starts_nothing(site, tmp_path):
     """`make stage` runs sknet-stage/manual; its `sknet.dataset.staged` event triggers sknet-train (the smoke
-    deployment: `make up` pauses nightly's trigger on a machine without NPUs) on exactly the new URI."""
+    deployment: `make up` pauses nightly's trigger on a machine without NPUs) on exactly the new URI. The smoke
+    deployment's own parameters are set as an operator would (the short SMOKE training, any accuracy passes):
+    the triggered run keeps them and takes only the dataset from the event."""
     from sknet.data.stage import dataset_manifest
 
+    smoke = api(site, "deployments/name/sknet-train/smoke")
+    api(site, f"deployments/{smoke['id']}", {"parameters": {**smoke["parameters"], "overrides": SMOKE,
+                                                            "gate_threshold": 0.0}}, method="PATCH")
     run_sknet("data", "synth", "--seed", "7", "--out", str(tmp_path / "seed7"))
     layout = tmp_path / "seed7" / "cifar-10-batches-bin"
     uri = f"s3://{site['bucket']}/datasets/cifar10/{dataset_manifest(layout)['digest']}"
@@ -354,7 +359,7 @@ def test_a_newly_staged_dataset_starts_a_training_run_on_it_and_restaging_starts
         time.sleep(2)
     [run] = runs
     assert run["created_by"]["display_value"] == "sknet-train/smoke on a new dataset"
-    assert run["parameters"]["config"] == "cpu-smoke"
+    assert run["parameters"]["config"] == "cpu-smoke" and run["parameters"]["overrides"] == SMOKE
     final = wait_final(site, run["id"])
     assert final["state"]["type"] == "COMPLETED", final["state"]
 

@@ -194,10 +194,11 @@ def test_an_unknown_profile_is_bad_input_exit_2(capsys):
 @pytest.fixture(scope="module")
 def cpu_preflight(synthetic_data, tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
     """`sknet preflight` of the CPU profile with 2 ranks, as an operator runs it (one real collective smoke, one
-    training smoke, one SIGTERM), on a local layout (data.uri) so that it makes no synthetic one."""
+    training smoke, one SIGTERM), on a local layout (data.uri) so that it makes no synthetic one; batches of 8
+    (the smokes train the config's batch: a quarter of cpu-smoke's compute, the same checks)."""
     work = tmp_path_factory.mktemp("preflight-work")
-    proc = run_sknet("preflight", "--config", "cpu-smoke", "--set", "launch.ranks=2", f"data.uri={synthetic_data}",
-                     "--work", str(work), check=False)
+    proc = run_sknet("preflight", "--config", "cpu-smoke", "--set", "launch.ranks=2", "train.batch_size=8",
+                     f"data.uri={synthetic_data}", "--work", str(work), check=False)
     return proc, json.loads(proc.stdout), work
 
 
