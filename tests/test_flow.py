@@ -199,8 +199,7 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
     while f"unchanged since release {version}" not in (logs := flow_logs_and_summary(state))[0]:
         assert time.monotonic() < deadline, logs
         time.sleep(1)
-    assert f"unchanged since release {version}" in logs[1]
-    assert second_seconds <= 0.1 * first_seconds
+    assert f"unchanged since release {version}" in logs[1]  # (no timing assertion: the task set above says it)
     assert json.loads((bucket / "releases" / "sknet-tiny" / "LATEST").read_text())["sequence"] == 1
 
     stricter = first["metrics"]["top_1_accuracy"] + 0.001  # a gate-only change: the same key, judged again
