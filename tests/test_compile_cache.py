@@ -5,7 +5,8 @@ import json
 
 from conftest import run_sknet
 from sknet.config import load_config
-from sknet.training.compile_cache import SHARED_CACHE_ENV, _copy_missing, graph_digest, share_compile_cache
+from sknet.training.compile_cache import (SHARED_CACHE_ENV, _copy_missing, graph_digest, share_compile_cache,
+                                         use_compile_cache)
 
 TWO_STEPS = ["data.num_train_samples=64", "train.epochs=1"]
 
@@ -49,11 +50,22 @@ def test_files_are_added_whole_and_never_replace_what_is_there(tmp_path):
 
 
 def test_nothing_is_shared_without_the_variable_or_when_an_operator_chose_the_cache_path(tmp_path):
-    entry = tmp_path / "run" / "compile-cache" / "abc"
-    (entry / "rank_0").mkdir(parents=True)
-    (entry / "rank_0" / "compile_cache_0.mindir").write_bytes(b"graph")
-    share_compile_cache(entry, {"MS_COMPILER_CACHE_PATH": str(entry)})
-    share_compile_cache(entry, {SHARED_CACHE_ENV: str(tmp_path / "shared"), "MS_COMPILER_CACHE_PATH": "/ops/cache"})
-    assert not (tmp_path / "shared").exists()
-    share_compile_cache(entry, {SHARED_CACHE_ENV: str(tmp_path / "shared"), "MS_COMPILER_CACHE_PATH": str(entry)})
-    assert (tmp_path / "shared" / "abc" / "rank_0" / "compile_cache_0.mindir").read_bytes() == b"graph"
+    config, shared = load_config("cpu-smoke").to_dict(), tmp_path / "shared"
+
+    def compiled(entry):
+        (entry / "rank_0").mkdir(parents=True, exist_ok=True)
+        (entry / "rank_0" / "compile_cache_0.mindir").write_bytes(b"graph")
+        return entry
+
+    operator = {SHARED_CACHE_ENV: str(shared), "MS_COMPILER_CACHE_PATH": str(tmp_path / "ops")}
+    entry = compiled(use_compile_cache(tmp_path / "run", config, 50000, operator))
+    assert entry == tmp_path / "ops"  # the operator's cache, used as it is
+    share_compile_cache(entry, operator)
+    assert not shared.exists()
+    ours = {SHARED_CACHE_ENV: str(shared)}
+    entry = compiled(use_compile_cache(tmp_path / "run", config, 50000, ours))
+    assert ours["MS_COMPILER_CACHE_PATH"] == str(entry) and entry.parent == tmp_path / "run"
+    share_compile_cache(entry, {})
+    assert not shared.exists()
+    share_compile_cache(entry, ours)
+    assert (shared / entry.name / "rank_0" / "compile_cache_0.mindir").read_bytes() == b"graph"

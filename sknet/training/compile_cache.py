@@ -28,6 +28,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SHARED_CACHE_ENV = "SKNET_COMPILE_CACHE_DIR"
+_OWN_ENTRIES: set[Path] = set()  # the entries `use_compile_cache` chose in this process: the only ones shared
 
 # Config keys that cannot change the compiled graph: where things are, how long to wait, what happens after
 # training. Every other key (model, data shape, batch, optimizer and schedule values, epochs: the learning-rate
@@ -58,14 +59,15 @@ def use_compile_cache(run_cache: Path, config: Mapping[str, Mapping], train_reco
         _copy_missing(Path(shared) / entry.name, entry, "took the compiled graph from")
     environ["MS_COMPILER_CACHE_ENABLE"] = "1"
     environ["MS_COMPILER_CACHE_PATH"] = str(entry)
+    _OWN_ENTRIES.add(entry)
     return entry
 
 
 def share_compile_cache(entry: Path | None, environ: Mapping[str, str] = os.environ) -> None:
-    """After a run trained: the files of its entry the shared one lacks, copied there (a no-op
-    without `SKNET_COMPILE_CACHE_DIR`). A failure is logged, never raised: the run itself succeeded."""
-    if entry is None or not (shared := environ.get(SHARED_CACHE_ENV)) or \
-            environ.get("MS_COMPILER_CACHE_PATH") != str(entry):
+    """After a run trained: the files of its entry the shared one lacks, copied there (a no-op without
+    `SKNET_COMPILE_CACHE_DIR`, and for an operator's own `MS_COMPILER_CACHE_PATH`: not an entry of ours). A
+    failure is logged, never raised: the run itself succeeded."""
+    if entry not in _OWN_ENTRIES or not (shared := environ.get(SHARED_CACHE_ENV)):
         return
     _copy_missing(entry, Path(shared) / entry.name, "shared the compiled graph in")
 
