@@ -2,6 +2,7 @@
 it, trains the same weights, and nothing half-copied is ever read."""
 
 import json
+import sys
 
 from conftest import run_sknet
 from sknet.config import load_config
@@ -49,8 +50,9 @@ def test_files_are_added_whole_and_never_replace_what_is_there(tmp_path):
     assert (target / "rank_0" / "graph_cache" / "compile_dependency.hash").read_bytes() == b"old hash"
 
 
-def test_nothing_is_shared_without_the_variable_or_when_an_operator_chose_the_cache_path(tmp_path):
+def test_nothing_is_shared_without_the_variable_or_when_an_operator_chose_the_cache_path(tmp_path, monkeypatch):
     config, shared = load_config("cpu-smoke").to_dict(), tmp_path / "shared"
+    monkeypatch.setattr(sys, "argv", [__file__])  # a process with an entry script (an xdist worker has none)
 
     def compiled(entry):
         (entry / "rank_0").mkdir(parents=True, exist_ok=True)
