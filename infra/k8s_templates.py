@@ -1,8 +1,15 @@
 """The generated parts of the Kubernetes job templates: the host mounts of both, and the multi-server template.
 
-`python -m infra.k8s_templates` rewrites the host volumes of `infra/k8s/base-job-template.json` from
-HOST_MOUNTS, then `infra/k8s/multi-server-job-template.json` from the base; a test checks that the committed
-files are what this produces. Everything else in the base template is written by hand.
+`python -m infra.k8s_templates` rewrites the host volumes of `infra/k8s/base-job-template.json` (the Ascend 910
+one) from HOST_MOUNTS, then its Atlas A2 twin `base-job-template-910b.json` and the multi-server template of each
+chip from it; a test checks that the committed files are what this produces. Everything else in the base
+template is written by hand.
+
+Each chip has its own templates because each chip has its own image (its CANN operator package): the Ascend
+device plugin labels 910 and 910B nodes alike `accelerator: huawei-Ascend910`, so a template picks its nodes by
+`node.kubernetes.io/npu.chip.name` — the chip Name `npu-smi info` prints, which the plugin reports: 910A, 910ProA,
+910ProB, 910PremiumA for the Ascend 910, 910B1 … 910B4 for the 910B (MindCluster scheduling guide, "Native
+Kubernetes Objects", node labels) — through a required node affinity, `npu_chip_names`.
 
 The single-server template keeps `hostNetwork`: it runs the `ascend` backend, whose rank table names this
 server by its host IP (`server_id`, `host_nic_ip`), which a pod sees as its own address only on the host's
@@ -23,9 +30,14 @@ import copy
 import json
 from pathlib import Path
 
+from sknet.launch.admission import CHIP_FAMILIES
+from sknet.launch.admission import CHIP_NAMES as CHIP_NAMES_OF_IMAGE  # the Dockerfile's CHIP → the family
+
 K8S = Path(__file__).resolve().parent / "k8s"
 BASE = K8S / "base-job-template.json"
 MULTI = K8S / "multi-server-job-template.json"
+CHIP_NAMES = {chip: list(CHIP_FAMILIES[CHIP_NAMES_OF_IMAGE[chip]]) for chip in CHIP_NAMES_OF_IMAGE}  # label values
+CHIP_TITLES = {"910": "Atlas 800, Ascend 910", "910b": "Atlas A2, Ascend 910B"}
 SERVICE = "sknet-nodes"
 MASTER_PORT = 8118  # msrun's master port: the Service's port, the same on every node
 NODE_LABELS = {"app.kubernetes.io/name": "sknet-node"}  # what the Service selects
@@ -112,11 +124,38 @@ def multi_server_template(base: dict) -> dict:
     return template
 
 
+def template_path(kind: Path, chip: str) -> Path:
+    """`kind` (BASE or MULTI) for `chip`: the 910's keep their names, the others gain `-<chip>`."""
+    return kind if chip == "910" else kind.with_name(f"{kind.stem}-{chip}{kind.suffix}")
+
+
+def chip_template(base: dict, chip: str) -> dict:
+    """The 910 base template for another chip: its image and the node affinity to that chip's nodes."""
+    template = copy.deepcopy(base)
+    variables = template["variables"]["properties"]
+    variables["image"]["default"] = f"sknet-pipeline:ascend-{chip}"
+    variables["image"]["description"] = (
+        f"The image built from infra/ascend/Dockerfile with CHIP={chip} ({CHIP_TITLES[chip]}) on CANN 9.1.0; "
+        "an image of one chip does not serve the other (use the other chip's template).")
+    variables["npu_chip_names"]["default"] = list(CHIP_NAMES[chip])
+    return template
+
+
+def templates(base: dict) -> dict[Path, dict]:
+    """Every committed template, generated from the hand-written 910 base (host mounts applied)."""
+    base = with_host_mounts(base)
+    out = {}
+    for chip in CHIP_NAMES:
+        single = base if chip == "910" else chip_template(base, chip)
+        out[template_path(BASE, chip)] = single
+        out[template_path(MULTI, chip)] = multi_server_template(single)
+    return out
+
+
 def main() -> None:
-    base = with_host_mounts(json.loads(BASE.read_text()))
-    BASE.write_text(json.dumps(base, indent=2) + "\n")
-    MULTI.write_text(json.dumps(multi_server_template(base), indent=2) + "\n")
-    print(f"wrote {BASE} and {MULTI}")
+    for path, template in templates(json.loads(BASE.read_text())).items():
+        path.write_text(json.dumps(template, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from sknet.data.allowlist import default_prefixes, location
-from sknet.data.layout import RECORDS_PER_FILE, TRAIN_FILES
+from sknet.data.layout import TRAIN_RECORDS
 from sknet.errors import ConfigError
 from sknet.storage import FILE_SCHEME, S3_MAX_ATTEMPTS, S3_SCHEME, S3_TIMEOUT_SECONDS, is_object_store_uri
 
@@ -98,6 +98,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class LaunchConfig:
     backend: Literal["cpu", "ascend", "msrun"] = "cpu"
+    # the Ascend chip: its topology rule is checked by the plan; "": the image's (SKNET_ASCEND_CHIP), else unchecked
+    chip: Literal["", "910", "910B"] = ""
     ranks: int = field(default=1, **_at_least(1))  # in all, across nodes
     timeout_minutes: float = field(default=0.0, **_at_least(0))  # 0: no limit
     stop_grace_seconds: float = field(default=60.0, **_at_least(0))  # SIGTERM → KILL; within k8s's grace
@@ -218,17 +220,16 @@ def _check_combination(cfg: Config) -> Config:
     return cfg
 
 
-TRAIN_RECORDS = len(TRAIN_FILES) * RECORDS_PER_FILE  # 50,000: every CIFAR-10 layout (sknet.data.layout verifies it)
-
-
 def _check_batch_fits(cfg: Config) -> None:
-    """Each rank's shard (the training records, or data.num_train_samples, split over launch.ranks) holds at least
-    one full batch: the ranks drop a partial one, so a larger batch trains nothing."""
+    """Each rank's shard (the training records, or data.num_train_samples, split over launch.ranks as MindSpore
+    splits them: `sknet.training.steps.shard_steps`) holds at least one full batch: the ranks drop a partial one,
+    so a larger batch trains nothing."""
+    from sknet.training.steps import shard_steps
+
     samples = cfg.data.num_train_samples
-    records = min(samples or TRAIN_RECORDS, TRAIN_RECORDS)
-    shard = records // cfg.launch.ranks
+    shard = shard_steps(TRAIN_RECORDS, cfg.launch.ranks, 1, samples)
     if cfg.train.batch_size > shard:
-        source = f"data.num_train_samples={samples} gives" if records == samples else \
+        source = f"data.num_train_samples={samples} gives" if samples and samples < TRAIN_RECORDS else \
             f"CIFAR-10's {TRAIN_RECORDS:,} training records give"
         raise ConfigError(
             f"{source} no full batch of train.batch_size={cfg.train.batch_size} on each of launch.ranks="
@@ -361,9 +362,10 @@ def _check_value(value: Any, tp: Any, bounds: Mapping[str, Any], path: str, sour
     if get_origin(tp) is tuple:
         return _check_prefixes(value, fail)
     if get_origin(tp) is Literal:
-        if value not in args:
+        chosen = value if value in args else _literal_spelling(value, args)
+        if chosen is None:
             raise fail("one of " + ", ".join(repr(a) for a in args))
-        return value
+        return chosen
     if tp is bool:
         if not isinstance(value, bool):
             raise fail("true or false")
@@ -385,6 +387,14 @@ def _check_value(value: Any, tp: Any, bounds: Mapping[str, Any], path: str, sour
     if not _within(value, bounds):
         raise fail(("an integer" if tp is int else "a number") + _describe(bounds))
     return value
+
+
+def _literal_spelling(value: Any, choices: tuple) -> Any:
+    """The choice `value` spells in another case (`910b` for `910B`) or as a YAML number (`chip: 910`), else None."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    found = [c for c in choices if isinstance(c, str) and c.lower() == str(value).lower()]
+    return found[0] if len(found) == 1 else None
 
 
 def _is_store_uri(uri: str) -> bool:

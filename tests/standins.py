@@ -76,6 +76,20 @@ def sunk_model_class():
     return SunkModel
 
 
+def _with_sink(admission, sink: int):
+    """`admission` with its step plan's sink forced to `sink` (the cadence moved onto its boundaries), as the plan
+    of an Ascend run with that sink would be: the CPU rank keeps its own plan otherwise."""
+    import dataclasses
+
+    from sknet.training.steps import on_boundary
+
+    steps = admission.steps
+    every = steps.checkpoint_every_steps
+    steps = dataclasses.replace(steps, sink_size=sink, log_every_steps=on_boundary(steps.log_every_steps, sink),
+                                checkpoint_every_steps=on_boundary(every, sink) if every else 0)
+    return dataclasses.replace(admission, steps=steps)
+
+
 def _across_epochs(iterator):
     """The batches of a MindSpore dataset iterator as one stream (it ends each epoch with StopIteration, as the
     device queue of a sink does not)."""
@@ -101,7 +115,8 @@ def train_with_standins(overrides: list[str], *, stop_after_steps: int | None = 
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss_scale_mode="dynamic"))
         loop.build_train_step = loss_scaling_train_step
     if sink is not None:
-        loop.sink_size = lambda train, steps_per_epoch: sink
+        admit = loop.admit
+        loop.admit = lambda *args, **kwargs: _with_sink(admit(*args, **kwargs), sink)
         mindspore.train.Model = sunk_model_class()
     with count_compiles() as compiled:
         try:

@@ -109,7 +109,7 @@ def test_every_placeholder_of_the_k8s_template_is_a_declared_variable_with_a_val
     used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template["job_configuration"])))
     declared = template["variables"]["properties"]
     assert used <= set(declared), used - set(declared)
-    types = {"string": str, "integer": int, "boolean": bool, "object": dict}
+    types = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list}
     for name, spec in declared.items():
         if "default" in spec:
             assert isinstance(spec["default"], types[spec["type"]]), name

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from sknet.config import load_config
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "infra" / "ascend" / "Dockerfile"
-TEMPLATES = ("base-job-template.json", "multi-server-job-template.json")
+TEMPLATES = ("base-job-template.json", "multi-server-job-template.json", "base-job-template-910b.json",
+             "multi-server-job-template-910b.json")
 CHIPS = ("910", "910b")  # Atlas 800 (Ascend 910), Atlas A2 (Ascend 910B)
 
 
@@ -77,11 +80,39 @@ def test_job_variables_reach_the_manifest(prefect_api):
 
 
 def test_the_committed_templates_are_what_k8s_templates_generates():
-    from infra.k8s_templates import BASE, MULTI, multi_server_template, with_host_mounts
+    from infra.k8s_templates import BASE, templates
 
-    base = json.loads(BASE.read_text())
-    assert base == with_host_mounts(base)  # `python -m infra.k8s_templates` rewrites both files
-    assert json.loads(MULTI.read_text()) == multi_server_template(base)
+    generated = templates(json.loads(BASE.read_text()))  # `python -m infra.k8s_templates` writes them
+    assert sorted(path.name for path in generated) == sorted(TEMPLATES)
+    for path, template in generated.items():
+        assert json.loads(path.read_text()) == template, path.name
+
+
+def chip_affinity(manifest: dict) -> list[dict]:
+    affinity = manifest["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    return affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+
+
+@pytest.mark.parametrize("chip, names", [("910", ["910A", "910ProA", "910ProB", "910PremiumA"]),
+                                         ("910b", ["910B1", "910B2", "910B3", "910B4"])])
+@pytest.mark.parametrize("kind", ["base-job-template", "multi-server-job-template"])
+def test_each_chips_template_runs_its_image_only_on_nodes_of_that_chip(prefect_api, chip, names, kind):
+    """The device plugin labels both chips accelerator=huawei-Ascend910: the chip is in npu.chip.name."""
+    name = f"{kind}.json" if chip == "910" else f"{kind}-{chip}.json"
+    manifest = render(name, {"nodes": 2} if kind.startswith("multi") else {})
+    assert container_of(manifest)["image"] == f"sknet-pipeline:ascend-{chip}"
+    assert chip_affinity(manifest) == [{"matchExpressions": [
+        {"key": "node.kubernetes.io/npu.chip.name", "operator": "In", "values": names}]}]
+    assert manifest["spec"]["template"]["spec"]["nodeSelector"] == {"accelerator": "huawei-Ascend910"}
+
+
+def test_the_cpu_request_covers_every_ranks_dataset_workers_and_no_limit_throttles_them(prefect_api):
+    resources = container_of(render("base-job-template.json", {}))["resources"]
+    workers = load_config("cifar10-ascend8").data.num_parallel_workers  # per rank
+    assert int(resources["requests"]["cpu"]) >= 8 * (workers + 2)
+    assert "cpu" not in resources["limits"]  # unset: a CFS quota would throttle the input pipeline
+    limited = container_of(render("base-job-template.json", {"cpu_limit": "96"}))["resources"]
+    assert limited["limits"]["cpu"] == "96"
 
 
 def host_mounts(manifest: dict) -> dict[str, tuple[dict, dict]]:

@@ -19,10 +19,12 @@ TESTS = Path(__file__).resolve().parent
 NPU_TOOLS = TESTS / "npu_tools"
 HCCN_CONF = TESTS / "golden" / "hccn-server1.conf"
 RANK_TABLE = TESTS / "golden" / "ranktable-1x8.json"  # server 10.0.0.1, devices 0-7 with hccn-server1.conf's IPs
+TWO_SERVERS = TESTS / "golden" / "ranktable-2x8-merged.json"  # 10.0.0.1 (ranks 0-7, the same IPs) and 10.0.0.2
 STANDIN_ENV = ("NPU_STANDIN_CHIP", "NPU_STANDIN_HEALTH", "NPU_STANDIN_PROCESS", "NPU_STANDIN_LINK_DOWN",
                "NPU_STANDIN_NET_HEALTH", "NPU_STANDIN_IP", "NPU_STANDIN_HCCN_CONF")
 NPU_CHECKS = ("versions", "npu-smi", "device-links", "device-ips", "launch-plan")
 SLOW_SKIPPED = {"collective": "skip", "sink-smoke": "skip", "sigterm": "skip"}  # what --quick leaves out
+ONE_SERVER = {**dict.fromkeys(NPU_CHECKS, "pass"), "device-links": "skip"}  # its NICs carry none of the job
 
 
 def npu_smi_output(**faults: str) -> str:
@@ -129,18 +131,21 @@ def test_one_cpu_rank_has_no_collective_to_check_and_starts_nothing(tmp_path):
 def test_a_healthy_ascend_host_passes_every_fast_check(ascend_host, tmp_path, capsys):
     code, report, table = preflight_on_ascend(tmp_path, capsys)
     assert code == 0 and report["passed"] is True
-    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), **SLOW_SKIPPED}
+    assert statuses(report) == {**ONE_SERVER, **SLOW_SKIPPED}
     assert "NPU driver 25.2.0" in detail(report, "versions") and "CANN 8.3" in detail(report, "versions")
     assert detail(report, "device-ips").endswith("0=192.168.100.101, 1=192.168.101.101, 2=192.168.102.101, "
                                                  "3=192.168.103.101, 4=192.168.100.100, 5=192.168.101.100, "
                                                  "6=192.168.102.100, 7=192.168.103.100")
     assert table.splitlines()[0].split() == ["check", "status", "seconds", "detail"]
-    assert "preflight passed: 5 passed, 0 failed, 3 skipped" in table
+    assert "preflight passed: 4 passed, 0 failed, 4 skipped" in table
+    assert detail(report, "device-links").startswith("one server: HCCL runs over HCCS/PCIe inside a server")
 
 
 def test_a_link_that_is_down_is_named_and_the_other_checks_still_run(ascend_host, tmp_path, capsys):
+    """Two servers: the job's all-reduce crosses them over the device NICs, so their links are checked."""
     ascend_host.setenv("NPU_STANDIN_LINK_DOWN", "3")
-    code, report, table = preflight_on_ascend(tmp_path, capsys)
+    code, report, table = preflight_on_ascend(tmp_path, capsys, "--set", f"launch.rank_table={TWO_SERVERS}",
+                                              "launch.ranks=16")
     assert code == 1 and report["passed"] is False
     assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "device-links": "fail", **SLOW_SKIPPED}
     assert detail(report, "device-links").startswith(
@@ -153,7 +158,7 @@ def test_a_device_ip_that_differs_from_hccn_conf_names_the_device_both_ips_and_b
     ascend_host.setenv("NPU_STANDIN_IP", "5=10.9.9.9")
     code, report, _ = preflight_on_ascend(tmp_path, capsys)
     assert code == 1
-    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "device-ips": "fail", **SLOW_SKIPPED}
+    assert statuses(report) == {**ONE_SERVER, "device-ips": "fail", **SLOW_SKIPPED}
     assert detail(report, "device-ips").splitlines() == [
         f"device 5 (rank 5): hccn_tool -i 5 -ip -g gives 10.9.9.9, but {HCCN_CONF} (address_5) gives 192.168.101.100",
         f"device 5 (rank 5): hccn_tool -i 5 -ip -g gives 10.9.9.9, but rank table {RANK_TABLE} gives 192.168.101.100",
@@ -165,8 +170,62 @@ def test_a_chip_whose_health_is_not_ok_is_named_and_the_other_checks_still_run(a
     ascend_host.setenv("NPU_STANDIN_HEALTH", "2=Alarm")
     code, report, _ = preflight_on_ascend(tmp_path, capsys)
     assert code == 1
-    assert statuses(report) == {**dict.fromkeys(NPU_CHECKS, "pass"), "npu-smi": "fail", **SLOW_SKIPPED}
+    assert statuses(report) == {**ONE_SERVER, "npu-smi": "fail", **SLOW_SKIPPED}
     assert detail(report, "npu-smi") == "NPU 2 chip 0 (910ProB, 0000:41:00.0): Health is Alarm, expected OK"
+
+
+def test_one_servers_device_links_are_checked_when_hccl_is_told_to_use_roce_inside_it(ascend_host, tmp_path, capsys):
+    ascend_host.setenv("HCCL_INTRA_ROCE_ENABLE", "1")
+    ascend_host.setenv("NPU_STANDIN_LINK_DOWN", "3")
+    _, report, _ = preflight_on_ascend(tmp_path, capsys)
+    assert statuses(report)["device-links"] == "fail"
+
+
+def test_only_the_npus_of_the_plan_are_judged_another_jobs_chips_are_left_alone(ascend_host, tmp_path, capsys):
+    from sknet.launch.ranktable import build_rank_table, read_hccn_conf, write_rank_table
+
+    table = write_rank_table(build_rank_table(read_hccn_conf(HCCN_CONF), [0, 1, 2, 3], "10.0.0.1"),
+                             tmp_path / "rt_4p.json")
+    plan = ("--set", f"launch.rank_table={table}", "launch.ranks=4")
+    ascend_host.setenv("NPU_STANDIN_PROCESS", "6=1333928")  # another job holds NPU 6
+    ascend_host.setenv("NPU_STANDIN_HEALTH", "7=Alarm")
+    code, report, _ = preflight_on_ascend(tmp_path, capsys, *plan)
+    assert statuses(report)["npu-smi"] == "pass", detail(report, "npu-smi")
+    assert detail(report, "npu-smi").startswith("4 chip(s) of the plan (910B3): Health OK, HBM free, no processes; "
+                                                "4 chip(s) outside the plan not checked")
+    ascend_host.setenv("NPU_STANDIN_PROCESS", "2=1333928")  # … and now one of ours
+    _, report, _ = preflight_on_ascend(tmp_path, capsys, *plan)
+    assert "NPU 2 chip 0: held by process 1333928" in detail(report, "npu-smi")
+
+
+@pytest.mark.parametrize("image_chip, standin, passes", [("910b", "910B", True), ("910", "910", True),
+                                                         ("910", "910B", False), ("910b", "910", False)])
+def test_the_chips_npu_smi_lists_must_be_the_images_chip(ascend_host, tmp_path, capsys, image_chip, standin, passes):
+    ascend_host.setenv("SKNET_ASCEND_CHIP", image_chip)
+    ascend_host.setenv("NPU_STANDIN_CHIP", standin)
+    if standin == "910":  # the stand-in's Atlas 800 has driver 24.1.0: a CANN it runs
+        (Path(os.environ["ASCEND_HOME_PATH"]) / "compiler" / "version.info").write_text("Version=8.3.RC1\n")
+    _, report, _ = preflight_on_ascend(tmp_path, capsys)
+    assert (statuses(report)["npu-smi"] == "pass") is passes, detail(report, "npu-smi")
+    if not passes:
+        assert detail(report, "npu-smi").startswith(f"npu-smi lists {'910B3' if standin == '910B' else '910ProB'} "
+                                                    f"chip(s), but this run is for the Ascend {image_chip.upper()}")
+
+
+def test_a_driver_older_than_the_canns_minimum_fails_the_versions_check(ascend_host, tmp_path, capsys):
+    ascend_host.setenv("NPU_STANDIN_CHIP", "910")  # driver 24.1.0
+    (Path(os.environ["ASCEND_HOME_PATH"]) / "compiler" / "version.info").write_text("Version=9.1.0\n")
+    _, report, _ = preflight_on_ascend(tmp_path, capsys)
+    assert statuses(report)["versions"] == "fail"
+    assert "NPU driver 24.1.0: CANN 9.1 needs Ascend HDK 25.2.0 or newer" in detail(report, "versions")
+
+
+@pytest.mark.parametrize("older, newer", [("24.1.RC2", "24.1.0"), ("24.1.0", "25.0.RC1"), ("25.2.0", "25.2.0.1"),
+                                          ("24.1.RC2", "24.1.RC3"), ("9.9.9", "24.1.RC1")])
+def test_hdk_versions_order_release_candidates_before_their_release(older, newer):
+    from sknet.preflight.versions import hdk_order
+
+    assert hdk_order(older) < hdk_order(newer)
 
 
 def test_a_cann_that_mindspore_does_not_accept_fails_the_versions_check(ascend_host, tmp_path, capsys):

@@ -1,46 +1,73 @@
-"""Steps, sinks and epochs: how a run's global steps map onto `Model.train`, without a sink (CPU) and with one
-(Ascend/GPU: each call of the step callbacks is one sink of `sink_size` steps)."""
+"""Steps, sinks and epochs: the step plan every rank, the dry run and preflight use (`plan_steps`), and how a run's
+global steps map onto `Model.train` without a sink (CPU) and with one (Ascend/GPU: each call of the step callbacks
+is one sink of `sink_size` steps)."""
+
+import itertools
 
 import pytest
 
 from sknet.config import load_config
-from sknet.errors import ConfigError
-from sknet.training.steps import MIN_SINK_STEPS, sink_size, train_call
+from sknet.training.steps import MIN_SINK_STEPS, plan_steps, shard_steps, train_call
 
 
-def test_cpu_feeds_every_step_since_mindspore_has_no_sink_there():
-    assert sink_size(load_config("cpu-smoke").train, steps_per_epoch=20) == 1
+def test_cpu_feeds_every_step_and_keeps_the_configured_cadence():
+    plan = plan_steps(load_config("cpu-smoke"))
+    assert (plan.steps_per_epoch, plan.sink_size, plan.log_every_steps, plan.checkpoint_every_steps) == (20, 1, 5, 20)
+    assert plan.adjusted == ()
 
 
-def test_the_ascend_profile_sinks_a_third_of_an_epoch_between_host_syncs():
-    assert sink_size(load_config("cifar10-ascend8").train, steps_per_epoch=195) == 65  # 50,000 / (32 × 8)
-
-
-@pytest.mark.parametrize("steps_per_epoch, overrides, expected", [
-    (100, ["train.sink_size=50", "train.log_every_steps=20", "train.checkpoint_every_steps=0"], 20),
-    (90, ["train.sink_size=0", "train.log_every_steps=45", "train.checkpoint_every_steps=900"], 45),
-    (96, ["train.sink_size=4", "train.log_every_steps=8", "train.checkpoint_every_steps=96"], 4),
+@pytest.mark.parametrize("ranks, steps_per_epoch, sink", [
+    (1, 1562, 71), (2, 781, 71), (4, 390, 65), (8, 195, 65),  # one server
+    (16, 97, 97), (32, 48, 48), (64, 24, 24),  # 2, 4 and 8 servers of 8: 97 is prime, 24 is under 16 × 2
 ])
-def test_a_sink_divides_the_epoch_and_the_log_and_checkpoint_cadence(steps_per_epoch, overrides, expected):
-    train = load_config("cifar10-ascend8", overrides).train
-    size = sink_size(train, steps_per_epoch)
-    assert size == expected
-    assert steps_per_epoch % size == 0 and train.log_every_steps % size == 0
-    assert train.checkpoint_every_steps % size == 0
+def test_the_ascend_profile_plans_a_sink_dividing_the_epoch_at_every_supported_world_size(ranks, steps_per_epoch, sink):
+    plan = plan_steps(load_config("cifar10-ascend8", [f"launch.ranks={ranks}"]))
+    assert (plan.steps_per_epoch, plan.sink_size) == (steps_per_epoch, sink)
+    assert steps_per_epoch % sink == 0 and sink >= min(MIN_SINK_STEPS, steps_per_epoch)
+    assert plan.log_every_steps % sink == 0 and plan.checkpoint_every_steps % sink == 0
+    assert plan.total_steps % sink == 0  # Model.train's "epochs" are whole sinks
 
 
-@pytest.mark.parametrize("steps_per_epoch, overrides", [
-    (195, ["train.log_every_steps=10"]),  # gcd(195, 10, 975) = 5
-    (97, ["train.log_every_steps=50"]),  # a prime epoch: one step per sink
-    (195, ["train.sink_size=4"]),  # 195 = 3·5·13: a sink of 4 would silently become 1
+def test_the_cadence_moves_to_the_nearest_sink_boundary_and_says_so():
+    plan = plan_steps(load_config("cifar10-ascend8", ["launch.ranks=1"]))  # 1562 steps = 2 · 11 · 71
+    assert (plan.log_every_steps, plan.checkpoint_every_steps) == (71, 994)  # 65 → 71, 975 → 14 × 71
+    assert plan.adjusted == ("train.log_every_steps=65 → 71 (a multiple of the 71-step sink)",
+                             "train.checkpoint_every_steps=975 → 994 (a multiple of the 71-step sink)")
+
+
+def test_at_eight_ranks_the_zoo_cadence_stands_unchanged():
+    plan = plan_steps(load_config("cifar10-ascend8"))
+    assert (plan.sink_size, plan.log_every_steps, plan.checkpoint_every_steps, plan.adjusted) == (65, 65, 975, ())
+
+
+@pytest.mark.parametrize("steps_per_epoch, overrides, sink", [
+    (195, ["train.log_every_steps=10"], 39),  # 195 = 3·5·13: its divisors of at least 16 are 39, 65, 195
+    (195, ["train.sink_size=4"], 39),  # a sink below 16 is raised to the nearest divisor that is not
+    (195, ["train.sink_size=500"], 195),  # at most the whole epoch
+    (12, ["train.log_every_steps=5"], 12),  # an epoch shorter than 16 steps: one sink an epoch
 ])
-def test_a_cadence_that_would_starve_the_sink_is_refused_naming_the_keys(steps_per_epoch, overrides):
-    train = load_config("cifar10-ascend8", overrides).train
-    with pytest.raises(ConfigError) as refused:
-        sink_size(train, steps_per_epoch)
-    message = str(refused.value)
-    assert "train.log_every_steps" in message and "train.checkpoint_every_steps" in message
-    assert f"at least {MIN_SINK_STEPS}" in message
+def test_the_sink_is_the_epochs_divisor_nearest_the_wanted_size_never_below_sixteen(steps_per_epoch, overrides,
+                                                                                    sink):
+    samples = steps_per_epoch * 32 * 8
+    plan = plan_steps(load_config("cifar10-ascend8", [f"data.num_train_samples={samples}", *overrides]))
+    assert (plan.steps_per_epoch, plan.sink_size) == (steps_per_epoch, sink)
+
+
+def test_a_checkpoint_only_at_the_end_stays_so():
+    plan = plan_steps(load_config("cifar10-ascend8", ["train.checkpoint_every_steps=0", "launch.ranks=2"]))
+    assert plan.checkpoint_every_steps == 0
+
+
+def test_the_plans_count_of_steps_is_mindsporess_own_for_every_shard(synthetic_data):
+    """MindSpore's distributed sampler pads each shard to ceil(records / shards); `num_samples` caps a shard's share;
+    the partial batch is dropped. The plan's count equals `get_dataset_size()` of the pipeline the ranks build."""
+    from sknet.data.pipeline import build_dataset
+
+    cases = itertools.product([1, 2, 3, 7, 8, 16, 64], [1, 32, 33], [None, 640, 999, 60_000])
+    for shards, batch, samples in cases:
+        dataset = build_dataset(synthetic_data, train=True, batch_size=batch, num_samples=samples, num_shards=shards,
+                                shard_id=shards - 1, num_parallel_workers=1)
+        assert dataset.get_dataset_size() == shard_steps(50_000, shards, batch, samples), (shards, batch, samples)
 
 
 def test_without_a_sink_model_train_counts_epochs_and_a_resume_starts_in_its_epoch():

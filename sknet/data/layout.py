@@ -24,6 +24,7 @@ IMAGE_BYTES = 3 * 32 * 32
 RECORD_BYTES = 1 + IMAGE_BYTES
 RECORDS_PER_FILE = 10_000
 FILE_BYTES = RECORDS_PER_FILE * RECORD_BYTES  # 30,730,000
+TRAIN_RECORDS = len(TRAIN_FILES) * RECORDS_PER_FILE  # 50,000: every CIFAR-10 layout (`verify_layout` checks it)
 NUM_CLASSES = 10
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TARBALL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"

@@ -36,6 +36,7 @@ from sknet.training.checkpoint import checkpoint_dir
 from sknet.config import Config
 from sknet.errors import LaunchError
 from sknet.jsonio import dumps
+from sknet.launch.admission import Admission, admit
 from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.launch.stall import StallWatch
 from sknet.ports import free_port
@@ -103,8 +104,10 @@ def msrun_command(cfg: Config, port: int | str, log_dir: Path, rank_command: Seq
     ]
 
 
-def check_launchable(cfg: Config, devices: int | None = None, port: int | str = 0) -> list[RankProcess]:
-    """Refuse, before spawning anything, a launch that cannot work here; else the processes to start."""
+def check_launchable(cfg: Config, devices: int | None = None, port: int | str = 0
+                     ) -> tuple[list[RankProcess], Admission]:
+    """Refuse, before spawning anything, a launch that cannot work here; else the processes to start and the
+    run's admission (its step plan and topology: `sknet.launch.admission.admit`, which each rank calls again)."""
     if cfg.launch.backend == "cpu" and cfg.train.device_target != "CPU":
         raise LaunchError(f"launch.backend=cpu runs CPU ranks; train.device_target is {cfg.train.device_target}")
     processes = plan_processes(cfg, port)
@@ -114,7 +117,7 @@ def check_launchable(cfg: Config, devices: int | None = None, port: int | str = 
     kind = "Ascend devices (/dev/davinci*)" if cfg.train.device_target == "Ascend" else "CPU cores"
     if local > devices:
         raise LaunchError(f"launch.ranks={cfg.launch.ranks} needs {local} local {kind}, this host has {devices}")
-    return processes
+    return processes, admit(cfg)
 
 
 class _Rank:
@@ -254,7 +257,9 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     """
     on_line = _never_raising(on_line)
     port = cfg.launch.master_port or free_port()
-    plan = check_launchable(cfg, devices, port)
+    plan, admission = check_launchable(cfg, devices, port)
+    for change in admission.steps.adjusted:
+        on_line(f"the plan moves {change}")
     output_dir = Path(cfg.train.output_dir).resolve()
     check_run_dir(cfg, output_dir, _dataset_of(cfg, command))
     log_dir = output_dir / LOGS_DIR
@@ -314,16 +319,19 @@ def _never_raising(on_line: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def dry_run(cfg: Config, *, devices: int | None = None) -> dict:
-    """What `launch` would start on this host, without starting it: each process's ranks, device (the
+    """What `launch` would start on this host, without starting it: the step plan every rank will use
+    (`steps_per_epoch`, `sink_size`, the cadence in force, under `plan`), and each process's ranks, device (the
     logical `device_id` it binds and the table's `physical_device_id`), command and the environment it adds
     (values of secret-looking names masked, and in any value a URL's user info and signature or token). Nothing is
     written."""
     port = cfg.launch.master_port or "<free port>"
-    plan = check_launchable(cfg, devices, port)
+    plan, admission = check_launchable(cfg, devices, port)
     output_dir = Path(cfg.train.output_dir).resolve()
     rank_command = _rank_command(cfg, output_dir / CONFIG_FILE, None)
     inherited = {k: v for k, v in os.environ.items() if k.startswith(DRY_RUN_INHERITED)}
     return {"backend": cfg.launch.backend, "ranks": cfg.launch.ranks, "output_dir": str(output_dir),
+            "steps_per_epoch": admission.steps.steps_per_epoch, "sink_size": admission.steps.sink_size,
+            "plan": admission.to_dict(),
             "processes": [{"name": p.name, "ranks": list(p.ranks), "device_id": p.device_id,
                            "physical_device_id": p.physical_device_id,
                            "command": _command_of(cfg, p, port, output_dir / LOGS_DIR, rank_command),

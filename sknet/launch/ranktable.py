@@ -104,21 +104,31 @@ def physical_devices(devices: Sequence[int], visible: Sequence[int] | None, chip
     physical = [visible[d] for d in devices]
     if max(physical) >= DEVICES_PER_SERVER:
         raise RankTableError(f"physical device {max(physical)}: expected ids within 0-{DEVICES_PER_SERVER - 1}")
-    full_server = sorted(physical) == list(range(DEVICES_PER_SERVER))
-    in_one_group = any(set(physical) <= set(group) for group in HCCS_GROUPS)
-    if chip == "910" and not (full_server or in_one_group):
-        raise RankTableError(
-            f"physical devices {physical} cross the HCCS groups 0-3 / 4-7 of an Ascend 910: use devices within "
-            "one group, or all 0-7 (an Atlas A2 / 910B server has no such groups: --chip 910B)"
-        )
-    if chip == "910" and len(physical) not in HCCS_JOB_SIZES:
-        raise RankTableError(
-            f"{len(physical)} devices {physical}: an Ascend 910 server's HCCS runs jobs of "
-            f"{', '.join(map(str, HCCS_JOB_SIZES[:-1]))} or {HCCS_JOB_SIZES[-1]} devices (within one group "
-            "0-3 / 4-7, or all eight); "
-            "an Atlas A2 / 910B server takes any number: --chip 910B"
-        )
+    if (problem := server_topology_problem(chip, physical)) is not None:
+        raise RankTableError(f"{problem} (an Atlas A2 / 910B server has no such rule: --chip 910B)"
+                             if chip == "910" else problem)
     return physical
+
+
+def server_topology_problem(chip: str, physical: Sequence[int]) -> str | None:
+    """Why one server's physical devices cannot be one job on `chip` (None: they can).
+
+    Ascend 910 (Atlas 800 training server): the eight NPUs form two HCCS rings, 0-3 and 4-7, and collective
+    communication takes 1, 2 or 4 devices within one ring, or all eight (Huawei, CANN TensorFlow migration guide,
+    distributed training "Precautions", Atlas Training Series). Ascend 910B (Atlas 800T A2): the eight NPUs are
+    fully connected, any set of them."""
+    if len(physical) > DEVICES_PER_SERVER:
+        return f"{len(physical)} devices on one server: an Ascend {chip} server has {DEVICES_PER_SERVER} NPUs"
+    if chip != "910":
+        return None
+    shown = list(physical)
+    if len(physical) not in HCCS_JOB_SIZES:
+        return (f"{len(physical)} devices {shown}: an Ascend 910 server's HCCS runs jobs of 1, 2, 4 or 8 devices "
+                "(within one group 0-3 / 4-7, or all eight)")
+    if len(physical) < DEVICES_PER_SERVER and not any(set(physical) <= set(g) for g in HCCS_GROUPS):
+        return (f"physical devices {shown} cross the HCCS groups 0-3 / 4-7 of an Ascend 910: use devices within "
+                "one group, or all 0-7")
+    return None
 
 
 def read_hccn_conf(path: str | Path = HCCN_CONF) -> dict[int, str]:

@@ -27,6 +27,11 @@ from sknet.preflight.tools import find_tool, tool_output
 
 LINK_UP = "UP"
 NET_HEALTHY = "Success"
+# Within one server HCCL goes over HCCS or PCIe on an Atlas 800 (910) and an Atlas A2 (910B), and over the NPUs'
+# RoCE NICs only when HCCL_INTRA_ROCE_ENABLE=1 (CANN HCCL environment variables, HCCL_INTRA_ROCE_ENABLE: "Atlas
+# training products and Atlas A2 training products … intra-server communication", default PCIe). So the NICs'
+# link and health matter to a job that spans servers, or that asks for RoCE inside one.
+INTRA_ROCE_ENV = "HCCL_INTRA_ROCE_ENABLE"
 
 
 @dataclass(frozen=True)
@@ -107,9 +112,25 @@ def _link_problems(tool: str, device: PlannedDevice) -> list[str]:
     return problems
 
 
+def spans_servers(cfg: Config) -> bool:
+    """Whether the job's collectives cross servers: several msrun nodes, or a rank table of several servers."""
+    if cfg.launch.backend == "msrun":
+        return cfg.launch.nodes > 1
+    if cfg.launch.rank_table and Path(cfg.launch.rank_table).is_file():
+        try:
+            return len(load_rank_table(cfg.launch.rank_table)["server_list"]) > 1
+        except SknetError:
+            return True  # the launch-plan check names the table's problem; check the links meanwhile
+    return False
+
+
 def check_device_links(ctx: Context) -> Outcome:
-    """Every planned device: `link status: UP` and `net health status: Success`."""
+    """Every planned device: `link status: UP` and `net health status: Success`, when its NIC carries the job's
+    traffic (the job spans servers, or HCCL_INTRA_ROCE_ENABLE=1)."""
     devices, _ = planned_devices(ctx.cfg)
+    if not spans_servers(ctx.cfg) and os.environ.get(INTRA_ROCE_ENV) != "1":
+        raise Skip(f"one server: HCCL runs over HCCS/PCIe inside a server, not the device NICs (unless "
+                   f"{INTRA_ROCE_ENV}=1), so their link and net health do not affect this job")
     tool = find_tool("hccn_tool")
     problems = [problem for device in devices for problem in _link_problems(tool, device)]
     if problems:

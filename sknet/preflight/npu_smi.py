@@ -1,4 +1,4 @@
-"""`npu-smi info`: every chip healthy, its HBM free, no process holding it.
+"""`npu-smi info`: each chip of the plan of the run's chip family, healthy, its HBM free, no process holding it.
 
 The table `npu-smi info` prints (Huawei's npu-smi reference; the same layout on an Atlas 800 with Ascend 910
 and an Atlas 800T A2 with 910B, driver 23.x-25.x):
@@ -137,15 +137,53 @@ def chip_problems(info: NpuSmiInfo, max_hbm_fraction: float = HBM_IDLE_MAX_FRACT
     return problems
 
 
+def _planned_npus(ctx: Context) -> tuple[set[int] | None, str]:
+    """The physical NPUs this host's ranks use (None: the plan cannot say; every chip is checked), and a note."""
+    from sknet.preflight.hccn import planned_devices
+
+    try:
+        devices, _ = planned_devices(ctx.cfg)
+    except (Failed, Skip) as exc:
+        return None, f"every chip checked: {exc}"
+    return {d.device for d in devices}, ""
+
+
+def family_problem(info: NpuSmiInfo, chip: str | None) -> str | None:
+    """Why the chips `npu-smi` lists are not the run's chip (the image's, or launch.chip), if they are not."""
+    from sknet.launch.admission import CHIP_ENV, chip_family
+
+    if chip is None:
+        return None
+    others = sorted({c.name for c in info.chips if chip_family(c.name) != chip})
+    if not others:
+        return None
+    return (f"npu-smi lists {', '.join(others)} chip(s), but this run is for the Ascend {chip} (launch.chip, else "
+            f"the image's {CHIP_ENV}): use the image built with CHIP={chip.lower()} for these nodes, or the other "
+            "chip's image here")
+
+
 def check_npu_smi(ctx: Context) -> Outcome:
-    """Every chip `npu-smi info` lists: Health OK, HBM nearly free, no process on it."""
+    """The chips of the plan's NPUs (`npu-smi info`): the run's chip family, Health OK, HBM nearly free, no process
+    on them. Chips the plan does not use (another job's) are left alone."""
+    from sknet.launch.admission import run_chip
+
     if ctx.cfg.train.device_target != "Ascend":
         raise Skip(f"train.device_target={ctx.cfg.train.device_target}: this run uses no NPU")
     info = read_npu_smi()
-    data = {"driver_version": info.driver_version, "chips": [asdict(c) for c in info.chips],
-            "processes": [asdict(p) for p in info.processes]}
-    problems = chip_problems(info)
+    planned, note = _planned_npus(ctx)
+    mine = NpuSmiInfo(info.driver_version, [c for c in info.chips if planned is None or c.npu in planned],
+                      [p for p in info.processes if planned is None or p.npu in planned])
+    data = {"driver_version": info.driver_version, "chips": [asdict(c) for c in mine.chips],
+            "processes": [asdict(p) for p in mine.processes], "planned_npus": sorted(planned or [])}
+    problems = chip_problems(mine)
+    if planned is not None and (absent := sorted(planned - {c.npu for c in info.chips})):
+        problems.append(f"NPU(s) {', '.join(map(str, absent))} of the plan: not listed by `npu-smi info`")
+    if (wrong := family_problem(mine, run_chip(ctx.cfg))) is not None:
+        problems.insert(0, wrong)
     if problems:
         raise Failed("\n".join(problems), data)
-    names = sorted({c.name for c in info.chips})
-    return Outcome(f"{len(info.chips)} chip(s) ({', '.join(names)}): Health OK, HBM free, no processes", data)
+    names = sorted({c.name for c in mine.chips})
+    others = len(info.chips) - len(mine.chips)
+    left = f"; {others} chip(s) outside the plan not checked" if others else ""
+    return Outcome(f"{len(mine.chips)} chip(s) of the plan ({', '.join(names)}): Health OK, HBM free, no processes"
+                   f"{left}" + (f" ({note})" if note else ""), data)

@@ -18,6 +18,11 @@ from sknet.preflight.runner import Context, Failed, Outcome
 from sknet.preflight.tools import has_tool
 
 DISTRIBUTION = "sknet-pipeline"
+# The oldest Ascend HDK (NPU driver) each CANN MindSpore 2.10 accepts runs on. Sources: CANN 8.5.0 release notes,
+# "CANN Version Mapping" (Ascend HDK 25.0.X-25.5.X); for 8.2 and 8.3, which have no such page here, the Ascend
+# components' compatibility tables (MindIE 2.1.RC1: CANN 8.2.RC1 with HDK 24.1.RC2-25.2.0; MindSDK 7.2.RC1: CANN
+# 8.3.RC1 with HDK 24.1.0-25.3.RC1); 9.0 and 9.1 as infra/ascend/Dockerfile has it (CANN 9.1 needs HDK 25.2).
+MIN_DRIVER = {"8.2": "24.1.RC2", "8.3": "24.1.0", "8.5": "25.0.RC1", "9.0": "25.2.0", "9.1": "25.2.0"}
 NUMPY_SERIES = (1, 26)  # mindspore 2.10 needs numpy 1.26.x (with numpy 2 its PyNative mode crashes)
 SET_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 
@@ -88,11 +93,37 @@ def cann_version() -> tuple[str, list[str], str]:
     return version, list(checker.version), str(path)
 
 
+def hdk_order(version: str) -> tuple:
+    """An Ascend HDK version as a sort key: 24.1.RC2 < 24.1.RC3 < 24.1.0 < 24.1.0.1 < 25.0.RC1 (an RC precedes its
+    release); an unreadable part sorts first."""
+    key = []
+    for part in version.strip().split("."):
+        upper = part.upper()
+        if upper.startswith("RC") and upper[2:].isdigit():
+            key.append((0, int(upper[2:])))
+        elif part.isdigit():
+            key.append((1, int(part)))
+        else:
+            key.append((-1, 0))
+    return tuple(key)
+
+
+def driver_problem(driver: str, cann: str) -> str | None:
+    """Why NPU driver `driver` cannot run CANN `cann` (major.minor), per MIN_DRIVER; None when it can."""
+    wanted = MIN_DRIVER.get(cann)
+    if wanted is None or hdk_order(driver) >= hdk_order(wanted):
+        return None
+    return (f"NPU driver {driver}: CANN {cann} needs Ascend HDK {wanted} or newer on the host (upgrade the driver "
+            "and firmware, or use an image on an older CANN that MindSpore accepts)")
+
+
 def _ascend_versions() -> tuple[list[str], list[str]]:
-    """(findings, problems) for the NPU driver and CANN; each is tried even when the other fails."""
-    found, problems = [], []
+    """(findings, problems) for the NPU driver and CANN, and the driver against the CANN; each is tried even when
+    the other fails."""
+    found, problems, driver = [], [], None
     try:
-        found.append(f"NPU driver {_driver_version()}")
+        driver = _driver_version()
+        found.append(f"NPU driver {driver}")
     except Failed as exc:
         problems.append(f"NPU driver: {exc}")
     try:
@@ -104,6 +135,8 @@ def _ascend_versions() -> tuple[list[str], list[str]]:
         if version not in accepted:
             problems.append(f"CANN {version} ({path}): MindSpore {importlib.metadata.version('mindspore')} accepts "
                             f"CANN {', '.join(accepted)}; install one of those")
+        if driver is not None and (problem := driver_problem(driver, version)) is not None:
+            problems.append(problem)
     return found, problems
 
 

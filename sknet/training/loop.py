@@ -23,8 +23,9 @@ from pathlib import Path
 
 from sknet.config import Config, check_on_this_host
 from sknet.data.layout import local_dataset_path, verify_layout
-from sknet.errors import CheckpointError, DataError
+from sknet.errors import CheckpointError, DataError, LaunchError
 from sknet.jsonio import dumps, json_safe
+from sknet.launch.admission import admit
 from sknet.run_files import COMPILE_CACHE_DIR, METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
 from sknet.storage import store_from_config
 from sknet.training.checkpoint import (
@@ -34,7 +35,7 @@ from sknet.training.lr_schedule import learning_rates
 from sknet.training.run_record import check_run_dir, dataset_digest
 from sknet.training.compile_cache import share_compile_cache, use_compile_cache
 from sknet.training.runtime import configure, fusion_split_indices, loss_scaling
-from sknet.training.steps import TrainCall, sink_size, train_call
+from sknet.training.steps import StepPlan, TrainCall, train_call
 from sknet.training.callbacks import (
     GuardDivergence, Progress, ReadStep, RunShape, SaveCheckpoints, StepLog, StopAtBoundary,
 )
@@ -89,7 +90,7 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
         stop = stack.enter_context(StopRequest())
         uploads = None if mirror is None else stack.enter_context(
             BackgroundUploads(mirror, output_dir, cfg.train.keep_checkpoints))  # drained before returning
-        result = _train(cfg, report.path, output_dir, report.synthetic, stop_after_steps, stop, uploads)
+        result = _train(cfg, report, output_dir, stop_after_steps, stop, uploads)
     share_compile_cache(cache)
     return result
 
@@ -110,7 +111,12 @@ class _Training:
     model: object  # mindspore.train.Model over `train_step`: the loop
     dataset: object  # this rank's shard, all epochs: ONE dataset per run (a sink compiles once per dataset)
     guard: DivergenceGuard
-    sink: int  # steps per device sink; 1: the host feeds (and syncs) every step
+    steps: StepPlan  # the sink and the log and checkpoint cadence in force (`sknet.launch.admission.admit`)
+
+    @property
+    def sink(self) -> int:
+        """Steps per device sink; 1: the host feeds (and syncs) every step."""
+        return self.steps.sink_size
 
     @property
     def total_steps(self) -> int:
@@ -131,9 +137,10 @@ class _Training:
             self.uploads.submit(step)
 
 
-def _train(cfg: Config, data_dir: Path, output_dir: Path, synthetic: bool, stop_after_steps: int | None,
+def _train(cfg: Config, report, output_dir: Path, stop_after_steps: int | None,
            stop: StopRequest, uploads: BackgroundUploads | None) -> TrainResult:
-    run = _build(cfg, data_dir, output_dir, uploads)
+    data_dir, synthetic = report.path, report.synthetic
+    run = _build(cfg, data_dir, report.train_records, output_dir, uploads)
     start_step = _resume(run)
     log.info(
         "training %s (%s stem) on %s: %d epochs × %d steps, batch %d × %d rank(s), %s, %s",
@@ -177,13 +184,13 @@ def training_callbacks(run: _Training, progress: Progress, call: TrainCall, end_
     """The callbacks of `sknet.training.callbacks`, in the order they must act at each boundary."""
     t = run.cfg.train
     shape = RunShape(rank=run.rank, epochs=t.epochs, steps_per_epoch=run.steps_per_epoch,
-                     images_per_step=run.images_per_step, log_every_steps=t.log_every_steps, end_step=end_step,
+                     images_per_step=run.images_per_step, log_every_steps=run.steps.log_every_steps, end_step=end_step,
                      rates=run.rates, fixed_loss_scale=t.loss_scale if t.loss_scale_mode == "fixed" else None)
     return [
         ReadStep(progress, call),
         StepLog(progress, shape, run.train_step.optimizer, lambda record: _log_metrics(run.output_dir, run.rank, record)),
         GuardDivergence(progress, run.guard, run.output_dir),
-        SaveCheckpoints(progress, t.checkpoint_every_steps if run.rank == 0 else 0, run.checkpoint),
+        SaveCheckpoints(progress, run.steps.checkpoint_every_steps if run.rank == 0 else 0, run.checkpoint),
         StopAtBoundary(progress, stop, run.ranks, end_step),
     ]
 
@@ -220,8 +227,10 @@ def build_train_step(network, optimizer, loss_fn, train):
     return ms.amp.build_train_network(network, optimizer, loss_fn, level=train.amp_level, loss_scale_manager=manager)
 
 
-def _build(cfg: Config, data_dir: Path, output_dir: Path, uploads: BackgroundUploads | None) -> _Training:
-    """Seed the runtime, join the ranks, size the epoch, and build network, schedule, train step and loop."""
+def _build(cfg: Config, data_dir: Path, train_records: int, output_dir: Path,
+           uploads: BackgroundUploads | None) -> _Training:
+    """Seed the runtime, join the ranks, admit the run for the group's size, and build network, schedule, train
+    step and loop."""
     import mindspore as ms
     from mindspore import nn
 
@@ -229,16 +238,22 @@ def _build(cfg: Config, data_dir: Path, output_dir: Path, uploads: BackgroundUpl
 
     t = cfg.train
     check_on_this_host(cfg)  # MindSpore's own check would raise a bare ValueError at the dataset
+    world = _planned_world_size()  # admitted as the dry run and preflight admit it, before the device is touched
+    plan = admit(cfg, world_size=world, train_records=train_records).steps
+    for change in plan.adjusted:
+        log.warning("the plan moves %s", change)
     configure(t.device_target, t.seed)
     rank, ranks = _init_distributed()
+    if ranks != world:
+        raise LaunchError(f"rank {rank} joined a group of {ranks}, but its launcher planned {world} ranks "
+                          "(RANK_SIZE / MS_WORKER_NUM)")
     dataset = _dataset(cfg, data_dir, rank, ranks)
     steps_per_epoch = dataset.get_dataset_size()
-    if steps_per_epoch == 0:
+    if steps_per_epoch != plan.steps_per_epoch:
         raise DataError(
-            f"data.num_train_samples={cfg.data.num_train_samples} gives no full batch of "
-            f"train.batch_size={t.batch_size} on each of {ranks} rank(s)"
-        )
-    sink = sink_size(t, steps_per_epoch)  # refuses a cadence that would starve the sink, before any compile
+            f"MindSpore's dataset gives rank {rank} of {ranks} {steps_per_epoch} batches per epoch, but the plan "
+            f"(`sknet launch --dry-run`) counted {plan.steps_per_epoch} from {train_records:,} records: the plan "
+            "would lie about this run's sink and cadence; please report this")
     rates = learning_rates(
         t.lr_schedule, base_lr=t.base_lr, total_steps=steps_per_epoch * t.epochs, steps_per_epoch=steps_per_epoch,
         warmup_epochs=t.warmup_epochs, warmup_start_lr=t.warmup_start_lr, end_lr=t.end_lr,
@@ -255,7 +270,7 @@ def _build(cfg: Config, data_dir: Path, output_dir: Path, uploads: BackgroundUpl
     )
     train_step = build_train_step(network, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), t)
     return _Training(cfg, output_dir, uploads, rank, ranks, steps_per_epoch, rates, network, train_step,
-                     ms.train.Model(train_step), dataset, DivergenceGuard(t.divergence_patience, t.max_loss), sink)
+                     ms.train.Model(train_step), dataset, DivergenceGuard(t.divergence_patience, t.max_loss), plan)
 
 
 def _resume(run: _Training) -> int:
@@ -324,6 +339,15 @@ def parameters_digest(network) -> str:
         digest.update(parameter.name.encode())
         digest.update(parameter.asnumpy().tobytes())
     return digest.hexdigest()
+
+
+def _planned_world_size() -> int:
+    """The group this rank is launched into: RANK_SIZE (a rank table; msrun exports it too), MS_WORKER_NUM
+    (MindSpore's dynamic cluster), else 1 (`sknet train` alone)."""
+    for name in ("RANK_SIZE", "MS_WORKER_NUM"):
+        if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:
+            return int(os.environ[name])
+    return 1
 
 
 def _init_distributed() -> tuple[int, int]:

@@ -26,7 +26,7 @@ from sknet.storage import write_atomic
 MAY_CHANGE = (
     "data.uri", "data.allowed_prefixes", "data.num_parallel_workers", "data.num_eval_samples", "storage.", "gate.",
     "export.",
-    "launch.backend", "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.stall_timeout_seconds",
+    "launch.backend", "launch.chip", "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.stall_timeout_seconds",
     "launch.rank_table", "launch.server_id",
     "launch.nodes", "launch.node_rank", "launch.master_addr", "launch.master_port",
     "train.output_dir", "train.checkpoint_mirror", "train.log_every_steps", "train.checkpoint_every_steps",
