@@ -3,6 +3,8 @@ errors (500 InternalError, 503 ServiceUnavailable, 503 SlowDown) and forwards th
 `faults` requests, then each request with probability `rate` (seeded, for reproducible chaos runs; raise
 and lower it at any time). Used by tests/test_faults.py and `python -m bench chaos`.
 
+With `delay_seconds` (set at any time) it holds every request that long before answering: a slow or hung endpoint.
+
 With `strip_checksums` it also plays a store without checksum support (some MinIO, OBS and Ceph
 versions): the `x-amz-checksum-*` headers and `<Checksum…>` elements never reach the client.
 """
@@ -13,6 +15,7 @@ import http.client
 import random
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CHECKSUM_HEADER = "x-amz-checksum-"
@@ -34,6 +37,7 @@ class FaultProxy:
         self.upstream_port, self.remaining, self.injected, self.forwarded = upstream_port, faults, 0, 0
         self.rate, self.random = rate, random.Random(seed)
         self.strip_checksums, self.stripped = strip_checksums, 0
+        self.delay_seconds = 0.0  # each request is held this long before it is answered
         self.lock = threading.Lock()
         proxy = self
 
@@ -46,6 +50,8 @@ class FaultProxy:
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if proxy.delay_seconds > 0:
+                    time.sleep(proxy.delay_seconds)
                 with proxy.lock:
                     fault = proxy._next_fault()
                     if not fault:

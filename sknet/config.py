@@ -86,6 +86,8 @@ class TrainConfig:
     loss_scale_mode: Literal["fixed", "dynamic"] = "fixed"  # dynamic: Ascend/GPU only, skips overflowed steps
     sink_size: int = field(default=0, **_at_least(0))  # steps per device sink on Ascend/GPU; 0: log_every_steps
     amp_level: Literal["O0", "O1", "O2", "O3"] = "O0"
+    # BatchNorm in fp32 under amp (MindSpore's keep_batchnorm_fp32); None: the level's own (O2 keeps it, O3 not)
+    keep_batchnorm_fp32: bool | None = None
     checkpoint_every_steps: int = field(default=500, **_at_least(0))  # 0: only at the end
     keep_checkpoints: int = field(default=3, **_at_least(1))
     log_every_steps: int = field(default=10, **_at_least(1))

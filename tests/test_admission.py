@@ -126,3 +126,11 @@ def test_the_cli_dry_run_prints_the_steps_per_epoch_and_sink_at_the_top(tmp_path
                                 "--set", f"train.output_dir={tmp_path / 'run'}").stdout)
     assert (plan["steps_per_epoch"], plan["sink_size"]) == (20, 1)
     assert plan["plan"]["log_every_steps"] == 5 and plan["plan"]["chip"] is None
+
+
+def test_a_910b_run_from_a_rank_table_is_told_that_msrun_keeps_the_fused_overflow_check(tmp_path):
+    """MindSpore turns AllFinite off whenever RANK_TABLE_FILE is set (loss_scale.py); the plan says so."""
+    noted = dry_run(job(tmp_path, "ascend", "910B", 1, 8), devices=8)["plan"]["notes"]
+    assert len(noted) == 1 and "AllFinite" in noted[0] and "launch.backend=msrun" in noted[0]
+    assert dry_run(job(tmp_path, "msrun", "910B", 1, 8), devices=8)["plan"]["notes"] == []
+    assert dry_run(job(tmp_path, "ascend", "910", 1, 8), devices=8)["plan"]["notes"] == []  # status register

@@ -6,8 +6,8 @@ import sys
 
 from conftest import run_sknet
 from sknet.config import load_config
-from sknet.training.compile_cache import (SHARED_CACHE_ENV, _copy_missing, graph_digest, share_compile_cache,
-                                         use_compile_cache)
+from sknet.training.compile_cache import (SHARED_CACHE_ENV, _copy_missing, graph_digest, platform_identity,
+                                         share_compile_cache, use_compile_cache)
 
 TWO_STEPS = ["data.num_train_samples=64", "train.epochs=1"]
 
@@ -35,6 +35,28 @@ def test_the_graph_digest_follows_what_shapes_the_graph_and_the_training_set_siz
     assert graph_digest(cfg, 50000) == graph_digest(moved.to_dict(), 50000)
     assert graph_digest(cfg, 50000) != graph_digest(cfg, 40000)  # with num_train_samples unset: steps per epoch
     assert graph_digest(cfg, 50000) != graph_digest(load_config("cpu-smoke", ["train.epochs=4"]).to_dict(), 50000)
+
+
+def test_an_ascend_graph_is_keyed_by_the_cann_the_driver_and_the_chip_it_was_compiled_for(tmp_path):
+    """Issue #26 §4: an image rebuilt on another CANN, a host with another driver or another chip compiles anew."""
+    toolkit, driver = tmp_path / "toolkit", tmp_path / "driver"
+    (toolkit / "compiler").mkdir(parents=True)
+    driver.mkdir()
+    (toolkit / "compiler" / "version.info").write_text("Version=8.3.RC1\nInnerversion=V100R001C23\n")
+    (driver / "version.info").write_text("Version=25.2.0\n")
+    env = {"ASCEND_HOME_PATH": str(toolkit), "ASCEND_DRIVER_PATH": str(driver), "SKNET_ASCEND_CHIP": "910b"}
+    cfg = load_config("cifar10-ascend8").to_dict()
+    first = graph_digest(cfg, 50000, env)
+    assert platform_identity(cfg, env) == {"cann": "8.3.RC1", "driver": "25.2.0", "chip": "910B"}
+    assert graph_digest(cfg, 50000, dict(env)) == first  # the same platform: the same entry
+    (toolkit / "compiler" / "version.info").write_text("Version=9.1.0\n")
+    newer_cann = graph_digest(cfg, 50000, env)
+    (driver / "version.info").write_text("Version=25.3.RC1\n")
+    newer_driver = graph_digest(cfg, 50000, env)
+    other_chip = graph_digest(cfg, 50000, {**env, "SKNET_ASCEND_CHIP": "910"})
+    assert len({first, newer_cann, newer_driver, other_chip}) == 4
+    cpu = load_config("cpu-smoke").to_dict()  # CPU: MindSpore's version is the platform; no Ascend file is read
+    assert platform_identity(cpu, env) == {} and graph_digest(cpu, 50000, env) == graph_digest(cpu, 50000, {})
 
 
 def test_files_are_added_whole_and_never_replace_what_is_there(tmp_path):

@@ -45,27 +45,79 @@ def test_an_empty_mirror_pulls_nothing(store, tmp_path):
     assert latest_checkpoint(tmp_path / "run") is None
 
 
-def test_background_uploads_return_at_once_and_are_all_done_after_close(store, tmp_path):
+def test_background_uploads_keep_only_the_newest_waiting_and_upload_the_last_at_close(store, tmp_path):
+    import threading
+
     from sknet.training.checkpoint import BackgroundUploads
 
     run = tmp_path / "run"
-    uploaded = []
+    uploaded, release = [], threading.Event()
     mirror = CheckpointMirror(store)
     original = mirror.push
-    mirror.push = lambda *args, **kwargs: (uploaded.append(args[1]), original(*args, **kwargs))
+
+    def slow_push(*args, **kwargs):  # an endpoint that holds the first upload until the test lets it go
+        uploaded.append(args[1])
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    mirror.push = slow_push
     with BackgroundUploads(mirror, run, keep=2) as uploads:
-        for step in (10, 20, 30):
+        for step in (10, 20, 30, 40):
             write_checkpoint(run, step)
             uploads.submit(step)
             uploads.submit(step)  # a second submit of one step uploads nothing more
-            for old in (10, 20, 30):  # pruning right after the submit cannot take the upload away
+            for old in (10, 20, 30, 40):  # pruning right after the submit cannot take the upload away
                 if old < step:
                     checkpoint_path(run, old).unlink(missing_ok=True)
-    assert uploaded == [10, 20, 30]
-    assert mirror.steps() == [20, 30]
-    assert store.get_bytes("step-00000030.ckpt") == b"weights of step 30"
-    assert store.get_bytes("metrics.jsonl") == b'{"step": 30}\n'
+            if step == 10:
+                while uploads.status().uploading_step != 10:  # the worker has taken step 10
+                    threading.Event().wait(0.01)
+        status = uploads.status()  # 10 uploading; 20 and 30 superseded while waiting; 40 waits
+        assert (status.uploading_step, status.pending_step, status.superseded) == (10, 40, 2)
+        assert status.longest_submit_seconds < 1.0  # submit never waited on the held upload
+        release.set()
+    assert uploaded == [10, 40]
+    assert uploads.status().mirrored_step == 40 and mirror.steps() == [10, 40]
+    assert store.get_bytes("step-00000040.ckpt") == b"weights of step 40"
+    assert store.get_bytes("metrics.jsonl") == b'{"step": 40}\n'
     assert not (run / ".mirror-spool").exists()
+
+
+def test_two_ranks_train_through_a_hung_mirror_and_it_ends_with_the_final_checkpoint(s3_server, bucket,
+                                                                                     synthetic_data, tmp_path):
+    """Issue #26 §3: rank 0 mirrors a checkpoint every step to an S3 endpoint that holds each request for 3 s
+    (a push is several requests) while both ranks train; no step waits on it, and the last one is mirrored."""
+    import json
+
+    from infra.faultproxy import FaultProxy
+    from sknet.config import load_config
+    from sknet.launch.launcher import launch
+    from sknet.storage import S3Store
+    from sknet.training.train_log import parse_step_line
+
+    proxy = FaultProxy(s3_server.port)
+    cfg = load_config("cpu-smoke", [
+        f"data.uri={synthetic_data}", f"train.output_dir={tmp_path / 'run'}", "launch.ranks=2", "train.epochs=1",
+        "train.checkpoint_every_steps=1", "train.log_every_steps=1", f"storage.endpoint_url={proxy.endpoint}",
+        f"storage.uri=s3://{bucket}", f"train.checkpoint_mirror=s3://{bucket}/runs/r1/checkpoints"])
+
+    def hold_while_training(line: str) -> None:
+        if (step := parse_step_line(line)) is not None:
+            proxy.delay_seconds = 3.0 if step.step < step.total_steps else 0.0  # hung, until the last step
+
+    try:
+        launch(cfg, on_line=hold_while_training)
+    finally:
+        proxy.close()
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["complete"] and result["steps"] == 10
+    mirror = result["mirror"]
+    assert mirror["mirrored_step"] == 10 and mirror["superseded"] >= 5 and mirror["failed"] == 0
+    assert mirror["longest_submit_seconds"] < 1.0  # each push held ≥ 3 s a request: the step never waited
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("mirror", {}).get("superseded", 0) > 0 for r in records if r["event"] == "step")
+    held = CheckpointMirror(S3Store(f"s3://{bucket}/runs/r1/checkpoints", endpoint_url=s3_server.endpoint))
+    assert held.steps()[-1] == 10
 
 
 def test_a_failed_background_upload_is_a_warning_and_training_goes_on(tmp_path, caplog):

@@ -64,3 +64,30 @@ def test_a_network_of_few_parameters_gets_fewer_runs_not_empty_ones():
 
     assert fusion_split_indices([10, 1000, 10]) == [2]
     assert fusion_split_indices([5]) == []
+
+
+@pytest.mark.parametrize("keep, wrapped", [(None, True), (True, True), (False, False)])
+def test_keep_batchnorm_fp32_reaches_mindsporess_amp(keep, wrapped):
+    """Issue #26 §6: O2 keeps BatchNorm in fp32 unless train.keep_batchnorm_fp32 says otherwise (the zoo's False);
+    MindSpore marks a kept one by wrapping it in `_OutputTo16` (mindspore/train/amp.py, _do_keep_batchnorm_fp32)."""
+    from mindspore import nn
+    from mindspore.train.amp import _OutputTo16
+
+    from sknet.config import load_config
+    from sknet.model import build_model
+    from sknet.training.loop import build_train_step
+
+    overrides = ["train.amp_level=O2"] + ([] if keep is None else [f"train.keep_batchnorm_fp32={str(keep).lower()}"])
+    train = load_config("cpu-smoke", overrides).train
+    network = build_model("sknet_tiny", 10, "cifar")
+    optimizer = nn.Momentum(network.trainable_params(), learning_rate=0.1, momentum=0.9)
+    step = build_train_step(network, optimizer, nn.CrossEntropyLoss(), train)
+    kept = [cell for _, cell in step.cells_and_names() if isinstance(cell, _OutputTo16)]
+    assert bool(kept) is wrapped
+
+
+def test_the_ascend_profile_runs_batchnorm_in_fp16_as_the_zoo_measured():
+    from sknet.config import load_config
+
+    assert load_config("cifar10-ascend8").train.keep_batchnorm_fp32 is False
+    assert load_config("cpu-smoke").train.keep_batchnorm_fp32 is None  # O0: nothing is cast

@@ -39,9 +39,11 @@ class Admission:
     steps: StepPlan
     chip: str | None  # "910" or "910B"; None when neither launch.chip nor the image names it, or not Ascend
     servers: tuple[tuple[int, ...], ...]  # the physical devices of each server of the job (empty: not known here)
+    notes: tuple[str, ...] = ()  # what costs throughput in this plan, and the setting that avoids it
 
     def to_dict(self) -> dict:
-        return {**self.steps.to_dict(), "chip": self.chip, "devices_per_server": [len(s) for s in self.servers]}
+        return {**self.steps.to_dict(), "chip": self.chip, "devices_per_server": [len(s) for s in self.servers],
+                "notes": list(self.notes)}
 
 
 def admit(cfg: Config, *, world_size: int | None = None, train_records: int = TRAIN_RECORDS) -> Admission:
@@ -54,7 +56,19 @@ def admit(cfg: Config, *, world_size: int | None = None, train_records: int = TR
     servers = planned_servers(cfg)
     if chip is not None and servers:
         check_topology(chip, servers)
-    return Admission(steps, chip, servers)
+    return Admission(steps, chip, servers, throughput_notes(cfg, chip))
+
+
+def throughput_notes(cfg: Config, chip: str | None) -> tuple[str, ...]:
+    """What the plan costs per step that another setting would not: with a dynamic loss scale on a 910B, MindSpore
+    checks overflow with one fused AllFinite kernel, but `TrainOneStepWithLossScaleCell` turns it off whenever
+    RANK_TABLE_FILE is set (mindspore/nn/wrap/loss_scale.py, `__init__`: `if "RANK_TABLE_FILE" in os.environ:
+    self.enable_allfinite = False`), leaving one IsFinite per gradient each step; msrun sets no rank table. (A 910
+    checks overflow through its status register, NPUGetFloatStatusV2, either way.)"""
+    if chip == "910B" and cfg.launch.backend == "ascend" and cfg.train.loss_scale_mode == "dynamic":
+        return ("launch.backend=ascend sets RANK_TABLE_FILE, which turns MindSpore's fused AllFinite overflow check "
+                "off on a 910B (one IsFinite per gradient each step instead); launch.backend=msrun keeps it on",)
+    return ()
 
 
 def run_chip(cfg: Config, environ: Mapping[str, str] | None = None) -> str | None:

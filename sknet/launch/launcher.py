@@ -260,6 +260,8 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     plan, admission = check_launchable(cfg, devices, port)
     for change in admission.steps.adjusted:
         on_line(f"the plan moves {change}")
+    for note in admission.notes:
+        on_line(f"note: {note}")
     output_dir = Path(cfg.train.output_dir).resolve()
     check_run_dir(cfg, output_dir, _dataset_of(cfg, command))
     log_dir = output_dir / LOGS_DIR

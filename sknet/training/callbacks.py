@@ -96,10 +96,11 @@ class RunShape:
 class StepLog(Callback):
     """Step lines and records at the log cadence, one epoch record at each epoch's end."""
 
-    def __init__(self, progress: Progress, shape: RunShape, optimizer, write_record):
+    def __init__(self, progress: Progress, shape: RunShape, optimizer, write_record, mirror=None):
         import psutil
 
         self.progress, self.shape, self.optimizer, self.write = progress, shape, optimizer, write_record
+        self.mirror = mirror  # BackgroundUploads of rank 0's checkpoints, if any: its status goes with each record
         self.last_step = progress.step
         self.process = psutil.Process()  # this rank's host memory goes with each step record
 
@@ -129,9 +130,12 @@ class StepLog(Callback):
         self.window_started, self.window_steps = time.perf_counter(), 0
         lr = float(shape.rates[max(updates_applied(self.optimizer), 1) - 1])
         epoch = (p.step - 1) // shape.steps_per_epoch + 1
-        self.write({"event": "step", "step": p.step, "epoch": epoch, "loss": p.loss, "lr": lr,
-                    "images_per_sec": round(speed, 2), "loss_scale": self._loss_scale(), "overflow": p.overflow,
-                    "rss_mb": round(self.process.memory_info().rss / 2**20, 1)})
+        record = {"event": "step", "step": p.step, "epoch": epoch, "loss": p.loss, "lr": lr,
+                  "images_per_sec": round(speed, 2), "loss_scale": self._loss_scale(), "overflow": p.overflow,
+                  "rss_mb": round(self.process.memory_info().rss / 2**20, 1)}
+        if self.mirror is not None and self.mirror.submitted:
+            record["mirror"] = self.mirror.status().to_dict()
+        self.write(record)
         log.info("%s", format_step_line(epoch, shape.epochs, p.step, shape.total_steps, p.loss, lr, speed))
 
     def _log_epoch(self) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import threading
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sknet.errors import CheckpointError, ConfigError
@@ -247,21 +248,46 @@ class CheckpointMirror:
         return None
 
 
-class BackgroundUploads:
-    """Mirror pushes off the training thread: `submit` snapshots a checkpoint (a hard link, so pruning cannot
-    take it away) and the metrics log, and returns; a worker thread uploads. At most `pending` uploads wait
-    (then `submit` blocks: backpressure rather than a growing queue), a step is never uploaded twice, a
-    failed upload is a warning (the local checkpoint still allows a resume), and `close` drains the queue."""
+@dataclass
+class MirrorStatus:
+    """What the mirror holds and what the uploader did: the newest step it holds, the step in flight, the one
+    waiting, the snapshots superseded before their upload began, the uploads that failed, and the longest the
+    training thread spent in `submit` (a snapshot: hard links and a copy of metrics.jsonl, never a request)."""
 
-    def __init__(self, mirror: CheckpointMirror, output_dir: str | Path, keep: int, pending: int = 1):
+    mirrored_step: int | None = None
+    uploading_step: int | None = None
+    pending_step: int | None = None
+    superseded: int = 0
+    failed: int = 0
+    longest_submit_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BackgroundUploads:
+    """Mirror pushes off the training thread, which never waits on storage: `submit` snapshots a checkpoint (a
+    hard link, so pruning cannot take it away) and the metrics log, and returns. One worker thread uploads; ONE
+    snapshot waits at most, the newest — a newer checkpoint supersedes a waiting one (counted in `status`), since
+    a resume wants only the newest. A slow or hung endpoint so costs mirrored history, never training time, and
+    rank 0 never keeps the other ranks waiting in an all-reduce past HCCL_EXEC_TIMEOUT. A step is never uploaded
+    twice, a failed upload is a warning (the local checkpoint still allows a resume), and `close` uploads what is
+    still waiting (the run's last checkpoint) and says what the mirror holds."""
+
+    def __init__(self, mirror: CheckpointMirror, output_dir: str | Path, keep: int):
         self.mirror, self.output_dir, self.keep = mirror, Path(output_dir), keep
         self.spool = self.output_dir / MIRROR_SPOOL_DIR
-        self.queue: queue.Queue = queue.Queue(maxsize=pending)
         self.submitted: set[int] = set()
+        self.state = MirrorStatus()
+        self.pending: tuple[int, Path, Path] | None = None
+        self.closing = False
+        self.changed = threading.Condition()
         self.worker = threading.Thread(target=self._work, name="checkpoint-mirror", daemon=True)
         self.worker.start()
 
     def submit(self, step: int) -> None:
+        """Snapshot the checkpoint of `step` for upload; returns at once (never waits on the uploader)."""
+        started = time.perf_counter()
         if step in self.submitted:
             return
         self.submitted.add(step)
@@ -273,28 +299,72 @@ class BackgroundUploads:
         metrics = self.spool / f"{METRICS_FILE}.{step}"
         if (self.output_dir / METRICS_FILE).exists():
             shutil.copyfile(self.output_dir / METRICS_FILE, metrics)
-        self.queue.put((step, snapshot, metrics))
+        with self.changed:
+            if self.pending is not None:
+                dropped = self.pending[0]
+                _remove_spooled(*self.pending[1:])
+                self.state.superseded += 1
+                log.info("mirror: the checkpoint of step %d is superseded by step %d before its upload began (%d "
+                         "superseded so far; the upload of step %s is still running)", dropped, step,
+                         self.state.superseded, self.state.uploading_step)
+            self.pending = (step, snapshot, metrics)
+            self.state.pending_step = step
+            self.state.longest_submit_seconds = max(self.state.longest_submit_seconds,
+                                                    round(time.perf_counter() - started, 4))
+            self.changed.notify_all()
+
+    def status(self) -> MirrorStatus:
+        with self.changed:
+            return MirrorStatus(**asdict(self.state))
+
+    def _take(self) -> tuple[int, Path, Path] | None:
+        with self.changed:
+            while self.pending is None and not self.closing:
+                self.changed.wait()
+            item, self.pending = self.pending, None
+            self.state.pending_step = None
+            self.state.uploading_step = item[0] if item else None
+            return item
 
     def _work(self) -> None:
-        while (item := self.queue.get()) is not None:
+        while (item := self._take()) is not None:
             step, snapshot, metrics = item
             try:
                 self.mirror.push(self.output_dir, step, self.keep, checkpoint=snapshot, metrics=metrics)
                 log.info("mirrored the checkpoint of step %d to %s", step, self.mirror.store.uri)
+                with self.changed:
+                    self.state.mirrored_step = step
             except (StorageError, OSError) as exc:
                 log.warning("checkpoint of step %d kept locally only, mirroring failed: %s", step, exc)
+                with self.changed:
+                    self.state.failed += 1
             finally:
-                for spooled in (snapshot, record_path(snapshot), metrics):
-                    spooled.unlink(missing_ok=True)
+                _remove_spooled(snapshot, metrics)
+                with self.changed:
+                    self.state.uploading_step = None
 
     def close(self) -> None:
-        """Wait for every submitted upload to finish (or fail), then stop the worker."""
-        self.queue.put(None)
+        """Upload what is still waiting (the newest checkpoint), then stop the worker and say what the mirror
+        holds."""
+        with self.changed:
+            self.closing = True
+            self.changed.notify_all()
         self.worker.join()
+        if not self.submitted:  # every rank has one; the others must not remove rank 0's snapshots
+            return
         shutil.rmtree(self.spool, ignore_errors=True)
+        state = self.status()
+        log.info("mirror %s holds the checkpoint of step %s (%d superseded before upload, %d failed; the training "
+                 "thread waited at most %.3f s in a submit)", self.mirror.store.uri, state.mirrored_step,
+                 state.superseded, state.failed, state.longest_submit_seconds)
 
     def __enter__(self) -> BackgroundUploads:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _remove_spooled(snapshot: Path, metrics: Path) -> None:
+    for spooled in (snapshot, record_path(snapshot), metrics):
+        spooled.unlink(missing_ok=True)

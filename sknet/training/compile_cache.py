@@ -5,9 +5,11 @@ that compiles the same graph.
 MindSpore validates a cache only against the entry script and the files it imports that are not on `sys.path`
 (`mindspore/graph/api.py`, `_get_compile_cache_dep_files`): for `python -m sknet` that is `__main__.py` alone;
 nor does it check parameter shapes (a cached graph of a shorter run indexes past a longer run's learning
-rates). So a cache entry is a directory named by a digest of this package's source, the MindSpore version,
-the config less `NOT_IN_GRAPH` and the dataset's training-record count (with `data.num_train_samples` unset,
-it sets the steps per epoch).
+rates), nor the platform the graph was compiled for. So a cache entry is a directory named by a digest of this
+package's source, the MindSpore version, the config less `NOT_IN_GRAPH`, the dataset's training-record count
+(with `data.num_train_samples` unset, it sets the steps per epoch) and, on Ascend, the platform (`platform_identity`:
+the CANN toolkit's and the driver's version.info and the chip): an image rebuilt on another CANN, or a host with
+another driver, compiles (and fills kernel_meta) anew.
 
 MindSpore never uses the shared directory itself: a run copies a shared entry's files into its own
 `compile-cache/` before it compiles, and after it trained adds the files of its own entry that the shared one
@@ -50,7 +52,7 @@ def use_compile_cache(run_cache: Path, config: Mapping[str, Mapping], train_reco
         return None
     if "MS_COMPILER_CACHE_PATH" in environ:
         return Path(environ["MS_COMPILER_CACHE_PATH"])
-    entry = run_cache / graph_digest(config, train_records)
+    entry = run_cache / graph_digest(config, train_records, environ)
     if run_cache.is_dir():
         for stale in run_cache.iterdir():
             if stale != entry:
@@ -72,9 +74,39 @@ def share_compile_cache(entry: Path | None, environ: Mapping[str, str] = os.envi
     _copy_missing(entry, Path(shared) / entry.name, "shared the compiled graph in")
 
 
-def graph_digest(config: Mapping[str, Mapping], train_records: int) -> str:
+ASCEND_DRIVER = Path("/usr/local/Ascend/driver")  # where the Ascend HDK installs the driver (and its version.info)
+
+
+def platform_identity(config: Mapping[str, Mapping], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What the compiled graph and its kernels were built for beyond MindSpore: on Ascend the CANN toolkit's
+    `$ASCEND_HOME_PATH/compiler/version.info` (the file MindSpore reads its CANN version from), the driver's
+    `version.info` (`$ASCEND_DRIVER_PATH`, default /usr/local/Ascend/driver) and the chip (`launch.chip`, else the
+    image's SKNET_ASCEND_CHIP); each as found ("absent" when missing). Other targets: nothing (MindSpore's
+    version, in the digest already, is the platform)."""
+    if config.get("train", {}).get("device_target") != "Ascend":
+        return {}
+    toolkit = environ.get("ASCEND_HOME_PATH")
+    driver = Path(environ.get("ASCEND_DRIVER_PATH") or ASCEND_DRIVER)
+    return {"cann": _version_info(Path(toolkit) / "compiler" / "version.info" if toolkit else None),
+            "driver": _version_info(driver / "version.info"),
+            "chip": str(config.get("launch", {}).get("chip") or environ.get("SKNET_ASCEND_CHIP", "")).upper()}
+
+
+def _version_info(path: Path | None) -> str:
+    """The `Version=` line of a CANN or driver version.info, else the file's sha256, or "absent"."""
+    try:
+        text = path.read_text(errors="replace") if path is not None else None
+    except OSError:
+        text = None
+    if text is None:
+        return "absent"
+    versions = [line.split("=", 1)[1].strip() for line in text.splitlines() if line.lower().startswith("version=")]
+    return versions[0] if versions else hashlib.sha256(text.encode()).hexdigest()
+
+
+def graph_digest(config: Mapping[str, Mapping], train_records: int, environ: Mapping[str, str] = os.environ) -> str:
     """sha256 (12 hex) of the `sknet` package's source, the installed MindSpore's version, the config keys that
-    shape the graph and the dataset's training-record count."""
+    shape the graph, the dataset's training-record count and the platform (`platform_identity`)."""
     import json
     from importlib import metadata
 
@@ -85,6 +117,8 @@ def graph_digest(config: Mapping[str, Mapping], train_records: int) -> str:
                           for rule in NOT_IN_GRAPH)}
     material = {"code": code_version(), "mindspore": metadata.version("mindspore"), "config": shaping,
                 "train_records": train_records}
+    if platform := platform_identity(config, environ):
+        material["platform"] = platform
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

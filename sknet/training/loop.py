@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sknet.config import Config, check_on_this_host
@@ -57,6 +57,7 @@ class TrainResult:
     synthetic_data: bool
     complete: bool
     startup_seconds: float | None = None  # Model.train's start to its first step boundary: the compile, mostly
+    mirror: dict | None = None  # rank 0 with train.checkpoint_mirror: what it holds (`MirrorStatus`), after the drain
 
     def to_dict(self) -> dict:
         return json_safe(asdict(self))
@@ -91,6 +92,9 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
         uploads = None if mirror is None else stack.enter_context(
             BackgroundUploads(mirror, output_dir, cfg.train.keep_checkpoints))  # drained before returning
         result = _train(cfg, report, output_dir, stop_after_steps, stop, uploads)
+    if uploads is not None and uploads.submitted:  # drained: the mirror holds the run's last checkpoint
+        result = replace(result, mirror=uploads.status().to_dict())
+        (output_dir / RESULT_FILE).write_text(dumps(result.to_dict(), indent=2) + "\n")
     share_compile_cache(cache)
     return result
 
@@ -188,7 +192,8 @@ def training_callbacks(run: _Training, progress: Progress, call: TrainCall, end_
                      rates=run.rates, fixed_loss_scale=t.loss_scale if t.loss_scale_mode == "fixed" else None)
     return [
         ReadStep(progress, call),
-        StepLog(progress, shape, run.train_step.optimizer, lambda record: _log_metrics(run.output_dir, run.rank, record)),
+        StepLog(progress, shape, run.train_step.optimizer, lambda record: _log_metrics(run.output_dir, run.rank, record),
+                mirror=run.uploads),
         GuardDivergence(progress, run.guard, run.output_dir),
         SaveCheckpoints(progress, run.steps.checkpoint_every_steps if run.rank == 0 else 0, run.checkpoint),
         StopAtBoundary(progress, stop, run.ranks, end_step),
@@ -220,11 +225,14 @@ def _dataset(cfg: Config, data_dir: Path, rank: int, ranks: int):
 
 def build_train_step(network, optimizer, loss_fn, train):
     """The cell one step calls: MindSpore's own, by `ms.amp.build_train_network` (a loss-scaling cell that returns
-    `(loss, overflow, scale)` for a dynamic loss scale, a plain `TrainOneStepCell` for a fixed one)."""
+    `(loss, overflow, scale)` for a dynamic loss scale, a plain `TrainOneStepCell` for a fixed one), with
+    `train.keep_batchnorm_fp32` when it is set (else the amp level's own choice)."""
     import mindspore as ms
 
     manager, _ = loss_scaling(train)
-    return ms.amp.build_train_network(network, optimizer, loss_fn, level=train.amp_level, loss_scale_manager=manager)
+    precision = {} if train.keep_batchnorm_fp32 is None else {"keep_batchnorm_fp32": train.keep_batchnorm_fp32}
+    return ms.amp.build_train_network(network, optimizer, loss_fn, level=train.amp_level, loss_scale_manager=manager,
+                                      **precision)
 
 
 def _build(cfg: Config, data_dir: Path, train_records: int, output_dir: Path,
