@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sknet.errors import SknetError
@@ -283,14 +285,21 @@ def _add_release_commands(commands: argparse._SubParsersAction) -> None:
                                   epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
     ls = actions.add_parser(
-        "ls", help="versions under releases/ with metrics and released_at, LATEST marked (JSON)",
-        description="Print, as JSON, {model: {latest, versions: [{version, uri, released_at, metrics, latest, "
-        "complete}]}}, oldest first. complete=false: a publication that never finished (no manifest), or one "
-        "whose objects are not all there at the sizes its manifest records (damaged: file → what is wrong).",
+        "ls", help="versions under releases/ with metrics and released_at, LATEST marked (a table; JSON when piped)",
+        description="Print each model's versions, oldest first: a table on a terminal, and with --json (or when "
+        "stdout is not a terminal, as scripts read it) the JSON {store, models: {model: {latest, versions: "
+        "[{version, uri, released_at, metrics, latest, complete}]}}}. complete=false: a publication that never "
+        "finished (no manifest), or one whose objects are not all there at the sizes its manifest records "
+        "(damaged: file → what is wrong); --verify checks every complete version's files by sha256 too. A store "
+        "that does not exist, a URI that is not a store's, or an unknown --model exits 2 naming it.",
         epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ls.add_argument("--model", default=None, metavar="M",
                     help="only this model (its name under releases/: one path segment, [A-Za-z0-9._-]+)")
+    ls.add_argument("--json", action="store_true", help="JSON, also on a terminal")
+    ls.add_argument("--table", action="store_true", help="the table, also when stdout is not a terminal")
+    ls.add_argument("--verify", action="store_true",
+                    help="check each complete version's files by content (sha256) as well as size: reads them all")
     ls.add_argument("--at", default=None, metavar="TIME",
                     help="instead: what LATEST of --model was at TIME (ISO 8601, UTC unless an offset is given), "
                     "from its recorded moves (see `release history`)")
@@ -340,13 +349,58 @@ def _release_command(args: argparse.Namespace) -> dict | None:
     if args.release_command == "promote":
         check_segment("--version", args.version)
     at = _release_time(args)
-    store = open_store(args.store, endpoint_url=args.endpoint_url, region=args.region)
+    store = open_store(_release_store_uri(args.store), endpoint_url=args.endpoint_url, region=args.region)
     if args.release_command == "history" or at is not None:
         return _release_history(store, args.model, at, args)
     if args.release_command == "ls":
-        return {"store": store.uri, "models": list_releases(store, args.model)}
+        listing = {"store": store.uri, "models": list_releases(store, args.model, verify=args.verify)}
+        if args.model and not listing["models"][args.model]["versions"]:
+            known = ", ".join(list_releases(store)) or "none"
+            raise SknetError(f"no release of model {args.model!r} in {store.uri} (models there: {known})")
+        if not listing["models"]:
+            print(f"sknet: note: no releases in {store.uri}", file=sys.stderr)
+        if args.json or (not args.table and not sys.stdout.isatty()):
+            return listing
+        print(release_table(listing))
+        return None
     pointer = promote(store, args.model, args.version, reason=args.reason)
     return {**pointer, "event": _announce(store.uri, args.model, pointer)}
+
+
+def _release_store_uri(uri: str) -> str:
+    """`--store` as `open_store` takes it, refused unless it names a store that can be there: s3://bucket[/prefix],
+    file:///path or an existing local directory (`s3:/bad` is no local path anyone meant)."""
+    from sknet.storage import FILE_SCHEME, S3_SCHEME, file_uri_path
+
+    if uri.startswith(S3_SCHEME):
+        if not uri[len(S3_SCHEME):].partition("/")[0]:
+            raise SknetError(f"--store {uri!r}: no bucket (expected s3://bucket/prefix)")
+        return uri
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri) and not uri.startswith(FILE_SCHEME):
+        raise SknetError(f"--store {uri!r}: not a store URI (expected s3://bucket/prefix, file:///path or a local "
+                         "directory)")
+    path = Path(file_uri_path(uri) if uri.startswith(FILE_SCHEME) else uri)
+    if not path.is_dir():
+        raise SknetError(f"--store {uri!r}: {path} is not a directory (no such store)")
+    return uri
+
+
+def release_table(listing: dict) -> str:
+    """`release ls` for people: one line a version (LATEST marked), metrics rounded, what is damaged named."""
+    rows = [("model", "version", "released at", "top-1", "top-5", "state")]
+    for model, found in listing["models"].items():
+        for v in found["versions"]:
+            metrics = v.get("metrics") or {}
+            state = ("LATEST" if v["latest"] else "") if v["complete"] else \
+                "damaged: " + ", ".join(v.get("damaged") or {}) if v.get("damaged") else "incomplete"
+            rows.append((model, v["version"], str(v.get("released_at") or "—"), _percent(metrics.get(
+                "top_1_accuracy")), _percent(metrics.get("top_5_accuracy")), state or "complete"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _percent(value) -> str:
+    return f"{100 * value:.2f} %" if isinstance(value, (int, float)) and value == value else "—"
 
 
 def _release_time(args: argparse.Namespace):
@@ -481,7 +535,6 @@ def _run(args: argparse.Namespace) -> dict | None:
 
 
 def _data_storage_command(args: argparse.Namespace) -> dict:
-    from pathlib import Path
 
     from sknet.data import stage as staging
     from sknet.storage import open_store
@@ -531,7 +584,6 @@ def _preflight(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _read_json(path: str) -> dict:
-    from pathlib import Path
 
     try:
         return json.loads(Path(path).read_text())

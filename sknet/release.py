@@ -273,22 +273,24 @@ def latest_release(store: Store, model: str) -> dict | None:
     return {**read_manifest(store, release_prefix(model, pointer["version"])), "version": pointer["version"]}
 
 
-def list_releases(store: Store, model: str | None = None) -> dict[str, dict]:
+def list_releases(store: Store, model: str | None = None, *, verify: bool = False) -> dict[str, dict]:
     """Each model's releases (or only `model`'s): {model: {"latest": version | None, "versions": [...]}}.
 
     Versions come oldest first (by `released_at`), each with its uri, metrics, released_at, whether LATEST
     points at it, and `complete`: False for a publication that never finished (no manifest) and for one
     whose objects are not all there at the sizes its manifest records (`damaged`: file → what is wrong).
-    One listing of the model's objects gives the sizes; nothing is downloaded but the manifests.
+    One listing of the model's objects gives the sizes; nothing is downloaded but the manifests. With `verify`,
+    each version that is complete by size is also checked by content (`content_damage`: a file changed in place
+    at the same size is `damaged` too).
     """
     if model:
         models = [check_segment("model", model)]
     else:
         models = sorted({o.key.split("/")[1] for o in store.list("releases/") if o.key.count("/") >= 2})
-    return {name: _model_releases(store, name) for name in models}
+    return {name: _model_releases(store, name, verify) for name in models}
 
 
-def _model_releases(store: Store, model: str) -> dict:
+def _model_releases(store: Store, model: str, verify: bool = False) -> dict:
     """One model's listing (see `list_releases`); a LATEST that cannot be followed is reported as `latest_error`."""
     try:
         latest, malformed = _read_latest(store, model)[1], {}
@@ -301,6 +303,8 @@ def _model_releases(store: Store, model: str) -> dict:
         manifest = read_manifest(store, release_prefix(model, version)) if f"{version}/{MANIFEST}" in sizes else {}
         damaged = _damaged(manifest, {key.removeprefix(f"{version}/"): size for key, size in sizes.items()
                                       if key.startswith(f"{version}/")}) if manifest else {}
+        if verify and manifest and not damaged:
+            damaged = content_damage(store, release_prefix(model, version), manifest)
         versions.append({"version": version, "uri": f"{store.uri}/{release_prefix(model, version)}",
                          "released_at": manifest.get("released_at"), "metrics": manifest.get("metrics", {}),
                          "latest": bool(latest and latest["version"] == version),
@@ -308,6 +312,25 @@ def _model_releases(store: Store, model: str) -> dict:
                          **({"training_key": manifest["training_key"]} if "training_key" in manifest else {})})
     versions.sort(key=lambda v: (_released_at(v), v["version"]))
     return {"latest": latest["version"] if latest else None, **malformed, "versions": versions}
+
+
+def content_damage(store: Store, prefix: str, manifest: Mapping) -> dict[str, str]:
+    """The manifest's files under `prefix` whose content is not what it records (size and sha256, as the store
+    checks them: `Store.verify`), each with what is wrong; {} when every file verifies. It reads every file (or
+    the store's own checksum): what a skip, a promotion or `release ls --verify` stands on, not every listing."""
+    from sknet.storage import StorageError
+
+    damaged = {}
+    for name, entry in (manifest.get("files") or {}).items():
+        size, digest = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(size, int) or not isinstance(digest, str):
+            damaged[name] = "manifest.json records no size and sha256 for it"
+            continue
+        try:
+            store.verify(join(prefix, name), size, digest)
+        except StorageError as exc:
+            damaged[name] = str(exc)
+    return damaged
 
 
 def _damaged(manifest: Mapping, sizes: Mapping[str, int]) -> dict[str, str]:
@@ -324,7 +347,7 @@ def _damaged(manifest: Mapping, sizes: Mapping[str, int]) -> dict[str, str]:
 
 def _complete_manifest(store: Store, model: str, version: str) -> dict:
     """The manifest of `version` of `model` if the version is complete: the manifest and every file it lists at
-    its recorded size (one listing). Else `IncompleteError`, naming the version and what is wrong."""
+    its recorded size and sha256. Else `IncompleteError`, naming the version and what is wrong."""
     prefix = release_prefix(model, version)
     sizes = {o.key.removeprefix(prefix + "/"): o.size for o in store.list(prefix + "/")}
     where = f"cannot promote {store.uri}/{prefix}: version {version} of {model}"
@@ -332,7 +355,7 @@ def _complete_manifest(store: Store, model: str, version: str) -> dict:
         what = "is incomplete (no manifest.json; its publication never finished)" if sizes else "does not exist"
         raise IncompleteError(f"{where} {what}")
     manifest = read_manifest(store, prefix)
-    if damaged := _damaged(manifest, sizes):
+    if damaged := _damaged(manifest, sizes) or content_damage(store, prefix, manifest):
         raise IncompleteError(f"{where} is incomplete: " + "; ".join(f"{name}: {what}" for name, what in
                                                                      damaged.items()))
     return manifest

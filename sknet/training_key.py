@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
 from sknet.config import Config
 from sknet.markdown import code, number, text
-from sknet.release import list_releases
-from sknet.storage import Store
+from sknet.release import content_damage, list_releases, release_prefix
+from sknet.storage import Store, read_manifest
 from sknet.training.run_record import training_settings
 
+log = logging.getLogger(__name__)
 KEYED_PACKAGES = ("mindspore", "numpy")
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -68,10 +70,19 @@ def training_key(cfg: Config, dataset_digest: str) -> str:
 
 def release_with_key(store: Store, model: str, key: str, *, other_than: str | None = None) -> dict | None:
     """The newest complete release of `model` whose manifest records training `key` (not version `other_than`),
-    as `sknet.release.list_releases` lists it; None if there is none."""
+    as `sknet.release.list_releases` lists it, its files verified by content (a file changed in place at the same
+    size makes the release one not to stand on: the run trains); None if there is none."""
     versions = list_releases(store, model)[model]["versions"]
-    return next((v for v in reversed(versions) if v.get("training_key") == key and v["version"] != other_than
-                 and v["complete"]), None)  # a damaged release (a file gone) is not one to stand on
+    for release in reversed(versions):
+        if release.get("training_key") != key or release["version"] == other_than or not release["complete"]:
+            continue
+        prefix = release_prefix(model, release["version"])
+        if damaged := content_damage(store, prefix, read_manifest(store, prefix)):
+            log.warning("release %s has this run's training key but is damaged (%s): not unchanged, training",
+                        release["uri"], "; ".join(f"{name}: {what}" for name, what in damaged.items()))
+            continue
+        return release
+    return None
 
 
 def unchanged_summary(release: Mapping, dataset: Mapping, key: str) -> str:

@@ -1,6 +1,8 @@
 """`sknet release ls|promote` as users run it, on file:// and on S3 (moto)."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import run_sknet
@@ -158,3 +160,59 @@ def test_release_promote_records_who_without_a_reason_and_says_no_event_was_sent
     assert ("sknet: note: sknet.release.promoted: no Prefect API configured (PREFECT_API_URL is not set): event "
             "not sent") in proc.stderr
     assert history_of(args)[-1] == pointer["move"]
+
+
+def overwrite_in_place(store, key: str) -> None:
+    """16 bytes of the object changed, its size the same (a disk fault, a hand edit, a bad sync)."""
+    data = bytearray(store.get_bytes(key))
+    data[:16] = b"\xff" * 16
+    store.put_bytes(bytes(data), key)
+
+
+def test_a_release_damaged_in_place_is_no_release_to_stand_on(released):
+    """Issue #27 §3: 16 bytes of v1's model.mindir overwritten at the same size: the unchanged-skip
+    (`release_with_key`) trains instead, `release ls --verify` names the file, promote refuses it."""
+    from sknet.training_key import release_with_key
+
+    store, args = released
+    key = "a" * 64
+    model = store.get_bytes("releases/sknet50/v1/model.mindir")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model.mindir"
+        path.write_bytes(model)
+        publish_release(store, "sknet50", "v3", {"model.mindir": path},
+                        metadata={"metrics": {"top_1_accuracy": 0.93}, "training_key": key})
+    assert release_with_key(store, "sknet50", key)["version"] == "v3"
+    overwrite_in_place(store, "releases/sknet50/v3/model.mindir")
+    assert release_with_key(store, "sknet50", key) is None  # not "unchanged since release v3": the run trains
+    by_size = json.loads(run_sknet("-q", "release", "ls", *args, "--model", "sknet50").stdout)
+    assert by_size["models"]["sknet50"]["versions"][-1]["complete"]  # sizes alone cannot tell
+    verified = json.loads(run_sknet("-q", "release", "ls", *args, "--model", "sknet50", "--verify").stdout)
+    v3 = verified["models"]["sknet50"]["versions"][-1]
+    assert v3["version"] == "v3" and not v3["complete"] and list(v3["damaged"]) == ["model.mindir"]
+    proc = run_sknet("release", "promote", *args, "--model", "sknet50", "--version", "v3", check=False)
+    assert proc.returncode == 2 and "version v3 of sknet50 is incomplete: model.mindir:" in proc.stderr
+
+
+def test_release_ls_names_a_missing_store_a_malformed_uri_and_an_unknown_model(released, tmp_path):
+    """Issue #27 §16: each exited 0 with an empty listing."""
+    _, args = released
+    for store, message in ((str(tmp_path / "nowhere"), "is not a directory (no such store)"),
+                           ("s3:/bad", "not a store URI"), ("s3://", "no bucket")):
+        proc = run_sknet("release", "ls", "--store", store, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stdout == "", store
+    proc = run_sknet("release", "ls", *args, "--model", "sknet-tiny", check=False)
+    assert proc.returncode == 2 and "no release of model 'sknet-tiny'" in proc.stderr and "sknet50" in proc.stderr
+
+
+def test_release_ls_prints_a_table_for_people_and_json_for_scripts(released):
+    from sknet.cli import release_table
+
+    store, args = released
+    listing = json.loads(run_sknet("-q", "release", "ls", *args, "--json").stdout)
+    lines = release_table(listing).splitlines()
+    assert lines[0].split() == ["model", "version", "released", "at", "top-1", "top-5", "state"]
+    assert lines[1].split()[:2] == ["sknet50", "v1"] and "91.00 %" in lines[1] and lines[1].endswith("complete")
+    assert "92.00 %" in lines[2] and lines[2].endswith("LATEST")
+    table = run_sknet("-q", "release", "ls", *args, "--table").stdout
+    assert table.strip() == release_table(listing)
