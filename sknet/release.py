@@ -42,8 +42,11 @@ LINEAGE = "lineage.json"
 MODEL_CARD = "MODEL_CARD.md"
 REWRITTEN = (LINEAGE, MODEL_CARD)  # written anew by each attempt of a release; a published version keeps its own
 LATEST_ATTEMPTS = 5  # reads and conditional writes of LATEST before giving up to other releases
-SEGMENT = re.compile(r"[A-Za-z0-9._-]+")  # a run id, version or model name: one path segment (not . or ..)
-SEGMENT_RULE = "one path segment: letters, digits, '.', '_' or '-' ([A-Za-z0-9._-]+), not '.' or '..'"
+# a run id, version or model name: one path segment (not . or ..), at most 128 characters: it becomes file and
+# object names with prefixes and suffixes added (`.partial-…`, `<sequence>-<id>.json`) under the 255-byte limit
+SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
+SEGMENT_RULE = ("one path segment: letters, digits, '.', '_' or '-' ([A-Za-z0-9._-]+), not '.' or '..', at most 128 "
+                "characters")
 
 log = logging.getLogger(__name__)
 

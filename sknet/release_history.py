@@ -142,10 +142,12 @@ def parse_time(text: str) -> datetime:
     """An ISO 8601 time (a date, or a date and time; UTC when it names no offset), else `ConfigError`."""
     try:
         moment = datetime.fromisoformat(text)
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     except ValueError:
         raise ConfigError(f"--at {text!r}: expected an ISO 8601 time, e.g. 2026-12-01T06:00:00Z or "
                           "2026-12-01 (UTC unless an offset is given)") from None
-    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except OverflowError:  # its UTC time falls outside years 1-9999 (9999-12-31T23:00-05:00)
+        raise ConfigError(f"--at {text!r}: in UTC this is outside the years 1 to 9999 that a time can name") from None
 
 
 def latest_at(records: list[dict], moment: datetime, model: str) -> dict:

@@ -74,12 +74,26 @@ def write_record(checkpoint: Path, step: int, name: Path | None = None) -> dict:
 def read_record(path: str | Path) -> dict:
     """A checkpoint's integrity record as written (not checked against the file: see `verify_checkpoint`)."""
     try:
-        return json.loads(record_path(path).read_text())
+        return checked_record(json.loads(record_path(path).read_text()), str(record_path(path)))
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} has no integrity record {record_path(path).name}; "
                               "it was not written by `sknet train`, or its writing was cut off") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint record {record_path(path)} is not valid JSON ({exc})") from None
+
+
+def checked_record(record: object, where: str) -> dict:
+    """`record` if it is shaped as `write_record` writes it ({"step": int ≥ 0, "bytes": int ≥ 0, "sha256": 64 hex
+    digits}); else `CheckpointError` naming `where` (a file, or a mirror's object: input like any other)."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if (not isinstance(record, dict) or not whole(record.get("step")) or not whole(record.get("bytes"))
+            or not isinstance(record.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", record["sha256"])):
+        shown = json.dumps(record)[:200]
+        raise CheckpointError(f"checkpoint record {where} is not one: {shown} (expected {{\"step\": N, \"bytes\": "
+                              "N, \"sha256\": \"<64 hex>\"}, as sknet train writes it)")
+    return record
 
 
 def verify_checkpoint(path: str | Path) -> dict:
@@ -182,15 +196,16 @@ class CheckpointMirror:
 
     def check_same_run(self, output_dir: str | Path) -> None:
         """Refuse (`ConfigError`, naming each `key: old → new`) to continue a mirrored run with another record."""
-        from sknet.training.run_record import read_run_record, record_differences
+        from sknet.training.run_record import checked_run_record, read_run_record, record_differences
 
         local = Path(output_dir) / RUN_RECORD_FILE
         if not local.exists() or not self.store.exists(RUN_RECORD_FILE):  # a mirror from before records: as is
             return
+        where = f"{self.store.uri}/{RUN_RECORD_FILE}"
         try:
-            mirrored = json.loads(self.store.get_bytes(RUN_RECORD_FILE))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{self.store.uri}/{RUN_RECORD_FILE}: not a run record ({exc})") from None
+            mirrored = checked_run_record(json.loads(self.store.get_bytes(RUN_RECORD_FILE)), where)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: not a run record ({exc})") from None
         differ = record_differences(mirrored, read_run_record(local))
         if differ:
             raise ConfigError(

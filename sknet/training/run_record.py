@@ -3,7 +3,8 @@ settings of the run that first used it, and a later run there — or one that pu
 another machine — must have the same ones.
 
 What may change between the runs of one directory (`MAY_CHANGE`): where things are and how they are watched
-(data.uri — the digest says which data it is —, storage, how the ranks are launched, logging and checkpoint
+(data.uri — the digest says which data it is —, storage, but not data.num_parallel_workers: MindSpore's random
+augmentations draw per worker, so another worker count trains other weights (issue #27 §4), how the ranks are launched, logging and checkpoint
 cadence, the divergence guard), what happens after training (gate, export, eval), and `train.epochs` — more
 epochs continue the run, with the learning-rate schedule recomputed for the new length. Everything else
 (the dataset, model, data size and shape, batch, the number of ranks, seed, optimizer, schedule, precision,
@@ -24,7 +25,7 @@ from sknet.run_files import RUN_RECORD_FILE
 from sknet.storage import write_atomic
 
 MAY_CHANGE = (
-    "data.uri", "data.allowed_prefixes", "data.num_parallel_workers", "data.num_eval_samples", "storage.", "gate.",
+    "data.uri", "data.allowed_prefixes", "data.num_eval_samples", "storage.", "gate.",
     "export.",
     "launch.backend", "launch.chip", "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.stall_timeout_seconds",
     "launch.rank_table", "launch.server_id",
@@ -94,11 +95,20 @@ def check_run_dir(cfg: Config, output_dir: str | Path, dataset: str | None) -> N
 def read_run_record(path: Path) -> dict:
     try:
         record = json.loads(path.read_text())
-        if not isinstance(record["settings"], dict):
-            raise TypeError("settings is not a mapping")
-        return record
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a run record ({exc}); move the directory aside or use --fresh") from None
+    return checked_run_record(record, str(path), "; move the directory aside or use --fresh")
+
+
+def checked_run_record(record: object, where: str, fix: str = "") -> dict:
+    """`record` if it is shaped as `run_record` makes it ({"settings": {dotted key: value}, "dataset_digest": str or
+    null}), else `ConfigError` naming `where` (a run directory's file or a mirror's object)."""
+    digest = record.get(DATASET_KEY) if isinstance(record, dict) else None
+    if (not isinstance(record, dict) or not isinstance(record.get("settings"), dict)
+            or not all(isinstance(k, str) for k in record["settings"]) or not (digest is None or isinstance(digest, str))):
+        raise ConfigError(f"{where}: not a run record: {json.dumps(record)[:200]} (expected {{\"settings\": {{…}}, "
+                          f"\"{DATASET_KEY}\": …}}){fix}")
+    return record
 
 
 def move_aside(output_dir: str | Path) -> Path | None:
