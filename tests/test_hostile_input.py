@@ -79,3 +79,31 @@ def test_the_dataset_worker_count_is_part_of_the_run_and_the_training_key():
     one, two = (load_config("cpu-smoke", [f"data.num_parallel_workers={n}"]) for n in (1, 2))
     assert training_settings(one)["data.num_parallel_workers"] == 1
     assert training_key(one, "d" * 64) != training_key(two, "d" * 64)
+
+
+def test_an_msrun_retry_is_followed_from_its_own_first_line(tmp_path):
+    """Issue #27 §6: a retry's follower replayed attempt 1's worker log and never saw attempt 2's lines (msrun
+    opens worker_N.log with "w"), so a progressing retry was killed as stalled."""
+    import time
+
+    from sknet.launch.launcher import _LogTail, retire_worker_logs
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "worker_0.log").write_text("attempt 1: epoch 1/1 step 40/40\n")
+    assert [p.relative_to(logs).as_posix() for p in retire_worker_logs(logs)] == ["attempt-1/worker_0.log"]
+    seen: list[str] = []
+    tail = _LogTail(logs / "worker_0.log", "[rank 0] ", seen.append)
+    with open(logs / "worker_0.log", "w") as log:  # attempt 2, as msrun writes it
+        log.write("attempt 2: line 1\nattempt 2: line 2 with more words than the next\n")
+    deadline = time.monotonic() + 10
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(logs / "worker_0.log", "w") as log:  # truncated under the follower: read from its start again
+        log.write("attempt 3: x\n")
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tail.close()
+    assert seen == ["[rank 0] attempt 2: line 1", "[rank 0] attempt 2: line 2 with more words than the next",
+                    "[rank 0] attempt 3: x"]
+    assert (logs / "attempt-1" / "worker_0.log").read_text().startswith("attempt 1")

@@ -164,7 +164,8 @@ class _Rank:
 
 
 class _LogTail:
-    """Follows a log file another process writes (msrun's worker_N.log), line by line, until stopped."""
+    """Follows a log file another process writes (msrun's worker_N.log), line by line, until stopped. A file
+    truncated under it (msrun opens its worker logs with "w") is followed again from its start."""
 
     def __init__(self, path: Path, prefix: str, on_line: Callable[[str], None]):
         self.path, self.prefix, self.on_line = path, prefix, on_line
@@ -188,11 +189,34 @@ class _LogTail:
                 elif self.done.is_set():
                     return
                 else:
+                    if _size(self.path) < stream.tell():  # truncated and written anew: read it from its start
+                        stream.seek(0)
+                        pending = ""
                     time.sleep(0.1)
 
     def close(self) -> None:
         self.done.set()
         self.thread.join(timeout=5)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def retire_worker_logs(log_dir: Path) -> list[Path]:
+    """Move an earlier attempt's msrun worker logs to `logs/attempt-K/` before msrun starts again: msrun rewrites
+    them from the start ("w"), and a follower reading the old lines would report attempt 1's steps as attempt 2's
+    (or a stall while attempt 2 progresses). The moved files are returned."""
+    old = sorted(log_dir.glob("worker_*.log"))
+    if not old:
+        return []
+    attempt = 1 + sum(1 for p in log_dir.glob("attempt-*") if p.is_dir())
+    kept = log_dir / f"attempt-{attempt}"
+    kept.mkdir()
+    return [path.rename(kept / path.name) for path in old]
 
 
 class _SigtermWatch:
@@ -395,6 +419,8 @@ def _start(cfg: Config, plan: Sequence[RankProcess], port: int, log_dir: Path, r
     base_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                 "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: "1", **launcher_identity()}
     base_env.setdefault("GLOG_v", "3")
+    if any(p.name == MSRUN for p in plan):
+        retire_worker_logs(log_dir)
     tails = [_LogTail(log_dir / f"worker_{rank}.log", f"[rank {rank}] ", on_line)
              for p in plan if p.name == MSRUN for rank in p.ranks]
     processes = [
