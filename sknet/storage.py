@@ -524,7 +524,11 @@ def publish(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapp
             raise WriteConflict(f"{store.uri}/{prefix}: already published by another execution")
         entries = _upload(store, prefix, files, file_facts or {}, progress, hold)
         for name, entry in entries.items():
-            store.verify(join(prefix, name), entry["size"], entry["sha256"], local=Path(files[name]))
+            try:
+                store.verify(join(prefix, name), entry["size"], entry["sha256"], local=Path(files[name]))
+            except StorageError as exc:
+                _refuse_changed_source(Path(files[name]), name, entry, exc)
+                raise
         manifest = {"files": entries, **(metadata or {})}
         body = json.dumps(manifest, indent=2, sort_keys=True).encode()
         if hold:
@@ -537,6 +541,17 @@ def publish(store: Store, prefix: str, files: Mapping[str, Path], metadata: Mapp
     finally:
         if hold:
             drop(hold)
+
+
+def _refuse_changed_source(path: Path, name: str, entry: Mapping, failure: StorageError) -> None:
+    """After an object failed its check: `PermanentStorageError` when the local file itself is no longer what was
+    hashed (changed since it was exported and scored: a retry would upload it again, as wrong); else return, and
+    the failure stands as the transient one it may be (the bytes changed in transit or at rest)."""
+    if not path.is_file() or path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+        raise PermanentStorageError(
+            f"{path} changed after it was hashed (its release entry {name} records {entry['size']:,} bytes, sha256 "
+            f"{entry['sha256'][:12]}…): what was exported and scored is not what would be released; not retried "
+            f"({failure})") from None
 
 
 def _abort_incomplete_uploads(store: Store, prefix: str) -> None:

@@ -107,3 +107,80 @@ def test_an_msrun_retry_is_followed_from_its_own_first_line(tmp_path):
     assert seen == ["[rank 0] attempt 2: line 1", "[rank 0] attempt 2: line 2 with more words than the next",
                     "[rank 0] attempt 3: x"]
     assert (logs / "attempt-1" / "worker_0.log").read_text().startswith("attempt 1")
+
+
+def tool(tmp_path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text("#!/usr/bin/env bash\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_tool_printing_bytes_that_are_not_utf8_is_read_with_replacement(tmp_path):
+    from sknet.preflight.npu_smi import parse_npu_smi_info
+    from sknet.preflight.runner import Failed
+    from sknet.preflight.tools import tool_output
+
+    text = tool_output(tool(tmp_path, "npu-smi", r"printf '\xff\xfe Version: 25.2.0\n'"), "info")
+    assert "\ufffd" in text and parse_npu_smi_info(text).driver_version == "25.2.0"
+    with pytest.raises(Failed, match=r"`npu-smi info` exited 3: \ufffd"):
+        tool_output(tool(tmp_path, "npu-smi", r"printf '\xff\n'; exit 3"), "info")
+
+
+def test_a_runaway_line_is_bounded_in_what_is_kept_and_what_a_message_quotes(tmp_path):
+    from sknet.preflight.hccn import query
+    from sknet.preflight.runner import Failed
+    from sknet.preflight.tools import MAX_OUTPUT_BYTES, run_tool
+
+    huge = tool(tmp_path, "hccn_tool", "head -c 5000000 /dev/zero | tr '\\0' x; echo")
+    assert len(run_tool(huge, "-i", "3", "-ip", "-g").stdout) < MAX_OUTPUT_BYTES + 100
+    with pytest.raises(Failed) as failed:
+        query(huge, 3, "-ip", r"ipaddr:\s*(\S+)", "ipaddr:<IP>")
+    assert "`hccn_tool -i 3 -ip -g` printed" in str(failed.value) and len(str(failed.value)) < 1000
+
+
+def test_a_hung_tool_is_stopped_with_its_children_within_the_checks_budget_naming_the_device(tmp_path):
+    import time
+
+    import psutil
+
+    from sknet.preflight.hccn import query
+    from sknet.preflight.runner import Failed
+    from sknet.preflight.tools import tool_budget
+
+    hung = tool(tmp_path, "hccn_tool", f"sleep 600 & echo $! > {tmp_path}/child; wait")
+    started = time.monotonic()
+    with tool_budget(2), pytest.raises(Failed, match=r"`hccn_tool -i 5 -link -g` did not answer within 2 s"):
+        query(hung, 5, "-link", r"link status:\s*(\S+)", "link status: UP")
+    assert time.monotonic() - started < 10
+    child = int((tmp_path / "child").read_text())
+    time.sleep(0.2)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    with tool_budget(0), pytest.raises(Failed, match="not run: the check's .* are spent"):
+        query(hung, 6, "-link", r"link status:\s*(\S+)", "link status: UP")
+
+
+def test_a_model_changed_after_it_was_hashed_fails_the_release_as_permanent_not_transient(tmp_path, monkeypatch):
+    """Issue #27 §12: the mismatch was a StorageError, so the publish task retried it three times."""
+    from sknet.storage import PermanentStorageError, StorageError, publish, sha256_file
+
+    model = tmp_path / "model.mindir"
+    model.write_bytes(b"exported and scored")
+    facts = {"model.mindir": {"sha256": sha256_file(model)}}  # hashed at export
+    model.write_bytes(b"changed afterwards!")  # the same size
+    store = LocalStore(tmp_path / "bucket")
+    with pytest.raises(PermanentStorageError, match=r"model.mindir changed after it was hashed .* not retried"):
+        publish(store, "releases/m/v1", {"model.mindir": model}, file_facts=facts)
+    assert not store.exists("releases/m/v1/manifest.json")
+    model.write_bytes(b"exported and scored")  # the file as hashed, the stored object damaged: transient, retried
+    facts = {"model.mindir": {"sha256": sha256_file(model)}}
+    original = LocalStore.put
+
+    def damaging_put(self, src, key):
+        original(self, src, key)
+        (self.root / key).write_bytes(b"damaged in transit!")
+
+    monkeypatch.setattr(LocalStore, "put", damaging_put)
+    with pytest.raises(StorageError) as failed:
+        publish(store, "releases/m/v2", {"model.mindir": model}, file_facts=facts)
+    assert not isinstance(failed.value, PermanentStorageError)

@@ -23,7 +23,7 @@ from sknet.config import Config
 from sknet.errors import SknetError
 from sknet.launch.ranktable import VISIBLE_DEVICES_ENV, load_rank_table, read_hccn_conf, visible_devices
 from sknet.preflight.runner import Context, Failed, Outcome, Skip
-from sknet.preflight.tools import find_tool, tool_output
+from sknet.preflight.tools import find_tool, shown, tool_output
 
 LINK_UP = "UP"
 NET_HEALTHY = "Success"
@@ -89,7 +89,7 @@ def query(tool: str, device: int, option: str, pattern: str, expected: str) -> s
     text = tool_output(tool, *args)
     match = re.search(pattern, text)
     if not match:
-        raise Failed(f"`hccn_tool {' '.join(args)}` printed {text.strip()!r}, expected {expected!r}")
+        raise Failed(f"`hccn_tool {' '.join(args)}` printed {shown(text)!r}, expected {expected!r}")
     return match.group(1).strip()
 
 

@@ -25,7 +25,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from sknet.preflight.runner import Context, Failed, Outcome, Skip
-from sknet.preflight.tools import find_tool, tool_output
+from sknet.preflight.tools import find_tool, shown, tool_output
 
 HEALTHY = "OK"
 # An idle chip shows a few GB of HBM as used (the driver's own reservation: ≈3.4 of 64 GB on a 910B3);
@@ -119,7 +119,7 @@ def read_npu_smi() -> NpuSmiInfo:
     text = tool_output(find_tool("npu-smi"), "info")
     info = parse_npu_smi_info(text)
     if not info.chips:
-        head = " / ".join(line.strip() for line in text.strip().splitlines()[:3])
+        head = shown(" / ".join(line.strip() for line in text.strip().splitlines()[:3]))
         raise Failed(f"`npu-smi info` lists no chip (expected the NPU/Chip table); it printed: {head or 'nothing'}")
     return info
 
