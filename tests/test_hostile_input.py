@@ -184,3 +184,25 @@ def test_a_model_changed_after_it_was_hashed_fails_the_release_as_permanent_not_
     with pytest.raises(StorageError) as failed:
         publish(store, "releases/m/v2", {"model.mindir": model}, file_facts=facts)
     assert not isinstance(failed.value, PermanentStorageError)
+
+
+def test_a_false_census_in_a_manifest_is_not_believed_and_restaging_corrects_it(synthetic_data, tmp_path, caplog):
+    """Issue #27 §5: a manifest claiming a test split without 'cat' reached the model card; the census comes from
+    the verified files at fetch, and staging the same data again rewrites the manifest's."""
+    from sknet.data.source import resolve_dataset
+    from sknet.data.stage import stage_dataset
+    from sknet.storage import read_manifest
+
+    store = LocalStore(tmp_path / "store" / "datasets" / "cifar10")
+    staged = stage_dataset(str(synthetic_data), store)
+    manifest = read_manifest(store, staged.digest)
+    truth = manifest["census"]["splits"]["test"]["classes"]["cat"]
+    manifest["census"]["splits"]["test"]["classes"]["cat"] = 0  # the lie
+    store.put_bytes(json.dumps(manifest).encode(), f"{staged.digest}/manifest.json")
+    cfg = load_config("cpu-smoke", [f"data.uri={staged.uri}", f"storage.uri=file://{tmp_path / 'store'}"])
+    dataset = resolve_dataset(cfg, tmp_path / "cache")
+    assert dataset.census["splits"]["test"]["classes"]["cat"] == truth
+    assert f"test: cat 0 (the files: {truth})" in caplog.text
+    again = stage_dataset(str(synthetic_data), store)
+    assert not again.published and again.repaired == ()  # the data is intact: nothing uploaded, no event
+    assert read_manifest(store, staged.digest)["census"]["splits"]["test"]["classes"]["cat"] == truth

@@ -169,3 +169,16 @@ def census_markdown(census: Mapping | None, uri: str) -> str:
     rows = [[name, *(number(splits[split]["classes"][name], ",") for split in SPLITS)] for name in CLASS_NAMES]
     rows.append(["**all**", *(f"**{number(splits[split]['records'], ',')}**" for split in SPLITS)])
     return "\n".join([f"# Data census of {text(uri)}", "", table(["class", *SPLITS], rows), "", *census_lines(census)])
+
+
+def census_differences(recorded: Mapping, census: Mapping) -> str:
+    """What a recorded census says that the files do not (empty when they agree), for people."""
+    found = []
+    for split, facts in census["splits"].items():
+        if recorded["splits"][split] != facts:
+            wrong = [f"{name} {recorded['splits'][split]['classes'][name]} (the files: {count})"
+                     for name, count in facts["classes"].items() if recorded["splits"][split]["classes"][name] != count]
+            found.append(f"{split}: {', '.join(wrong) or 'records or duplicates differ'}")
+    if recorded["test_in_train"] != census["test_in_train"]:
+        found.append(f"test_in_train {recorded['test_in_train']} (the files: {census['test_in_train']})")
+    return "; ".join(found)

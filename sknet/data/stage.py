@@ -44,7 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sknet.data.census import DEFAULT_MAX_CLASS_SKEW, check_max_class_skew, refuse_skew, take_census
+from sknet.data.census import (
+    DEFAULT_MAX_CLASS_SKEW, census_differences, check_max_class_skew, read_census, refuse_skew, take_census,
+)
 from sknet.data.layout import (
     FILE_BYTES, LAYOUT_DIR, META_FILE, RECORD_BYTES, SYNTHETIC_MARKER, TARBALL_MD5, TEST_FILE, TRAIN_FILES,
     check_batch_file, layout_dir, verify_layout,
@@ -177,8 +179,9 @@ def stage_dataset(source: str, store: Store, *, expected_md5: str | None = None,
         refuse_skew(census, redact_url(source))
         staged = StagedDataset(f"{store.uri}/{digest}", digest, bool(manifest["synthetic"]), False, census=census)
         files = {name: layout / name for name in manifest["files"]}
-        if _staged_file_table(store, digest) == manifest["files"]:
+        if (already := _staged_manifest(store, digest)).get("files") == manifest["files"]:
             staged = replace(staged, repaired=tuple(repair(store, digest, manifest["files"], files)))
+            _correct_census(store, digest, already, census)
             log.info("%s", staged.summary())
             return staged
         metadata = {**{k: v for k, v in manifest.items() if k != "files"}, "census": census}
@@ -188,17 +191,27 @@ def stage_dataset(source: str, store: Store, *, expected_md5: str | None = None,
         return staged
 
 
-def _staged_file_table(store: Store, digest: str) -> dict | None:
-    """The file table of the manifest under `digest`; None without one, or with one that cannot be read
-    (publishing again writes it anew)."""
+def _correct_census(store: Store, digest: str, staged: dict, census: dict) -> None:
+    """Rewrite the staged manifest (`staged`)'s census when it is not the data's (metadata the digest does not
+    cover: a bucket is input). The data is unchanged, so nothing else is written and no event follows."""
+    recorded = read_census(staged)
+    if recorded is None or not census_differences(recorded, census):
+        return  # agrees; or staged before the census, or not shaped as one: the manifest is kept as it is
+    log.warning("%s/%s/%s: its census is not the data's; rewritten from the files", store.uri, digest, MANIFEST)
+    store.put_bytes(json.dumps({**staged, "census": census}, indent=2, sort_keys=True).encode(), join(digest, MANIFEST))
+
+
+def _staged_manifest(store: Store, digest: str) -> dict:
+    """The manifest under `digest`; {} without one, or with one that cannot be read (publishing again writes it
+    anew)."""
     try:
         manifest = read_manifest(store, digest)
     except IncompleteError:
-        return None
+        return {}
     except PermanentStorageError as exc:
         log.warning("%s; publishing the dataset again", exc)
-        return None
-    return manifest.get("files") if isinstance(manifest, dict) else None
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def repair(store: Store, digest: str, entries: dict, files: dict[str, Path]) -> list[str]:
