@@ -204,21 +204,64 @@ def make_tarball(path: Path, members: list[tuple[str, int]]) -> Path:
 
 
 def test_a_tarball_extracting_past_the_cap_is_refused_at_the_member_that_passes_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(staging, "MAX_EXTRACTED_BYTES", 1_000_000)
-    parts = [(f"cifar-10-batches-bin/part-{i}.bin", 300_000) for i in range(10)]  # 3 MB, each member allowed
+    monkeypatch.setattr(staging, "MAX_EXTRACTED_BYTES", 1_000)
+    parts = [("cifar-10-batches-bin/batches.meta.txt", 600), ("cifar-10-batches-bin/readme.html", 600)]
     bomb = make_tarball(tmp_path / "bomb.tar.gz", parts)
     error = staging_fails(str(bomb), tmp_path, expected_md5=_md5(bomb))
-    assert str(error) == (f"{bomb}: member 'cifar-10-batches-bin/part-3.bin' takes the bytes extracted past 1,000,000, "
+    assert str(error) == (f"{bomb}: member 'cifar-10-batches-bin/readme.html' takes the bytes extracted past 1,000, "
                           "the most a tarball may extract to (MAX_EXTRACTED_BYTES: twice the 184,380,000 of a "
                           "CIFAR-10 layout); refused before extracting it: a decompression bomb or not CIFAR-10")
 
 
 def test_a_tarball_with_too_many_members_is_refused_at_the_first_one_past_the_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr(staging, "MAX_MEMBERS", 20)
-    many = make_tarball(tmp_path / "many.tar.gz", [(f"cifar-10-batches-bin/f{i}", 1) for i in range(500)])
+    monkeypatch.setattr(staging, "MAX_MEMBERS", 2)
+    names = ["batches.meta.txt", "readme.html", "SYNTHETIC.json"]
+    many = make_tarball(tmp_path / "many.tar.gz", [(f"cifar-10-batches-bin/{name}", 1) for name in names])
     error = staging_fails(str(many), tmp_path, expected_md5=_md5(many))
-    assert str(error) == (f"{many}: more than 20 members, the most a tarball may have (MAX_MEMBERS; the official "
-                          "CIFAR-10 tarball has 9); refused at member 'cifar-10-batches-bin/f20', this is not CIFAR-10")
+    assert str(error) == (f"{many}: more than 2 members, the most a tarball may have (MAX_MEMBERS; the official "
+                          "CIFAR-10 tarball has 9); refused at member 'cifar-10-batches-bin/SYNTHETIC.json', this is "
+                          "not CIFAR-10")
+
+
+@pytest.mark.parametrize("member, size, message", [
+    ("cifar-10-batches-bin/part-0.bin", 30_000_000, "is not a file of the CIFAR-10 binary layout"),
+    ("elsewhere/data_batch_1.bin", 30_730_000, "is not a file of the CIFAR-10 binary layout"),
+    ("cifar-10-batches-bin/data_batch_1.bin", 30_000_000, "is 30,000,000 bytes, expected 30,730,000"),
+    ("cifar-10-batches-bin/batches.meta.txt", 30_000_000, "expected at most 4,096"),
+])
+def test_a_member_that_is_not_a_cifar10_file_at_its_size_is_refused_before_anything_is_written(
+        tmp_path, member, size, message):
+    """Issue #27 §7: ten 30 MB members of other names passed the caps and filled a small scratch."""
+    tarball = make_tarball(tmp_path / "odd.tar.gz", [(member, size)])
+    error = staging_fails(str(tarball), tmp_path, expected_md5=_md5(tarball))
+    assert message in str(error) and repr(member) in str(error)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size >= size]
+
+
+def test_a_member_twice_is_refused(tmp_path):
+    meta = ("cifar-10-batches-bin/batches.meta.txt", 10)
+    tarball = make_tarball(tmp_path / "twice.tar.gz", [meta, meta])
+    assert "appears twice" in str(staging_fails(str(tarball), tmp_path, expected_md5=_md5(tarball)))
+
+
+def test_a_scratch_too_small_for_the_layout_is_a_clear_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(staging.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 256 << 20})())
+    monkeypatch.setattr(staging, "LAYOUT_BYTES", 300 << 20)  # the layout needs more than the 256 MB free
+    tarball = make_tarball(tmp_path / "ok.tar.gz", [("cifar-10-batches-bin/batches.meta.txt", 10)])
+    error = staging_fails(str(tarball), tmp_path, expected_md5=_md5(tarball))
+    assert re.search(r"extracted: 268,435,456 bytes free, 314,572,800 needed to extract a CIFAR-10 layout", str(error))
+
+
+def test_a_full_disk_while_extracting_is_a_clear_error_naming_the_directory(tmp_path, monkeypatch):
+    import errno
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", full)
+    tarball = make_tarball(tmp_path / "ok.tar.gz", [("cifar-10-batches-bin/batches.meta.txt", 10)])
+    error = staging_fails(str(tarball), tmp_path, expected_md5=_md5(tarball))
+    assert "no space left on its device while writing 10 bytes" in str(error) and "extracted" in str(error)
 
 
 def wrong_md5_tarball(tmp_path: Path) -> Path:

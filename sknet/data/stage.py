@@ -28,6 +28,8 @@ time and by the store's checksums, not by a hit.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -74,6 +76,9 @@ SCRATCH_PREFIX = "sknet-stage-"  # a stage's scratch directory, under its work_d
 SCRATCH_OWNER = "owner.json"  # in a scratch directory: host, PID and start time of the stage using it
 SAMPLE_BYTES = 2**20  # a cache hit hashes the first, middle and last MiB of each file
 DATASET_FILES = frozenset([*TRAIN_FILES, TEST_FILE, META_FILE, SYNTHETIC_MARKER])  # all a manifest may name
+# What a CIFAR-10 binary tarball may hold, under cifar-10-batches-bin/: each batch at its exact size, and the small
+# files at most this many bytes (the official batches.meta.txt has 61, readme.html 88)
+SMALL_MEMBERS = {META_FILE: 4096, "readme.html": 65536, SYNTHETIC_MARKER: 65536}
 
 
 def split_dataset_uri(uri: str) -> tuple[str, str]:
@@ -171,7 +176,8 @@ def stage_dataset(source: str, store: Store, *, expected_md5: str | None = None,
     the census goes into the manifest (a dataset staged before keeps its manifest)."""
     check_max_class_skew(max_class_skew)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="sknet-stage-") as scratch:
-        directory = _materialize(source, Path(scratch), expected_md5 or TARBALL_MD5)
+        with no_space_is_clear(Path(scratch), MAX_DOWNLOAD_BYTES + LAYOUT_BYTES):  # a tarball, then its layout
+            directory = _materialize(source, Path(scratch), expected_md5 or TARBALL_MD5)
         manifest = dataset_manifest(directory)
         digest = manifest["digest"]
         layout = layout_dir(directory)  # verified by dataset_manifest
@@ -418,21 +424,24 @@ def _md5(path: Path) -> str:
 
 
 def _extract(tarball: Path, target: Path, expected_md5: str, source: str) -> Path:
-    """Check the MD5, then extract member by member, each checked first (`_check_member`) and the archive held
-    within `MAX_MEMBERS` and `MAX_EXTRACTED_BYTES`; return the layout directory. A refusal removes what was
-    extracted."""
+    """Check the MD5, then extract member by member, each checked first (`_check_member`: a file of the CIFAR-10
+    binary layout at its size, once) and the archive held within `MAX_MEMBERS` and `MAX_EXTRACTED_BYTES`, with
+    room for it on the disk; return the layout directory. A refusal removes what was extracted."""
     actual = _md5(tarball)
     if actual != expected_md5:
         raise DataError(f"{source}: MD5 {actual}, expected {expected_md5} (corrupt download or not CIFAR-10)")
     target.mkdir(parents=True)
     try:
+        check_free_space(target, LAYOUT_BYTES, "extract a CIFAR-10 layout")
         with tarfile.open(tarball, "r|*") as archive:  # a stream: one pass, each member extracted as it is read
-            members, total = 0, 0
+            members, total, seen = 0, 0, set()
             for member in archive:
                 members, total = members + 1, total + member.size
-                _check_member(member, target, source)
+                _check_member(member, target, source, seen)
                 _check_totals(members, total, member, source)
-                archive.extract(member, target, filter="data")
+                check_free_space(target, member.size, f"extract {member.name!r} from {source}")
+                with no_space_is_clear(target, member.size):
+                    archive.extract(member, target, filter="data")
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
@@ -442,8 +451,9 @@ def _extract(tarball: Path, target: Path, expected_md5: str, source: str) -> Pat
     return candidates[0].parent
 
 
-def _check_member(member: tarfile.TarInfo, target: Path, source: str) -> None:
-    """Refuse a link, a device, a path escaping `target` and a member larger than any CIFAR-10 file."""
+def _check_member(member: tarfile.TarInfo, target: Path, source: str, seen: set[str] | None = None) -> None:
+    """Refuse a link, a device, a path escaping `target`, and anything but the CIFAR-10 binary layout: its
+    directory, its batch files at their exact size, its small files (`SMALL_MEMBERS`), each once."""
     resolved = (target / member.name).resolve()
     if member.issym() or member.islnk():
         raise DataError(f"{source}: member {member.name!r} is a link; refusing to extract")
@@ -454,6 +464,49 @@ def _check_member(member: tarfile.TarInfo, target: Path, source: str) -> None:
     if member.size > MAX_MEMBER_BYTES:
         raise DataError(f"{source}: member {member.name!r} is {member.size:,} bytes, more than any CIFAR-10 "
                         f"file ({MAX_MEMBER_BYTES:,}); refusing to extract")
+    parts = Path(member.name).parts
+    parts = parts[1:] if parts[:1] == (".",) else parts
+    name = "/".join(parts)
+    if member.isdir():
+        if parts != (LAYOUT_DIR,):
+            raise DataError(f"{source}: member {member.name!r} is a directory other than {LAYOUT_DIR}/; not a "
+                            "CIFAR-10 binary tarball, refusing to extract")
+        return
+    if len(parts) != 2 or parts[0] != LAYOUT_DIR or not (parts[1] in (*TRAIN_FILES, TEST_FILE) or
+                                                          parts[1] in SMALL_MEMBERS):
+        raise DataError(f"{source}: member {member.name!r} is not a file of the CIFAR-10 binary layout (expected "
+                        f"{LAYOUT_DIR}/ with {', '.join((*TRAIN_FILES, TEST_FILE, *SMALL_MEMBERS))}); refusing to "
+                        "extract")
+    if parts[1] in SMALL_MEMBERS and member.size > SMALL_MEMBERS[parts[1]]:
+        raise DataError(f"{source}: member {member.name!r} is {member.size:,} bytes, expected at most "
+                        f"{SMALL_MEMBERS[parts[1]]:,}; refusing to extract")
+    if parts[1] not in SMALL_MEMBERS and member.size != FILE_BYTES:
+        raise DataError(f"{source}: member {member.name!r} is {member.size:,} bytes, expected {FILE_BYTES:,} "
+                        f"(10,000 records of {RECORD_BYTES:,}); refusing to extract")
+    if seen is not None:
+        if name in seen:
+            raise DataError(f"{source}: member {member.name!r} appears twice; refusing to extract")
+        seen.add(name)
+
+
+def check_free_space(directory: Path, needed: int, doing: str) -> None:
+    """`DataError` naming `directory` and the space `needed` to do `doing` when its file system has less free."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise DataError(f"{directory}: {free:,} bytes free, {needed:,} needed to {doing}; free space there or "
+                        "stage with another work directory (work_dir, else TMPDIR)")
+
+
+@contextlib.contextmanager
+def no_space_is_clear(directory: Path, needed: int):
+    """A full disk (ENOSPC) inside becomes a `DataError` naming `directory` and what was being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise DataError(f"{directory}: no space left on its device while writing {needed:,} bytes "
+                        f"({exc.strerror}); free space there or stage with another work directory (work_dir, else TMPDIR)") from None
 
 
 def _check_totals(members: int, total: int, member: tarfile.TarInfo, source: str) -> None:
