@@ -22,6 +22,7 @@ from sknet.markdown import finite_or_dash
 from sknet.plan import plan_run
 from sknet.report import run_summary
 from sknet.run_outputs import unchanged_release
+from sknet.training.run_record import recipe_digest
 from sknet.training_key import unchanged_summary
 from tasks._support import asset_key, refuse_untemplated, use_aws_credentials_block
 from tasks.data import fetch_dataset
@@ -64,7 +65,8 @@ def sknet_train(
                          dataset_uri=dataset_uri, gate_threshold=gate_threshold, publish_to=publish_to)
     if aws_credentials_block:
         use_aws_credentials_block(aws_credentials_block)
-    get_run_logger().info("config %s, digest %s; publishing to %s", config, cfg.digest()[:12], plan.store_uri)
+    get_run_logger().info("config %s: recipe digest %s (resolved config %s); publishing to %s", config,
+                          recipe_digest(cfg)[:12], cfg.digest()[:12], plan.store_uri)
     if cfg.train.device_target == "Ascend":  # NPUs, driver, links, plan: a broken host fails in the first minute
         preflight(cfg, work_dir)
     seconds: dict[str, float] = {}

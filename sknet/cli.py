@@ -494,7 +494,11 @@ def _run(args: argparse.Namespace) -> dict | None:
 
     cfg = load_config(args.config, args.overrides)
     if args.command == "config":
-        print(f"# digest: {cfg.digest()}\n{cfg.to_yaml()}", end="")
+        from sknet.training.run_record import recipe_digest
+
+        print(f"# digest: {cfg.digest()} (the resolved config: every key below, paths included)\n"
+              f"# recipe digest: {recipe_digest(cfg)} (what decides the weights: the same for every run of this "
+              f"config, wherever it runs)\n{cfg.to_yaml()}", end="")
         return None
     if args.command in ("train", "launch") and args.fresh and not getattr(args, "dry_run", False):
         from sknet.training.run_record import move_aside

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from sknet.config import Config
+from sknet.training.run_record import recipe_digest
 
 PACKAGES = ("sknet-pipeline", "mindspore", "numpy", "boto3", "prefect")
 
@@ -47,7 +48,7 @@ def lineage_record(cfg: Config, *, run_id: str, dataset_uri: str, dataset_digest
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"uri": dataset_uri, "digest": dataset_digest, "synthetic": synthetic_data,
                     **({"census": dict(dataset_census)} if dataset_census else {})},  # sknet.data.census
-        "config": {"digest": cfg.digest(), "resolved": cfg.to_dict()},
+        "config": {"digest": cfg.digest(), "recipe_digest": recipe_digest(cfg), "resolved": cfg.to_dict()},
         "metrics": dict(metrics),
         "exported_model": None if exported_model is None else dict(exported_model),
         "artifacts": {name: dict(info) for name, info in artifacts.items()},

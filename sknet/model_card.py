@@ -177,7 +177,8 @@ def _per_class(metrics: Mapping, recorded: Mapping | None) -> str:
 def _lineage(lineage: Mapping) -> str:
     checkpoint, model = lineage["artifacts"]["checkpoint.ckpt"], lineage["artifacts"]["model.mindir"]
     rows = [
-        ("config (resolved), sha256", lineage["config"]["digest"]),
+        ("recipe (what decides the weights), sha256", lineage["config"].get("recipe_digest", "not recorded")),
+        ("config (resolved, paths included), sha256", lineage["config"]["digest"]),
         ("dataset digest", lineage["dataset"]["digest"]),
         (f"checkpoint.ckpt (step {text(checkpoint['step'])}), sha256", checkpoint["sha256"]),
         ("model.mindir, sha256", model["sha256"]),

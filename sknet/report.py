@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sknet.markdown import code, number, text
 from sknet.run_files import METRICS_FILE
+from sknet.training.run_record import recipe_digest
 from sknet.training.train_log import parse_step_line
 
 
@@ -177,7 +178,8 @@ def run_summary(cfg, dataset: Mapping, metrics: Mapping, run_uri: str, *, passed
     return "\n".join([
         f"# sknet-train{label}",
         f"- gate: **{'PASS' if passed else 'FAIL'}** — {text(message)}",
-        f"- config digest `{cfg.digest()[:12]}`, dataset digest {code(dataset['digest'][:12])} "
+        f"- recipe digest `{recipe_digest(cfg)[:12]}` (what decides the weights), resolved config digest "
+        f"`{cfg.digest()[:12]}` (paths included), dataset digest {code(dataset['digest'][:12])} "
         f"({code(dataset['uri'])})",
         f"- {text(cfg.gate.metric)}: **{number(metrics[cfg.gate.metric])}** (threshold {number(cfg.gate.threshold)})",
         f"- top-5 {number(metrics['top_5_accuracy'])}, loss {number(metrics['loss'])}, "

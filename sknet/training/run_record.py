@@ -47,6 +47,17 @@ def training_settings(cfg: Config) -> dict[str, Any]:
     return flat
 
 
+def recipe_digest(cfg: Config) -> str:
+    """sha256 of the recipe: the settings that decide the weights (`training_settings`) and `train.epochs`. The same
+    for every run of one profile and overrides, wherever it runs and publishes (`Config.digest` covers every key,
+    paths and run ids included, so it differs per run); `sknet config show`, the flow log, the run summary, the
+    model card and lineage print both, each labelled (issue #27 §14)."""
+    import hashlib
+
+    material = {"settings": training_settings(cfg), "train.epochs": cfg.train.epochs}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_record(cfg: Config, dataset: str | None) -> dict[str, Any]:
     """What `run.json` holds for a run of `cfg` on the dataset of digest `dataset` (None: a launch that trains
     nothing, such as preflight's collective smoke)."""
