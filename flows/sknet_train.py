@@ -24,7 +24,7 @@ from sknet.report import run_summary
 from sknet.run_outputs import unchanged_release
 from sknet.training.run_record import recipe_digest
 from sknet.training_key import unchanged_summary
-from tasks._support import asset_key, refuse_untemplated, use_aws_credentials_block
+from tasks._support import asset_key, refuse_untemplated, tag_flow_run, use_aws_credentials_block
 from tasks.data import fetch_dataset
 from tasks.evaluate import evaluate
 from tasks.export import export
@@ -67,6 +67,7 @@ def sknet_train(
         use_aws_credentials_block(aws_credentials_block)
     get_run_logger().info("config %s: recipe digest %s (resolved config %s); publishing to %s", config,
                           recipe_digest(cfg)[:12], cfg.digest()[:12], plan.store_uri)
+    tag_flow_run(config, cfg.train.device_target)  # the UI's tags say what ran, not the deployment's default
     if cfg.train.device_target == "Ascend":  # NPUs, driver, links, plan: a broken host fails in the first minute
         preflight(cfg, work_dir)
     seconds: dict[str, float] = {}

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.stack_record import api_healthy, write_record
+from infra.stack_record import api_healthy, recorded_port, write_record
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "sknet-process"
@@ -220,12 +220,21 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the deployments' work_dir (run directories, dataset cache)")
     parser.add_argument("--home", type=Path, default=None,
                         help="PREFECT_HOME of the stack: database, logs, PIDs (default: <work>/prefect)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("SKNET_PREFECT_PORT", 4200)),
-                        help="API/UI port on 127.0.0.1 (default 4200, or $SKNET_PREFECT_PORT)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="API/UI port on 127.0.0.1 (default $SKNET_PREFECT_PORT, else 4200; `status` and `down` "
+                             "take the running stack's own from its stack.json)")
 
 
-def stack_from(args: argparse.Namespace, pool: str = POOL) -> Stack:
-    return Stack((args.home or args.work.resolve() / "prefect").resolve(), args.port, pool)
+def stack_from(args: argparse.Namespace, pool: str = POOL, *, recorded: bool = False) -> Stack:
+    """The stack of `args`; with `recorded`, on the port its record (`stack.json`) gives when no --port is given
+    (`status` and `down` of a stack started on another port find it)."""
+    home = (args.home or args.work.resolve() / "prefect").resolve()
+    port = args.port
+    if port is None and recorded:
+        port = recorded_port(home)
+    if port is None:
+        port = int(os.environ.get("SKNET_PREFECT_PORT", 4200))
+    return Stack(home, port, pool)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", default=POOL, help=f"process work pool (default {POOL})")
     args = parser.parse_args(argv)
     work = args.work.resolve()
-    stack = stack_from(args, args.pool)
+    stack = stack_from(args, args.pool, recorded=args.command in ("status", "down"))
     if args.command == "down":
         stack.down()
         print("local stack stopped")

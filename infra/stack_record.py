@@ -24,6 +24,16 @@ def write_record(home: Path, api_url: str, pool: str) -> None:
     (home / RECORD).write_text(json.dumps({"api_url": api_url, "pool": pool}) + "\n")
 
 
+def recorded_port(home: Path) -> int | None:
+    """The port of the stack recorded in `home` (its API URL's), None without a readable record."""
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(json.loads((home / RECORD).read_text())["api_url"]).port
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def running_stack_api(home: Path) -> str | None:
     """The API URL recorded in `home` if that stack answers, else None (no record, or it is down)."""
     record = home / RECORD

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-skew", action="store_true", help="stage a skewed dataset anyway")
     add_stack_arguments(parser)
     args = parser.parse_args(argv)
-    stack = stack_from(args)
+    stack = stack_from(args, recorded=True)  # the running stack, on whatever port it was started
     if not stack.healthy():
         print(f"make stage: error: no Prefect server answers at {stack.api_url}; start the stack with `make up` "
               "(or set SKNET_PREFECT_PORT to its port)", file=sys.stderr)

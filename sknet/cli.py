@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     """`sknet data synth|verify|stage|fetch`: the CIFAR-10 layout, local and staged."""
-    data = commands.add_parser("data", help="CIFAR-10 binary layout: synthesize, verify")
+    data = commands.add_parser("data", help="CIFAR-10 binary layout: synth, verify, stage, fetch")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_commands.add_parser(
         "synth", help="write a deterministic full-size synthetic layout (≈184 MB; marked SYNTHETIC)",
@@ -345,7 +345,9 @@ def _release_command(args: argparse.Namespace) -> dict | None:
     from sknet.storage import open_store
 
     if args.model is not None:
-        check_segment("--model", args.model)
+        from sknet.plan import release_name
+
+        args.model = release_name(check_segment("--model", args.model))  # sknet_tiny (model.name) = sknet-tiny
     if args.release_command == "promote":
         check_segment("--version", args.version)
     at = _release_time(args)
@@ -581,7 +583,9 @@ def _preflight(cfg: Config, args: argparse.Namespace) -> None:
 
     print(TABLE_HEADER, file=sys.stderr, flush=True)
     report = run_preflight(cfg, args.work, quick=args.quick, hccn_conf=args.hccn_conf,
-                           on_result=lambda result: print(format_row(result), file=sys.stderr, flush=True))
+                           on_result=lambda result: print(format_row(result), file=sys.stderr, flush=True),
+                           on_start=lambda check: print(f"{check.name:<14} …      (running: a slow check, minutes on "
+                                                        "Ascend)", file=sys.stderr, flush=True))
     print(summary(report), file=sys.stderr)
     print(dumps(report, indent=2))
     enforce(report)

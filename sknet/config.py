@@ -392,10 +392,15 @@ def _check_value(value: Any, tp: Any, bounds: Mapping[str, Any], path: str, sour
 
 
 def _literal_spelling(value: Any, choices: tuple) -> Any:
-    """The choice `value` spells in another case (`910b` for `910B`) or as a YAML number (`chip: 910`), else None."""
+    """The choice `value` spells in another case (`910b` for `910B`), with `-` for `_` (`sknet-tiny`, the release
+    name, for `sknet_tiny`) or as a YAML number (`chip: 910`), else None."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
-    found = [c for c in choices if isinstance(c, str) and c.lower() == str(value).lower()]
+
+    def spelling(text: str) -> str:
+        return text.lower().replace("-", "_")
+
+    found = [c for c in choices if isinstance(c, str) and spelling(c) == spelling(str(value))]
     return found[0] if len(found) == 1 else None
 
 

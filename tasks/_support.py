@@ -58,6 +58,32 @@ def use_aws_credentials_block(name: str) -> None:
             os.environ.pop(key, None)
 
 
+DEVICE_TAGS = ("ascend", "gpu", "cpu")  # the deployments' tags for the device their default profile runs on
+
+
+def run_tags(tags, config: str, device_target: str) -> list[str]:
+    """A flow run's tags for the config it actually runs: the deployment's, with its device tag replaced by the
+    run's (`train.device_target`) and `config:<name>` added (a cpu-smoke run of nightly is no `ascend` run)."""
+    kept = [t for t in tags if t not in DEVICE_TAGS and not t.startswith("config:")]
+    return [*kept, device_target.lower(), f"config:{Path(str(config)).stem}"]
+
+
+def tag_flow_run(config: str, device_target: str) -> None:
+    """Set this flow run's tags to `run_tags` (a run without an API, or a failing call, keeps its tags: logged)."""
+    from prefect.client.orchestration import get_client
+    from prefect.logging import get_run_logger
+    from prefect.runtime import flow_run
+
+    if not flow_run.get_id():
+        return
+    tags = run_tags(flow_run.get_tags(), config, device_target)
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run_id=flow_run.get_id(), tags=tags)
+    except Exception as exc:  # noqa: BLE001 - tags are a signal, never a reason to fail the night
+        get_run_logger().warning("flow run tags not updated (%s: %s)", type(exc).__name__, exc)
+
+
 def asset_key(uri: str) -> str:
     """A URI usable as an asset key: s3:// and file:// stay, a plain path becomes file://<absolute path>."""
     return uri if is_object_store_uri(uri) else f"file://{Path(uri).resolve()}"

@@ -174,6 +174,10 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
 
     first_state, first, first_tasks, first_seconds = smoke()
     version = first["release"]["version"]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:  # tagged for what it ran (issue #27 §17)
+        assert {"cpu", "config:cpu-smoke"} <= set(client.read_flow_run(first_state.state_details.flow_run_id).tags)
     assert {"train", "evaluate", "export", "release"} <= first_tasks
     manifest = json.loads((bucket / "releases" / "sknet-tiny" / version / "manifest.json").read_text())
     assert len(manifest["training_key"]) == 64

@@ -206,3 +206,43 @@ def test_a_false_census_in_a_manifest_is_not_believed_and_restaging_corrects_it(
     again = stage_dataset(str(synthetic_data), store)
     assert not again.published and again.repaired == ()  # the data is intact: nothing uploaded, no event
     assert read_manifest(store, staged.digest)["census"]["splits"]["test"]["classes"]["cat"] == truth
+
+
+def test_a_runs_tags_say_the_config_and_device_it_ran_not_the_deployments_default():
+    from tasks._support import run_tags
+
+    assert run_tags(["sknet", "ascend", "nightly"], "cpu-smoke", "CPU") == ["sknet", "nightly", "cpu",
+                                                                          "config:cpu-smoke"]
+    assert run_tags(["sknet", "ascend", "nightly", "config:old"], "/etc/sknet/night.yaml", "Ascend") == [
+        "sknet", "nightly", "ascend", "config:night"]
+
+
+def test_stack_status_finds_the_port_the_running_stack_was_started_on(tmp_path):
+    import subprocess
+    import sys
+
+    from infra.stack_record import write_record
+
+    write_record(tmp_path, "http://127.0.0.1:4371/api", "sknet-process")
+    status = subprocess.run([sys.executable, "-m", "infra.stack", "status", "--home", str(tmp_path)],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout)["api"] == "http://127.0.0.1:4371/api"
+
+
+def test_sknet_data_help_names_every_subcommand():
+    shown = run_sknet("--help").stdout
+    assert "synth, verify, stage, fetch" in shown
+
+
+def test_a_model_is_named_one_way_or_the_other_and_both_are_understood(tmp_path):
+    """Issue #27 §17: model.name sknet_tiny is released as sknet-tiny; either spelling works in both places."""
+    from sknet.release import publish_release
+
+    assert load_config("cpu-smoke", ["model.name=sknet-tiny"]).model.name == "sknet_tiny"
+    store = LocalStore(tmp_path / "store")
+    model = tmp_path / "model.mindir"
+    model.write_bytes(b"m")
+    publish_release(store, "sknet-tiny", "v1", {"model.mindir": model})
+    for spelling in ("sknet-tiny", "sknet_tiny"):
+        listed = json.loads(run_sknet("-q", "release", "ls", "--store", store.uri, "--model", spelling).stdout)
+        assert [v["version"] for v in listed["models"]["sknet-tiny"]["versions"]] == ["v1"]

@@ -268,6 +268,10 @@ def test_on_cpu_the_npu_checks_skip_with_the_reason_and_the_rest_passes(cpu_pref
                                 "launch-plan": "pass", "collective": "pass", "sink-smoke": "pass", "sigterm": "pass"}
     assert detail(report, "npu-smi") == "train.device_target=CPU: this run uses no NPU"
     assert "numpy 1.26." in detail(report, "versions")
+    lines = proc.stderr.splitlines()  # each slow check says it started before its minutes begin (issue #27 §17)
+    for name in ("collective", "sink-smoke", "sigterm"):
+        started = next(i for i, line in enumerate(lines) if line.startswith(name) and "(running:" in line)
+        assert started < next(i for i, line in enumerate(lines) if line.startswith(name) and "pass" in line)
 
 
 def test_the_collective_smoke_runs_two_cpu_ranks_over_mccl_and_reports_a_bandwidth(cpu_preflight):

@@ -33,10 +33,12 @@ QUICK_TIMEOUT_SECONDS = 300  # the fast checks take seconds; a hung driver tool 
 
 def run_preflight(cfg: Config, work: str | Path = DEFAULT_WORK, *, quick: bool = False,
                   hccn_conf: str | Path = HCCN_CONF, checks: Sequence[Check] | None = None,
-                  on_result: Callable[[CheckResult], None] | None = None) -> dict:
+                  on_result: Callable[[CheckResult], None] | None = None,
+                  on_start: Callable[[Check], None] | None = None) -> dict:
     """Run every check (the fast ones only with `quick`): `{"passed": bool, "checks": [...]}`."""
     ctx = Context(cfg=cfg, work=Path(work), hccn_conf=Path(hccn_conf))
-    return run_checks(CHECKS if checks is None else checks, ctx, quick=quick, on_result=on_result)
+    return run_checks(CHECKS if checks is None else checks, ctx, quick=quick, on_result=on_result,
+                      on_start=on_start)
 
 
 def check_host(cfg: Config, work: str | Path = DEFAULT_WORK) -> dict:

@@ -97,13 +97,17 @@ def run_check(check: Check, ctx: Context) -> CheckResult:
 
 
 def run_checks(checks: Iterable[Check], ctx: Context, *, quick: bool = False,
-               on_result: Callable[[CheckResult], None] | None = None) -> dict:
-    """Every check in order (slow ones skipped under `quick`): `{"passed": bool, "checks": [...]}`."""
+               on_result: Callable[[CheckResult], None] | None = None,
+               on_start: Callable[[Check], None] | None = None) -> dict:
+    """Every check in order (slow ones skipped under `quick`): `{"passed": bool, "checks": [...]}`. `on_start` is
+    told of each slow check as it starts (minutes without a line read like a hang)."""
     results = []
     for check in checks:
         if quick and check.slow:
             result = CheckResult(check.name, SKIP, "a slow check: left out by --quick", 0.0)
         else:
+            if check.slow and on_start is not None:
+                on_start(check)
             result = run_check(check, ctx)
         results.append(result)
         if on_result is not None:
