@@ -65,9 +65,7 @@ def sknet_train(
                          dataset_uri=dataset_uri, gate_threshold=gate_threshold, publish_to=publish_to)
     if aws_credentials_block:
         use_aws_credentials_block(aws_credentials_block)
-    get_run_logger().info("config %s: recipe digest %s (resolved config %s); publishing to %s", config,
-                          recipe_digest(cfg)[:12], cfg.digest()[:12], plan.store_uri)
-    tag_flow_run(config, cfg.train.device_target)  # the UI's tags say what ran, not the deployment's default
+    _announce(config, cfg, plan)
     if cfg.train.device_target == "Ascend":  # NPUs, driver, links, plan: a broken host fails in the first minute
         preflight(cfg, work_dir)
     seconds: dict[str, float] = {}
@@ -97,6 +95,13 @@ def sknet_train(
             cfg, plan, dataset, run, metrics, model, verdict)
     return {"release": pointer, "run_uri": run_uri, "metrics": metrics, "synthetic_data": dataset["synthetic"],
             "stage_seconds": seconds}
+
+
+def _announce(config: str, cfg, plan) -> None:
+    """The run's recipe and where it publishes, in its log; its tags set to what it runs (not the deployment's)."""
+    get_run_logger().info("config %s: recipe digest %s (resolved config %s); publishing to %s", config,
+                          recipe_digest(cfg)[:12], cfg.digest()[:12], plan.store_uri)
+    tag_flow_run(config, cfg.train.device_target)
 
 
 @contextmanager

@@ -369,6 +369,15 @@ def _release_command(args: argparse.Namespace) -> dict | None:
     return {**pointer, "event": _announce(store.uri, args.model, pointer)}
 
 
+def _config_show(cfg: Config) -> None:
+    """`sknet config show`: both digests, each labelled, then the resolved YAML."""
+    from sknet.training.run_record import recipe_digest
+
+    print(f"# digest: {cfg.digest()} (the resolved config: every key below, paths included)\n"
+          f"# recipe digest: {recipe_digest(cfg)} (what decides the weights: the same for every run of this "
+          f"config, wherever it runs)\n{cfg.to_yaml()}", end="")
+
+
 def _release_store_uri(uri: str) -> str:
     """`--store` as `open_store` takes it, refused unless it names a store that can be there: s3://bucket[/prefix],
     file:///path or an existing local directory (`s3:/bad` is no local path anyone meant)."""
@@ -496,12 +505,7 @@ def _run(args: argparse.Namespace) -> dict | None:
 
     cfg = load_config(args.config, args.overrides)
     if args.command == "config":
-        from sknet.training.run_record import recipe_digest
-
-        print(f"# digest: {cfg.digest()} (the resolved config: every key below, paths included)\n"
-              f"# recipe digest: {recipe_digest(cfg)} (what decides the weights: the same for every run of this "
-              f"config, wherever it runs)\n{cfg.to_yaml()}", end="")
-        return None
+        return _config_show(cfg)
     if args.command in ("train", "launch") and args.fresh and not getattr(args, "dry_run", False):
         from sknet.training.run_record import move_aside
 

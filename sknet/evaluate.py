@@ -121,7 +121,9 @@ def per_class_rows(metrics: dict) -> list[dict]:
     rows = []
     for index, counts in enumerate(metrics["confusion_matrix"]):
         name = CLASS_NAMES[index] if index < len(CLASS_NAMES) else f"#{index}"
-        rows.append({"class": name, "samples": sum(counts), "accuracy": metrics["per_class_accuracy"][index],
+        accuracy = metrics["per_class_accuracy"][index]
+        rows.append({"class": name, "samples": sum(counts),
+                     "accuracy": accuracy if accuracy is None else round(accuracy, 4),  # people read it
                      **{f"→{CLASS_NAMES[j] if j < len(CLASS_NAMES) else j}": n for j, n in enumerate(counts)}})
     return rows
 

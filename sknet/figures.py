@@ -37,7 +37,7 @@ def plot_confusion_matrix(metrics: Mapping, out: str | Path, *, title: str) -> P
     ax.set_yticks(range(n), [f"{name} ({'—' if a is None else f'{a:.1%}'})" for name, a in zip(names, accuracy)])
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (accuracy)")
-    ax.set_title(title)
+    figure.suptitle(title)  # over the whole figure: an axes title is clipped by the colour bar beside it
     figure.colorbar(image, ax=ax, label="share of the true class")
     out = Path(out)
     FigureCanvasAgg(figure).print_png(out)

@@ -53,9 +53,12 @@ def number(value: object, spec: str = ".4f") -> str:
     return format(value, spec) if math.isfinite(value) else DASH
 
 
-def finite_or_dash(value: object) -> object:
-    """`value` for a table artifact: "—" when it is a non-finite number, else as it is."""
-    return DASH if isinstance(value, numbers.Real) and not math.isfinite(value) else value
+def finite_or_dash(value: object, digits: int = 4) -> object:
+    """`value` for a table artifact: "—" when it is a non-finite number, a float rounded to `digits` (a table is
+    read by people: 0.8462, not 0.8461538461538461), else as it is."""
+    if isinstance(value, numbers.Real) and not math.isfinite(value):
+        return DASH
+    return round(value, digits) if isinstance(value, float) else value
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

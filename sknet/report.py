@@ -142,6 +142,10 @@ def _plot_skipped(ax, epochs: list[dict]) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if not xs:
         ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="gray")
+    elif not any(ys):  # a flat empty panel with a ±0.045 axis reads like a broken plot: say it
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "none: no step overflowed", transform=ax.transAxes, ha="center", va="center",
+                color="gray")
 
 
 def _xy(records: list[dict], key: str) -> tuple[list, list]:

@@ -185,3 +185,49 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
                                   "checkpoint.ckpt": {"sha256": run["checkpoint_sha256"]}}, holder=plan.flow_run_id)
     card = store.get_bytes(join(release_prefix(plan.model, plan.run_id), MODEL_CARD)).decode()
     return pointer, lineage, card  # the stored card: a retry's own one is not uploaded over it
+
+
+def release_pages(cfg: Config, model_name: str, pointer: Mapping, lineage: Mapping) -> dict[str, str]:
+    """The release as pages a browser shows (the UI cannot open a `file://` or `s3://` link): for model.mindir,
+    lineage.json and manifest.json, their key facts as tables with each object's storage URI as text. Keyed by
+    the file's name; values from the release are escaped (`sknet.markdown`)."""
+    from sknet.markdown import code, number, table, text
+    from sknet.storage import read_manifest
+
+    store = store_from_config(cfg.storage)
+    prefix = release_prefix(model_name, pointer["version"])
+    manifest = read_manifest(store, prefix)
+    files = manifest.get("files", {})
+    where = f"{pointer['uri']}/"
+    model = lineage["artifacts"]["model.mindir"]
+    exported = lineage.get("exported_model") or {}
+    title = f"{text(model_name)} {text(pointer['version'])}"
+
+    def page(name: str, rows: list[tuple[str, str]], note: str = "") -> str:
+        return "\n".join([f"# {title}: {text(name)}", "", f"Stored at {code(where + name)}", "",
+                          table(["", ""], rows), *(["", note] if note else [])]) + "\n"
+
+    model_rows = [("bytes", number(files.get("model.mindir", {}).get("size"), ",")),
+                  ("sha256", code(model.get("sha256", "—"))),
+                  ("exported model's top-1 / top-5", f"{number(exported.get('top_1_accuracy'))} / "
+                                                      f"{number(exported.get('top_5_accuracy'))}"),
+                  ("batch size (export.batch_size)", text(cfg.export.batch_size)),
+                  ("from checkpoint (step)", text(lineage["artifacts"]["checkpoint.ckpt"].get("step")))]
+    config = lineage["config"]
+    lineage_rows = [("run id", code(lineage["run_id"])), ("created", text(lineage["created_at"])),
+                    ("dataset", code(lineage["dataset"]["uri"])), ("dataset digest", code(lineage["dataset"]["digest"])),
+                    ("synthetic data", text("yes" if lineage["dataset"]["synthetic"] else "no")),
+                    ("recipe digest", code(config.get("recipe_digest", "—"))),
+                    ("resolved config digest", code(config["digest"])),
+                    ("top-1 / top-5", f"{number(lineage['metrics'].get('top_1_accuracy'))} / "
+                                      f"{number(lineage['metrics'].get('top_5_accuracy'))}"),
+                    ("code commit", code(lineage["code"]["commit"])),
+                    ("packages", text(", ".join(f"{k} {v}" for k, v in lineage["code"]["packages"].items())))]
+    file_rows = [(code(name), f"{number(entry.get('size'), ',')} bytes, sha256 {code(str(entry.get('sha256'))[:16])}…")
+                 for name, entry in sorted(files.items())]
+    manifest_rows = [*file_rows, ("released at", text(manifest.get("released_at", "—"))),
+                     ("training key", code(str(manifest.get("training_key", "—"))[:16]))]
+    return {"model.mindir": page("model.mindir", model_rows),
+            "lineage.json": page("lineage.json", lineage_rows, "The full record (resolved config) is the file itself."),
+            "manifest.json": page("manifest.json", manifest_rows, "A release is complete when every file listed "
+                                  "here is stored at its size and sha256 (`sknet release ls --verify`).")}

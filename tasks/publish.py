@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.assets import materialize
 from prefect.events import emit_event
 from prefect.runtime import flow_run
@@ -10,7 +10,7 @@ from sknet.config import Config
 from sknet.evaluate import headline
 from sknet.plan import RunPlan
 from sknet.release_events import release_event
-from sknet.run_outputs import publish_run_outputs, release_model, run_figures
+from sknet.run_outputs import publish_run_outputs, release_model, release_pages, run_figures
 from tasks._support import describe_assets, retry_transient
 
 
@@ -34,9 +34,9 @@ def publish_release(cfg: Config, plan: RunPlan, dataset: dict, run: dict, metric
     pointer, lineage, card = release_model(cfg, plan, dataset, run, metrics, model, verdict, run_url=flow_run.ui_url)
     emit_event(**release_event(plan.store_uri, plan.model, pointer))  # sknet.release.published, for automations
     create_markdown_artifact(markdown=card, key="sknet-model-card", description=f"{plan.model} {plan.run_id}")
-    for name in ("model.mindir", "lineage.json", "manifest.json"):
-        create_link_artifact(link=f"{pointer['uri']}/{name}", link_text=f"{plan.model} {plan.run_id}: {name}",
-                             key=f"sknet-release-{name.split('.')[0]}")
+    for name, page in release_pages(cfg, plan.model, pointer, lineage).items():  # content, not file:// links a browser refuses
+        create_markdown_artifact(markdown=page, key=f"sknet-release-{name.split('.')[0]}",
+                                 description=f"{plan.model} {plan.run_id}: {name}")
     describe_assets({"version": plan.run_id, "sha256": model["sha256"], "dataset_digest": dataset["digest"],
                      "config_digest": lineage["config"]["digest"],
                      **{k: v for k, v in headline(metrics).items() if k.endswith("accuracy")}})

@@ -190,10 +190,15 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
     embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)\)", figures)
     assert [base64.b64decode(png) for png in embedded] == [(run_dir / name).read_bytes()
                                                            for name in ("curve.png", "confusion.png")]
+    manifest_page = artifact_of(first_state, "sknet-release-manifest")  # content a browser shows, not a file:// link
+    assert f"Stored at `file://{bucket}/releases/sknet-tiny/{version}/manifest.json`" in manifest_page
+    assert re.search(r"\| `model\.mindir` \| [\d,]+ bytes, sha256 `[0-9a-f]{16}`…", manifest_page)
+    assert "exported model's top-1 / top-5 | 0." in artifact_of(first_state, "sknet-release-model")
+    assert "| recipe digest | `" in artifact_of(first_state, "sknet-release-lineage")
     per_class = json.loads(artifact_of(first_state, "sknet-per-class"))
     assert [row["class"] for row in per_class][:2] == ["airplane", "automobile"]
     assert sum(row["samples"] for row in per_class) == first["metrics"]["samples"]
-    assert [row["accuracy"] for row in per_class] == first["metrics"]["per_class_accuracy"]
+    assert [row["accuracy"] for row in per_class] == [round(a, 4) for a in first["metrics"]["per_class_accuracy"]]
 
     state, second, second_tasks, second_seconds = smoke()
     print(f"first run {first_seconds:.1f} s, unchanged run {second_seconds:.1f} s")

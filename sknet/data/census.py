@@ -141,14 +141,19 @@ def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _per_class(counts) -> str:
+    """`5,000` when every class has as many, else `4,990–5,010`."""
+    low, high = min(counts), max(counts)
+    return number(low, ",") if low == high else f"{number(low, ',')}–{number(high, ',')}"
+
+
 def census_lines(census: Mapping | None) -> list[str]:
     """The census as Markdown list items (for the model card's data section)."""
     if census is None:
         return ["- data census: not recorded for this dataset (staged before staging took one)"]
     splits = census["splits"]
     spread = "; ".join(f"{split} {number(splits[split]['records'], ',')} images, "
-                       f"{number(min(splits[split]['classes'].values()), ',')}–"
-                       f"{number(max(splits[split]['classes'].values()), ',')} per class" for split in SPLITS)
+                       f"{_per_class(splits[split]['classes'].values())} per class" for split in SPLITS)
     limit = census["max_class_skew"]
     if not census["skewed"]:
         verdict = f"every class within {number(limit, '.0%')} of its split's mean"

@@ -12,15 +12,26 @@ from sknet.preflight.collective import check_collective
 from sknet.preflight.hccn import check_device_ips, check_device_links
 from sknet.preflight.launch_plan import check_launch_plan
 from sknet.preflight.npu_smi import check_npu_smi
-from sknet.preflight.runner import Check, CheckResult, Context, run_checks
+from sknet.preflight.runner import Check, CheckResult, Context, Outcome, run_checks
+from sknet.preflight.tools import tool_budget
 from sknet.preflight.training import check_sigterm, check_sink_smoke
 from sknet.preflight.versions import check_versions
 
+def _budgeted(run: Callable[[Context], Outcome]) -> Callable[[Context], Outcome]:
+    """`run` with its tool calls sharing one budget (`sknet.preflight.tools.tool_budget`): a hung tool cannot take
+    the whole preflight."""
+    def within_budget(ctx: Context) -> Outcome:
+        with tool_budget():
+            return run(ctx)
+
+    return within_budget
+
+
 CHECKS: list[Check] = [
-    Check("versions", check_versions),
-    Check("npu-smi", check_npu_smi),
-    Check("device-links", check_device_links),
-    Check("device-ips", check_device_ips),
+    Check("versions", _budgeted(check_versions)),
+    Check("npu-smi", _budgeted(check_npu_smi)),
+    Check("device-links", _budgeted(check_device_links)),
+    Check("device-ips", _budgeted(check_device_ips)),
     Check("launch-plan", check_launch_plan),
     Check("collective", check_collective, slow=True),
     Check("sink-smoke", check_sink_smoke, slow=True),
