@@ -63,7 +63,8 @@ def embedded_dataset(data: str, store_root: Path, work: Path) -> dict:
     try:
         verify_layout(synthetic)
     except DataError as exc:
-        log.info("generating the synthetic layout in %s (≈184 MB): %s", synthetic, exc)
+        why = "none there yet" if not synthetic.exists() else f"the one there does not verify ({exc})"
+        log.info("generating the synthetic layout in %s (≈184 MB, ≈10 s): %s", synthetic, why)
         write_synthetic_layout(synthetic, seed=0, overwrite=True)
     return {"uri": stage(str(synthetic), datasets, work_dir=work), "synthetic": True}
 

@@ -259,11 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_holding_work_dir("make up", work, "python -m infra.stack up --work DIR", lambda: _up(stack, work))
 
 
+def quiet_http_logs() -> None:
+    """The Prefect client's HTTP requests stay out of `make up`'s output: httpx logs each at INFO, among them the
+    client's CSRF-token probe that a server without CSRF protection answers 422 and a block looked up before it
+    exists (404) — expected answers that read like failures."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def _up(stack: Stack, work: Path) -> int:
     """Stage the embedded default dataset unless SKNET_PUBLISH_TO names a store, then bring the stack up, its
     deployments' work_dir `work` (with the failure notification when SKNET_NOTIFY_URL is set)."""
     from infra import notify
 
+    quiet_http_logs()
     notify_url = os.environ.get("SKNET_NOTIFY_URL", "")
     try:
         notify.check_url(notify_url)  # before anything starts
@@ -287,7 +295,8 @@ def _up(stack: Stack, work: Path) -> int:
     print(f"failure notifications: {'webhook (SKNET_NOTIFY_URL)' if notifications else 'off (set SKNET_NOTIFY_URL)'}")
     print(f"deployments publish to {deploy_env['SKNET_PUBLISH_TO']}, train on {deploy_env['SKNET_DATASET_URI']}, "
           f"keep run directories and the dataset cache in {work}")
-    print(f"next:  export PREFECT_API_URL={stack.api_url}")
+    print("next:  source .venv/bin/activate   (the venv's prefect and sknet)")
+    print(f"       export PREFECT_API_URL={stack.api_url}")
     print("       prefect deployment run sknet-train/smoke --watch")
     print("       prefect deployment run sknet-train/nightly --param config=cpu-smoke --watch")
     print("       make stage SOURCE=<layout dir|tarball|URL>   (a new dataset starts sknet-train/smoke on it)")
