@@ -37,7 +37,9 @@ run: $(STAMP)
 
 # our own modules' bytecode too, before the suite's hundreds of processes import them (with PYTHONDONTWRITEBYTECODE
 # set, each would compile them again: ≈ 0.15 CPU-s a process); compileall rewrites only what changed
+# ruff lints the tree first (pyflakes, pycodestyle, isort, bugbear, pyupgrade: pyproject.toml [tool.ruff])
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m compileall -q -j 0 sknet flows tasks infra bench > /dev/null
 	$(RUN) -m pytest $(PYTEST_ARGS)
 

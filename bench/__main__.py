@@ -61,7 +61,8 @@ def bench_models() -> dict:
 def print_table(report: dict) -> None:
     """A human summary on stderr; stdout stays one JSON document."""
     memory = {(m["model"], m["stem"]): m["peak_rss_mb"] for m in report["memory"]}
-    print(f"\n{'model':10} {'stem':9} {'isa':5} {'compile s':>9} {'step s':>7} {'img/s':>6} {'cores':>5} {'peak MB':>8}",
+    print(f"\n{'model':10} {'stem':9} {'isa':5} {'compile s':>9} {'step s':>7} {'img/s':>6} {'cores':>5} "
+          f"{'peak MB':>8}",
           file=sys.stderr)
     for row in report["rows"] + report["onednn_default_isa_rows"]:
         print(f"{row['model']:10} {row['stem']:9} {row['onednn_max_cpu_isa']:5} {row['compile_seconds']:9.1f} "
@@ -84,7 +85,8 @@ def main() -> None:
         from bench.chaos import main as chaos_main
 
         sys.exit(chaos_main(sys.argv[2:]))
-    from bench.chaos import bench_chaos, print_table as print_chaos_table
+    from bench.chaos import bench_chaos
+    from bench.chaos import print_table as print_chaos_table
 
     only = set(sys.argv[1:])  # e.g. `python -m bench storage`
     for name, bench in {"storage": bench_storage, "mirror": bench_mirror, "launch": bench_launch, "flow": bench_flow,

@@ -44,7 +44,8 @@ def bench_flow() -> dict:
     second = runs[1]
     return {
         "benchmark": "flow", "machine": machine(),
-        "input": "cpu-smoke (sknet_tiny, 640 train / 320 eval samples, 3 epochs, 1 CPU rank), synthetic data, file:// store",
+        "input": "cpu-smoke (sknet_tiny, 640 train / 320 eval samples, 3 epochs, 1 CPU rank), synthetic data, "
+                 "file:// store",
         "runs": runs,
         "goal": "wall / (train + evaluate compute) ≤ 1.10; second run's data stage ≤ 1 s",
         "second_run_data_stage_seconds": second["stage_seconds"]["data"],

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from bench.s3 import BUCKET, scratch_s3
-from sknet.training.checkpoint import BackgroundUploads, CheckpointMirror, checkpoint_path, write_record
 from sknet.storage import S3Store
+from sknet.training.checkpoint import BackgroundUploads, CheckpointMirror, checkpoint_path, write_record
 
 CHECKPOINT_MB = 100
 STEPS = 40

@@ -19,7 +19,8 @@ BUCKET = "bench"
 def scratch_s3(name: str) -> Iterator[tuple[Path, S3Server]]:
     """(scratch directory, running server with an empty `bench` bucket); both gone afterwards."""
     logging.getLogger("sknet").setLevel(logging.WARNING)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
     with tempfile.TemporaryDirectory(prefix=f"sknet-bench-{name}-") as scratch:
         scratch = Path(scratch)
         server = S3Server(scratch / "moto.log")

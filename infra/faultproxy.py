@@ -73,7 +73,8 @@ class FaultProxy:
                 if proxy.strip_checksums:
                     data, headers = proxy.without_checksums(data, headers)
                 self.send_response(response.status)
-                dropped = {"transfer-encoding", "connection"} | ({"content-length"} if self.command != "HEAD" else set())
+                length = {"content-length"} if self.command != "HEAD" else set()
+                dropped = {"transfer-encoding", "connection"} | length
                 for key, value in headers:
                     if key.lower() not in dropped:
                         self.send_header(key, value)

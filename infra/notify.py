@@ -63,7 +63,7 @@ def apply_to(api_url: str, url: str | None, files: tuple[Path, ...] = AUTOMATION
 def _save_block(url: str) -> str:
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    block = CustomWebhookNotificationBlock(name=BLOCK_NAME, url="{{%s}}" % URL_SECRET, secrets={URL_SECRET: url},
+    block = CustomWebhookNotificationBlock(name=BLOCK_NAME, url=f"{{{{{URL_SECRET}}}}}", secrets={URL_SECRET: url},
                                            json_data={"text": "{{subject}}\n{{body}}"})
     return str(block.save(BLOCK_NAME, overwrite=True))
 

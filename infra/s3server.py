@@ -31,7 +31,7 @@ class S3Server:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"moto_server did not start on {self.endpoint}; see {log_path}")
+                    raise RuntimeError(f"moto_server did not start on {self.endpoint}; see {log_path}") from None
                 time.sleep(0.2)
 
     def stop(self) -> None:

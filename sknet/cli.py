@@ -206,7 +206,8 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     """`sknet eval`: accuracy and loss of a checkpoint."""
     evaluate = commands.add_parser(
         "eval", help="top-1/top-5, per-class accuracy, confusion matrix and loss of a checkpoint, printed as JSON",
-        epilog="example: sknet eval --config cpu-smoke --set data.uri=work/data --checkpoint RUN/checkpoints/step-00000060.ckpt",
+        epilog="example: sknet eval --config cpu-smoke --set data.uri=work/data "
+               "--checkpoint RUN/checkpoints/step-00000060.ckpt",
     )
     _add_config_args(evaluate)
     evaluate.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .ckpt written by sknet train")
@@ -407,7 +408,8 @@ def release_table(listing: dict) -> str:
             rows.append((model, v["version"], str(v.get("released_at") or "—"), _percent(metrics.get(
                 "top_1_accuracy")), _percent(metrics.get("top_5_accuracy")), state or "complete"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(lines)
 
 
 def _percent(value) -> str:

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 def load_network(cfg: Config, checkpoint: str, *, verified: bool = False):
     """The configured network with the checkpoint's parameters, in inference mode (`verified`: the caller has
     checked the file's integrity already, e.g. against a release manifest's sha256)."""
-    from sknet.training.checkpoint import load_into
     from sknet.model import build_model
+    from sknet.training.checkpoint import load_into
 
     network = build_model(cfg.model.name, cfg.model.num_classes, cfg.model.stem)
     load_into(network, checkpoint, what=f"{cfg.model.name} ({cfg.model.stem} stem, {cfg.model.num_classes} classes)",

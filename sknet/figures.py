@@ -34,7 +34,8 @@ def plot_confusion_matrix(metrics: Mapping, out: str | Path, *, title: str) -> P
             ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=8,
                     color="white" if shares[i][j] > 0.5 else "black")
     ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), [f"{name} ({'—' if a is None else f'{a:.1%}'})" for name, a in zip(names, accuracy)])
+    labels = [f"{name} ({'—' if a is None else f'{a:.1%}'})" for name, a in zip(names, accuracy, strict=False)]
+    ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (accuracy)")
     figure.suptitle(title)  # over the whole figure: an axes title is clipped by the colour bar beside it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import subprocess
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def lineage_record(cfg: Config, *, run_id: str, dataset_uri: str, dataset_digest
     shipped MINDIR's own score, `sknet.exported_eval`), config, code and packages."""
     return {
         "run_id": run_id,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "dataset": {"uri": dataset_uri, "digest": dataset_digest, "synthetic": synthetic_data,
                     **({"census": dict(dataset_census)} if dataset_census else {})},  # sknet.data.census
         "config": {"digest": cfg.digest(), "recipe_digest": recipe_digest(cfg), "resolved": cfg.to_dict()},

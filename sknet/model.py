@@ -129,7 +129,7 @@ class SKNet(nn.Cell):
                 return conv_bn_relu(i, o, 3, s, groups=groups)
         self.stem = _stem(stem, stem_width)
         blocks, in_ch = [], stem_width
-        for stage, (depth, mid, out) in enumerate(zip(layers, mid_widths, out_widths)):
+        for stage, (depth, mid, out) in enumerate(zip(layers, mid_widths, out_widths, strict=True)):
             for index in range(depth):
                 stride = 2 if stage > 0 and index == 0 else 1
                 blocks.append(Bottleneck(in_ch, mid, out, stride, transform))

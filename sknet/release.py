@@ -26,15 +26,24 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sknet.errors import ConfigError, SknetError
 from sknet.gate import gate
 from sknet.release_history import clean_reason, keep_own_record, keep_record, move_record, promotion_why, trail, who
 from sknet.storage import (
-    MANIFEST, IncompleteError, PermanentStorageError, Store, Versioned, WriteConflict, clear_published_claim, join,
-    publish, read_manifest, sha256_file,
+    MANIFEST,
+    IncompleteError,
+    PermanentStorageError,
+    Store,
+    Versioned,
+    WriteConflict,
+    clear_published_claim,
+    join,
+    publish,
+    read_manifest,
+    sha256_file,
 )
 
 LATEST = "LATEST"
@@ -111,7 +120,7 @@ def publish_release(store: Store, model: str, version: str, files: Mapping[str, 
     """
     check_segment("model", model)
     check_segment("version", version)
-    metadata = {**(metadata or {}), "released_at": datetime.now(timezone.utc).isoformat()}
+    metadata = {**(metadata or {}), "released_at": datetime.now(UTC).isoformat()}
     current = _read_latest(store, model)[1] if beat_latest or against_latest else None
     _refuse_before_upload(store, model, version, metadata, beat_latest, current)
     if against_latest and not (current and current["version"] == version):
@@ -264,8 +273,8 @@ def _released_at(record: Mapping, field: str = "released_at") -> datetime:
     try:
         moment = datetime.fromisoformat(record[field])
     except (KeyError, TypeError, ValueError):
-        return datetime.min.replace(tzinfo=timezone.utc)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def latest_release(store: Store, model: str) -> dict | None:
@@ -385,7 +394,7 @@ def promote(store: Store, model: str, version: str, *, reason: str | None = None
         held, current = _read_latest(store, model, replacing=True)
         pointer = {**_pointer(store, model, version, manifest, current, why=why, action="promoted", by=by,
                               reason=reason),
-                   "promoted_at": datetime.now(timezone.utc).isoformat()}
+                   "promoted_at": datetime.now(UTC).isoformat()}
         keep_record(store, model, current)
         try:
             store.put_bytes_if(json.dumps(pointer, indent=2, sort_keys=True).encode(), key, held.tag if held else None)

@@ -25,7 +25,7 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sknet.errors import ConfigError, SknetError
 from sknet.markdown import CONTROL, number
@@ -55,7 +55,7 @@ def move_record(current: Mapping | None, version: str, sequence: int, *, why: st
     previous = record_of(current)
     return {"sequence": sequence, "id": uuid.uuid4().hex[:16], "previous": previous["id"] if previous else None,
             "from": (current or {}).get("version"), "to": version, "why": why,
-            "when": datetime.now(timezone.utc).isoformat(), "metrics": dict(metrics), "run_url": safe_url(run_url),
+            "when": datetime.now(UTC).isoformat(), "metrics": dict(metrics), "run_url": safe_url(run_url),
             **{key: value for key, value in facts.items() if value is not None}}
 
 
@@ -142,7 +142,7 @@ def parse_time(text: str) -> datetime:
     """An ISO 8601 time (a date, or a date and time; UTC when it names no offset), else `ConfigError`."""
     try:
         moment = datetime.fromisoformat(text)
-        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
         raise ConfigError(f"--at {text!r}: expected an ISO 8601 time, e.g. 2026-12-01T06:00:00Z or "
                           "2026-12-01 (UTC unless an offset is given)") from None
@@ -167,7 +167,7 @@ def latest_at(records: list[dict], moment: datetime, model: str) -> dict:
 
 def _when(record: Mapping) -> datetime:
     moment = datetime.fromisoformat(record["when"])
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def who() -> str:

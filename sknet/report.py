@@ -137,7 +137,7 @@ def _plot_skipped(ax, epochs: list[dict]) -> None:
     ax.set_title("steps skipped on overflow, per epoch")
     ax.set_ylabel("skipped steps")
     xs, ys = _xy(epochs, "skipped_steps")
-    spacing = min((b - a for a, b in zip(xs, xs[1:])), default=xs[0] if xs else 1)
+    spacing = min((b - a for a, b in zip(xs, xs[1:], strict=False)), default=xs[0] if xs else 1)
     ax.bar(xs, ys, width=0.6 * spacing, color=SKIPPED_COLOR)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if not xs:

@@ -8,25 +8,39 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from sknet.training.checkpoint import latest_verified_checkpoint, read_record
+from sknet.champion import ChampionUnavailable, pair_with_latest
 from sknet.config import Config
 from sknet.errors import CheckpointError, SknetError
-from sknet.champion import ChampionUnavailable, pair_with_latest
 from sknet.figures import figures_markdown, plot_confusion_matrix
 from sknet.gate import PairedRule, Verdict, enforce, gate
 from sknet.lineage import lineage_record
 from sknet.model_card import model_card
 from sknet.plan import RunPlan
 from sknet.release import (
-    LINEAGE, MODEL_CARD, BeatLatest, latest_release, publish_release, publish_run, release_prefix,
+    LINEAGE,
+    MODEL_CARD,
+    BeatLatest,
+    latest_release,
+    publish_release,
+    publish_run,
+    release_prefix,
 )
 from sknet.release_history import release_facts
 from sknet.report import plot_training_curve, read_metrics
 from sknet.run_files import (
-    CHAMPION_DIR, CONFIG_FILE, CONFUSION_FILE, CURVE_FILE, EVAL_FILE, LAUNCH_FILE, LOGS_DIR, METRICS_FILE,
-    PREDICTIONS_FILE, RESULT_FILE,
+    CHAMPION_DIR,
+    CONFIG_FILE,
+    CONFUSION_FILE,
+    CURVE_FILE,
+    EVAL_FILE,
+    LAUNCH_FILE,
+    LOGS_DIR,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RESULT_FILE,
 )
 from sknet.storage import join, store_from_config
+from sknet.training.checkpoint import latest_verified_checkpoint, read_record
 from sknet.training_key import release_with_key, training_key
 
 RUN_FILES = (EVAL_FILE, PREDICTIONS_FILE, CURVE_FILE, CONFUSION_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
@@ -215,7 +229,8 @@ def release_pages(cfg: Config, model_name: str, pointer: Mapping, lineage: Mappi
                   ("from checkpoint (step)", text(lineage["artifacts"]["checkpoint.ckpt"].get("step")))]
     config = lineage["config"]
     lineage_rows = [("run id", code(lineage["run_id"])), ("created", text(lineage["created_at"])),
-                    ("dataset", code(lineage["dataset"]["uri"])), ("dataset digest", code(lineage["dataset"]["digest"])),
+                    ("dataset", code(lineage["dataset"]["uri"])),
+                    ("dataset digest", code(lineage["dataset"]["digest"])),
                     ("synthetic data", text("yes" if lineage["dataset"]["synthetic"] else "no")),
                     ("recipe digest", code(config.get("recipe_digest", "—"))),
                     ("resolved config digest", code(config["digest"])),

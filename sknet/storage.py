@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -679,7 +679,7 @@ def _claim_record(held: Versioned | None) -> dict:
 def _abandoned(record: Mapping) -> bool:
     """A claim not renewed within the lease (or unreadable) belongs to no live writer."""
     try:
-        return datetime.now(timezone.utc) - datetime.fromisoformat(record["renewed_at"]) > CLAIM_LEASE
+        return datetime.now(UTC) - datetime.fromisoformat(record["renewed_at"]) > CLAIM_LEASE
     except (KeyError, TypeError, ValueError):
         return True
 
@@ -691,7 +691,7 @@ def _describe(record: Mapping) -> str:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def read_manifest(store: Store, prefix: str) -> dict:

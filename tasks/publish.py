@@ -34,7 +34,8 @@ def publish_release(cfg: Config, plan: RunPlan, dataset: dict, run: dict, metric
     pointer, lineage, card = release_model(cfg, plan, dataset, run, metrics, model, verdict, run_url=flow_run.ui_url)
     emit_event(**release_event(plan.store_uri, plan.model, pointer))  # sknet.release.published, for automations
     create_markdown_artifact(markdown=card, key="sknet-model-card", description=f"{plan.model} {plan.run_id}")
-    for name, page in release_pages(cfg, plan.model, pointer, lineage).items():  # content, not file:// links a browser refuses
+    # content, not file:// links a browser refuses
+    for name, page in release_pages(cfg, plan.model, pointer, lineage).items():
         create_markdown_artifact(markdown=page, key=f"sknet-release-{name.split('.')[0]}",
                                  description=f"{plan.model} {plan.run_id}: {name}")
     describe_assets({"version": plan.run_id, "sha256": model["sha256"], "dataset_digest": dataset["digest"],

@@ -18,6 +18,17 @@ from sknet.training.compile_cache import SHARED_CACHE_ENV
 CLI_TIMEOUT = 900
 
 
+def sknet_main(capsys, *args: str) -> tuple[int, str, str]:
+    """`sknet ARGS` in this process (exit code, stdout, stderr): for commands that load no MindSpore state, ≈ 1.5 s
+    cheaper than `run_sknet`'s fresh interpreter."""
+    from sknet.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_sknet(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real `sknet` command in a fresh process (MindSpore state does not leak between runs)."""
     env = {**os.environ, "GLOG_v": "3"}

@@ -12,7 +12,8 @@ from sknet.storage import StorageError, store_from_config
 
 @pytest.fixture(autouse=True)
 def credentials(monkeypatch):
-    for key, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    fake = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in fake.items():
         monkeypatch.setenv(key, value)
 
 

@@ -14,7 +14,11 @@ import pytest
 
 from conftest import run_sknet
 from sknet.data.census import (
-    DEFAULT_MAX_CLASS_SKEW, census_lines, census_markdown, read_census, take_census,
+    DEFAULT_MAX_CLASS_SKEW,
+    census_lines,
+    census_markdown,
+    read_census,
+    take_census,
 )
 from sknet.data.layout import CLASS_NAMES, IMAGE_BYTES, LAYOUT_DIR, RECORD_BYTES, TEST_FILE
 from sknet.data.stage import stage_dataset

@@ -6,7 +6,15 @@ import hashlib
 import json
 
 from bench.chaos import (
-    KINDS, STEPS, classify, latest_check, mirrored_steps, plan_faults, temp_keys, temp_paths, verify_prefixes,
+    KINDS,
+    STEPS,
+    classify,
+    latest_check,
+    mirrored_steps,
+    plan_faults,
+    temp_keys,
+    temp_paths,
+    verify_prefixes,
 )
 from infra.faultproxy import FaultProxy
 from sknet.storage import LocalStore
@@ -31,7 +39,8 @@ def test_a_run_that_did_not_complete_needs_a_message_naming_the_cause():
     assert classify("FAILED", "LaunchError: rank 0 exited with code 1; … OSError: [Errno 28] No space left on "
                               "device") == ("failed_with_reason", "disk")
     assert classify("FAILED", "LaunchError: rank 0 exited with code -9") == ("failed_with_reason", "rank")
-    assert classify("FAILED", "StorageError: put s3://b/runs/x/eval.json: SlowDown") == ("failed_with_reason", "storage")
+    assert classify("FAILED", "StorageError: put s3://b/runs/x/eval.json: SlowDown") == (
+        "failed_with_reason", "storage")
     assert classify("CRASHED", "Execution was aborted by a termination signal.") == ("failed_with_reason", "signal")
     assert classify("CRASHED", "") == ("other", None)
     assert classify("RUNNING", "") == ("other", None)

@@ -7,10 +7,15 @@ from pathlib import Path
 import pytest
 
 from conftest import run_sknet
-from sknet.training.checkpoint import (
-    CheckpointMirror, checkpoint_path, latest_verified_checkpoint, list_checkpoints, record_path, write_record,
-)
 from sknet.errors import CheckpointError
+from sknet.training.checkpoint import (
+    CheckpointMirror,
+    checkpoint_path,
+    latest_verified_checkpoint,
+    list_checkpoints,
+    record_path,
+    write_record,
+)
 
 SHORT = ["data.num_train_samples=192", "train.epochs=2", "train.checkpoint_every_steps=4",
          "train.log_every_steps=1", "train.keep_checkpoints=5"]  # 6 steps per epoch: checkpoints 4, 8, 12

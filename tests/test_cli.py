@@ -5,7 +5,8 @@ from sknet.cli import build_parser
 
 
 @pytest.mark.parametrize("command", [[], ["data", "synth"], ["data", "verify"], ["config", "show"],
-                                     ["train"], ["launch"], ["gate"], ["eval"], ["export"], ["ranktable"], ["data", "stage"], ["data", "fetch"]])
+                                     ["train"], ["launch"], ["gate"], ["eval"], ["export"], ["ranktable"],
+                                     ["data", "stage"], ["data", "fetch"]])
 def test_every_command_has_help_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([*command, "--help"])

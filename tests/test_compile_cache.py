@@ -13,8 +13,13 @@ import pytest
 
 from conftest import run_sknet
 from sknet.config import load_config
-from sknet.training.compile_cache import (SHARED_CACHE_ENV, graph_digest, platform_identity, share_compile_cache,
-                                         use_compile_cache)
+from sknet.training.compile_cache import (
+    SHARED_CACHE_ENV,
+    graph_digest,
+    platform_identity,
+    share_compile_cache,
+    use_compile_cache,
+)
 
 TWO_STEPS = ["data.num_train_samples=64", "train.epochs=1"]
 

@@ -5,7 +5,14 @@ import pytest
 
 from conftest import run_sknet
 from sknet.data.layout import (
-    FILE_BYTES, LAYOUT_DIR, RECORD_BYTES, SYNTHETIC_MARKER, TEST_FILE, TRAIN_FILES, read_labels, verify_layout,
+    FILE_BYTES,
+    LAYOUT_DIR,
+    RECORD_BYTES,
+    SYNTHETIC_MARKER,
+    TEST_FILE,
+    TRAIN_FILES,
+    read_labels,
+    verify_layout,
 )
 from sknet.data.synth import synthetic_records, write_synthetic_layout
 from sknet.errors import DataError

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import run_sknet
-from sknet.training.checkpoint import list_checkpoints
 from sknet.config import load_config
 from sknet.launch.launcher import LaunchError, launch
+from sknet.training.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +57,9 @@ def test_a_loss_above_max_loss_counts_as_divergence(synthetic_data, tmp_path):
 
 
 def test_the_launcher_reports_a_diverged_rank_so_nobody_retries_it(synthetic_data, tmp_path):
-    from tasks._support import transient_only
     from prefect.states import Failed
+
+    from tasks._support import transient_only
 
     cfg = load_config("cpu-smoke", [f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}", *DIVERGING])
     with pytest.raises(LaunchError, match=r"rank 0 diverged") as error:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import call_api, copy_of_repo, readme_commands, run_sknet, run_shell
+from conftest import call_api, copy_of_repo, readme_commands, run_shell, run_sknet
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,8 @@ def site(s3_server, synthetic_data, tmp_path_factory, webhook):
     bucket = "sknet-e2e"
     s3_client(endpoint_url=s3_server.endpoint).create_bucket(Bucket=bucket)
     staged = json.loads(run_sknet("data", "stage", "--source", str(synthetic_data), "--dest",
-                                  f"s3://{bucket}/datasets/cifar10", "--endpoint-url", s3_server.endpoint).stdout)["uri"]
+                                  f"s3://{bucket}/datasets/cifar10", "--endpoint-url",
+                                  s3_server.endpoint).stdout)["uri"]
     clone = copy_of_repo(tmp_path_factory.mktemp("clone") / "sknet-pipeline")
     port = free_port()
     env = {"SKNET_PREFECT_PORT": str(port), "SKNET_PUBLISH_TO": f"s3://{bucket}", "SKNET_DATASET_URI": staged,
@@ -171,8 +172,8 @@ def test_the_readme_nightly_run_completes(nightly_run):
 
 
 def test_the_release_holds_verified_objects_and_lineage(site, nightly_run, tmp_path):
-    from sknet.training.checkpoint import CheckpointMirror
     from sknet.storage import sha256_file
+    from sknet.training.checkpoint import CheckpointMirror
 
     run_id = nightly_run["id"]
     releases = s3_store(site, "releases/sknet-tiny")
@@ -221,7 +222,8 @@ def test_the_ui_has_the_artifacts_and_asset_lineage(site, nightly_run):
     run_id = nightly_run["id"]
     artifacts = {a["key"]: a for a in api(site, "artifacts/filter", {"flow_runs": {"id": {"any_": [run_id]}}})}
     assert {"sknet-run-summary", "sknet-metrics", "sknet-epochs", "sknet-training-progress", "sknet-curve",
-            "sknet-release-model", "sknet-release-lineage", "sknet-release-manifest", "sknet-model-card"} <= set(artifacts)
+            "sknet-release-model", "sknet-release-lineage", "sknet-release-manifest",
+            "sknet-model-card"} <= set(artifacts)
     assert "PASS" in artifacts["sknet-run-summary"]["data"] and "SYNTHETIC" in artifacts["sknet-run-summary"]["data"]
     assert float(artifacts["sknet-training-progress"]["data"]) == 100
     assert [row["epoch"] for row in json.loads(artifacts["sknet-epochs"]["data"])] == [1, 2, 3]

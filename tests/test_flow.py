@@ -4,9 +4,9 @@ on a temporary API) and the deployments through a real server and worker in test
 
 
 import pytest
-from conftest import artifact_of
 from prefect.states import Failed
 
+from conftest import artifact_of
 from sknet.gate import GateFailed
 from sknet.launch.launcher import LaunchError, LaunchResult
 from sknet.storage import IncompleteError, PermanentStorageError, StorageError
@@ -51,7 +51,8 @@ def test_a_rank_that_refuses_its_input_fails_the_launch_as_bad_input_and_is_not_
     workers = (os.cpu_count() or 1) + 1
     cfg = load_config("cpu-smoke", [f"data.uri={synthetic_data}", f"train.output_dir={tmp_path}",
                                     f"data.num_parallel_workers={workers}"])
-    with pytest.raises(LaunchError, match=r"exited with code 2: bad input .*; a retry would fail the same way") as error:
+    refused = r"exited with code 2: bad input .*; a retry would fail the same way"
+    with pytest.raises(LaunchError, match=refused) as error:
         launch(cfg, on_line=lambda line: None)
     result = error.value.result
     assert result.bad_input and not result.diverged

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import run_sknet
+from conftest import sknet_main
 from sknet.config import load_config
 from sknet.errors import ConfigError
 from sknet.storage import LocalStore
@@ -14,13 +14,13 @@ from sknet.training.run_record import RUN_RECORD_FILE, check_run_dir
 
 
 @pytest.mark.parametrize("moment", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:30+05:00"])
-def test_a_time_outside_the_representable_years_in_utc_is_a_clear_error(moment, tmp_path):
+def test_a_time_outside_the_representable_years_in_utc_is_a_clear_error(moment, tmp_path, capsys):
     from sknet.release_history import parse_time
 
     with pytest.raises(ConfigError, match="in UTC this is outside the years 1 to 9999"):
         parse_time(moment)
-    proc = run_sknet("release", "ls", "--store", str(tmp_path), "--model", "sknet50", "--at", moment, check=False)
-    assert proc.returncode == 2 and "outside the years 1 to 9999" in proc.stderr and "Traceback" not in proc.stderr
+    code, _, err = sknet_main(capsys, "release", "ls", "--store", str(tmp_path), "--model", "sknet50", "--at", moment)
+    assert code == 2 and "outside the years 1 to 9999" in err
 
 
 def mirrored_run(tmp_path, run_json: bytes | None = None, record: bytes | None = None):
@@ -230,11 +230,13 @@ def test_stack_status_finds_the_port_the_running_stack_was_started_on(tmp_path):
 
 
 def test_sknet_data_help_names_every_subcommand():
-    shown = run_sknet("--help").stdout
+    from sknet.cli import build_parser
+
+    shown = build_parser().format_help()
     assert "synth, verify, stage, fetch" in shown
 
 
-def test_a_model_is_named_one_way_or_the_other_and_both_are_understood(tmp_path):
+def test_a_model_is_named_one_way_or_the_other_and_both_are_understood(tmp_path, capsys):
     """Issue #27 §17: model.name sknet_tiny is released as sknet-tiny; either spelling works in both places."""
     from sknet.release import publish_release
 
@@ -244,5 +246,5 @@ def test_a_model_is_named_one_way_or_the_other_and_both_are_understood(tmp_path)
     model.write_bytes(b"m")
     publish_release(store, "sknet-tiny", "v1", {"model.mindir": model})
     for spelling in ("sknet-tiny", "sknet_tiny"):
-        listed = json.loads(run_sknet("-q", "release", "ls", "--store", store.uri, "--model", spelling).stdout)
+        listed = json.loads(sknet_main(capsys, "-q", "release", "ls", "--store", store.uri, "--model", spelling)[1])
         assert [v["version"] for v in listed["models"]["sknet-tiny"]["versions"]] == ["v1"]

@@ -12,7 +12,11 @@ from sknet.config import load_config
 from sknet.launch.launcher import LaunchError, dry_run
 from sknet.launch.ranks import HCCL_TIMEOUTS, plan_processes
 from sknet.launch.ranktable import (
-    RankTableError, build_rank_table, merge_rank_tables, read_hccn_conf, write_rank_table,
+    RankTableError,
+    build_rank_table,
+    merge_rank_tables,
+    read_hccn_conf,
+    write_rank_table,
 )
 from test_ranktable import GOLDEN, HOSTILE, write_hostile
 

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from sknet.model import (
-    SelectiveKernelConv, build_model, count_parameters, resnext50, sknet50, sknet_tiny,
+    SelectiveKernelConv,
+    build_model,
+    count_parameters,
+    resnext50,
+    sknet50,
+    sknet_tiny,
 )
 from sknet.training.runtime import configure
 
@@ -35,7 +40,8 @@ def test_sk_unit_has_a_plain_and_a_dilated_grouped_path_and_a_fused_descriptor()
     convs = [path[0][0] for path in first.paths]
     assert [(c.group, c.dilation[-1], c.kernel_size) for c in convs] == [(32, 1, (3, 3)), (32, 2, (3, 3))]
     reduce_fc = first.attention.fc_reduce[0]
-    assert (reduce_fc.in_channels, reduce_fc.out_channels, reduce_fc.has_bias) == (128, 32, False)  # d = max(128/16, 32)
+    # d = max(128/16, 32)
+    assert (reduce_fc.in_channels, reduce_fc.out_channels, reduce_fc.has_bias) == (128, 32, False)
     last = units[-1].attention.fc_reduce[0]
     assert (last.in_channels, last.out_channels) == (1024, 64)  # d = 1024/16
     assert units[-1].attention.fc_select.out_channels == 2 * 1024

@@ -9,8 +9,15 @@ import pytest
 
 from conftest import run_sknet
 from sknet.launch.ranktable import (
-    RankTableError, build_rank_table, load_rank_table, merge_rank_tables, parse_devices, parse_visible_devices,
-    physical_devices, query_hccn_tool, read_hccn_conf,
+    RankTableError,
+    build_rank_table,
+    load_rank_table,
+    merge_rank_tables,
+    parse_devices,
+    parse_visible_devices,
+    physical_devices,
+    query_hccn_tool,
+    read_hccn_conf,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -84,7 +91,8 @@ def test_malformed_visible_devices_name_the_variable_and_value(spec, message):
 @pytest.mark.parametrize("devices, visible", [("0-2", list(range(8))), ("5-7", list(range(8))),
                                               ("0-2", [4, 5, 6, 7])])
 def test_an_ascend_910_job_of_other_than_1_2_4_or_8_devices_is_refused(devices, visible):
-    with pytest.raises(RankTableError, match=r"3 devices \[.*\]: an Ascend 910 server's HCCS runs jobs of 1, 2, 4 or 8 devices"):
+    with pytest.raises(RankTableError,
+                       match=r"3 devices \[.*\]: an Ascend 910 server's HCCS runs jobs of 1, 2, 4 or 8 devices"):
         physical_devices(parse_devices(devices), visible)
 
 

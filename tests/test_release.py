@@ -2,8 +2,8 @@ import json
 import re
 
 import pytest
-from conftest import race
 
+from conftest import race
 from sknet.config import load_config
 from sknet.lineage import lineage_record
 from sknet.release import BeatLatest, LatestNotMoved, latest_release, move_latest, publish_release, publish_run
@@ -20,7 +20,8 @@ def artifacts(tmp_path):
 
 def test_first_release_moves_latest_and_is_readable(store, artifacts):
     assert latest_release(store, "sknet50") is None
-    pointer = publish_release(store, "sknet50", "2026-11-28-001", artifacts, metadata={"metrics": {"top_1_accuracy": 0.91}})
+    pointer = publish_release(store, "sknet50", "2026-11-28-001", artifacts,
+                              metadata={"metrics": {"top_1_accuracy": 0.91}})
     assert pointer["uri"] == f"{store.uri}/releases/sknet50/2026-11-28-001"
     current = latest_release(store, "sknet50")
     assert current["metrics"]["top_1_accuracy"] == 0.91
@@ -78,7 +79,8 @@ def test_a_retried_older_release_never_moves_latest_back(store, tmp_path):
     publish_release(store, "sknet50", "v1", *v1)
     publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.90))
     with pytest.raises(LatestNotMoved, match=r"releases/sknet50/v1 is published, but LATEST stays at v2: "
-                                             r"v1 \(released .*\) is older than v2 \(released .*\); LATEST never moves back"):
+                                             r"v1 \(released .*\) is older than v2 \(released .*\); "
+                                             r"LATEST never moves back"):
         publish_release(store, "sknet50", "v1", *v1)  # v1's flow run, retried after v2 was released
     assert latest(store)["version"] == "v2" and latest(store)["sequence"] == 2
 
@@ -141,7 +143,8 @@ def test_concurrent_releases_never_lose_a_move_and_end_at_the_newest(store, tmp_
     for round_ in range(3):
         model, versions = f"m{round_}", [f"r{round_}-v{n}" for n in range(4)]
         releases = [release_files(tmp_path, version, 0.9) for version in versions]
-        results = race([lambda v=v, r=r: publish_release(store, model, v, *r) for v, r in zip(versions, releases)])
+        results = race([lambda v=v, r=r, m=model: publish_release(store, m, v, *r)
+                        for v, r in zip(versions, releases, strict=True)])
         moved = [r for r in results if isinstance(r, dict)]
         assert all(isinstance(r, (dict, LatestNotMoved)) for r in results), results
         assert sorted(p["sequence"] for p in moved) == list(range(1, len(moved) + 1))  # one move each, none lost
@@ -318,7 +321,8 @@ def test_a_latest_naming_a_path_outside_its_model_is_refused_not_followed(store,
 
 
 @pytest.mark.parametrize("damage, reason", [
-    ("delete", "missing, manifest.json records 1,200 bytes"), ("truncate", "3 bytes, manifest.json records 1,200 bytes"),
+    ("delete", "missing, manifest.json records 1,200 bytes"),
+    ("truncate", "3 bytes, manifest.json records 1,200 bytes"),
 ])
 def test_a_version_missing_a_file_of_its_manifest_is_not_complete(store, tmp_path, damage, reason):
     from sknet.release import list_releases, promote

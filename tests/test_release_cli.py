@@ -5,8 +5,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import run_sknet
 
+from conftest import run_sknet, sknet_main
 from sknet.release import publish_release
 from sknet.storage import LocalStore, S3Store
 
@@ -169,7 +169,7 @@ def overwrite_in_place(store, key: str) -> None:
     store.put_bytes(bytes(data), key)
 
 
-def test_a_release_damaged_in_place_is_no_release_to_stand_on(released):
+def test_a_release_damaged_in_place_is_no_release_to_stand_on(released, capsys):
     """Issue #27 §3: 16 bytes of v1's model.mindir overwritten at the same size: the unchanged-skip
     (`release_with_key`) trains instead, `release ls --verify` names the file, promote refuses it."""
     from sknet.training_key import release_with_key
@@ -185,34 +185,35 @@ def test_a_release_damaged_in_place_is_no_release_to_stand_on(released):
     assert release_with_key(store, "sknet50", key)["version"] == "v3"
     overwrite_in_place(store, "releases/sknet50/v3/model.mindir")
     assert release_with_key(store, "sknet50", key) is None  # not "unchanged since release v3": the run trains
-    by_size = json.loads(run_sknet("-q", "release", "ls", *args, "--model", "sknet50").stdout)
+    by_size = json.loads(sknet_main(capsys, "-q", "release", "ls", *args, "--model", "sknet50")[1])
     assert by_size["models"]["sknet50"]["versions"][-1]["complete"]  # sizes alone cannot tell
-    verified = json.loads(run_sknet("-q", "release", "ls", *args, "--model", "sknet50", "--verify").stdout)
+    verified = json.loads(sknet_main(capsys, "-q", "release", "ls", *args, "--model", "sknet50", "--verify")[1])
     v3 = verified["models"]["sknet50"]["versions"][-1]
     assert v3["version"] == "v3" and not v3["complete"] and list(v3["damaged"]) == ["model.mindir"]
-    proc = run_sknet("release", "promote", *args, "--model", "sknet50", "--version", "v3", check=False)
-    assert proc.returncode == 2 and "version v3 of sknet50 is incomplete: model.mindir:" in proc.stderr
+    code, _, err = sknet_main(capsys, "release", "promote", *args, "--model", "sknet50", "--version", "v3")
+    assert code == 2 and "version v3 of sknet50 is incomplete: model.mindir:" in err
 
 
-def test_release_ls_names_a_missing_store_a_malformed_uri_and_an_unknown_model(released, tmp_path):
+def test_release_ls_names_a_missing_store_a_malformed_uri_and_an_unknown_model(released, tmp_path, capsys):
     """Issue #27 §16: each exited 0 with an empty listing."""
     _, args = released
     for store, message in ((str(tmp_path / "nowhere"), "is not a directory (no such store)"),
                            ("s3:/bad", "not a store URI"), ("s3://", "no bucket")):
-        proc = run_sknet("release", "ls", "--store", store, check=False)
-        assert proc.returncode == 2 and message in proc.stderr and proc.stdout == "", store
-    proc = run_sknet("release", "ls", *args, "--model", "sknet-tiny", check=False)
-    assert proc.returncode == 2 and "no release of model 'sknet-tiny'" in proc.stderr and "sknet50" in proc.stderr
+        code, out, err = sknet_main(capsys, "release", "ls", "--store", store)
+        assert code == 2 and message in err and out == "", store
+    code, _, err = sknet_main(capsys, "release", "ls", *args, "--model", "sknet-tiny")
+    assert code == 2 and "no release of model 'sknet-tiny'" in err and "sknet50" in err
 
 
-def test_release_ls_prints_a_table_for_people_and_json_for_scripts(released):
+def test_release_ls_prints_a_table_for_people_and_json_for_scripts(released, capsys):
     from sknet.cli import release_table
 
     store, args = released
-    listing = json.loads(run_sknet("-q", "release", "ls", *args, "--json").stdout)
+    listing = json.loads(run_sknet("-q", "release", "ls", *args).stdout)  # piped: JSON, as scripts read it
     lines = release_table(listing).splitlines()
     assert lines[0].split() == ["model", "version", "released", "at", "top-1", "top-5", "state"]
     assert lines[1].split()[:2] == ["sknet50", "v1"] and "91.00 %" in lines[1] and lines[1].endswith("complete")
     assert "92.00 %" in lines[2] and lines[2].endswith("LATEST")
-    table = run_sknet("-q", "release", "ls", *args, "--table").stdout
+    assert json.loads(sknet_main(capsys, "-q", "release", "ls", *args, "--json")[1]) == listing
+    table = sknet_main(capsys, "-q", "release", "ls", *args, "--table")[1]
     assert table.strip() == release_table(listing)

@@ -10,8 +10,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from conftest import race, run_sknet
 
+from conftest import race, run_sknet
 from sknet import release
 from sknet.release import LatestNotMoved, history, promote, publish_release
 from sknet.release_history import release_facts
@@ -87,7 +87,7 @@ def test_concurrent_moves_record_exactly_the_moves_that_won(store, tmp_path):
     records, notes = history(store, "sknet50")
     assert notes == [] and [(r["sequence"], r["to"]) for r in records] == [(1, "base")] + won  # no loser recorded
     assert [r["sequence"] for r in records] == list(range(1, len(records) + 1))
-    assert all(b["from"] == a["to"] and b["previous"] == a["id"] for a, b in zip(records, records[1:]))
+    assert all(b["from"] == a["to"] and b["previous"] == a["id"] for a, b in zip(records, records[1:], strict=False))
     assert stored_records(store) == records and latest(store)["move"] == records[-1]
 
 

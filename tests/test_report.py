@@ -3,14 +3,26 @@
 import pytest
 
 from sknet.report import (
-    EMPTY_TEXT, EPOCH_COLOR, LOSS_COLOR, LR_COLOR, SCALE_COLOR, SKIPPED_COLOR, SPEED_COLOR, TOP1_COLOR, TOP5_COLOR,
+    EMPTY_TEXT,
+    EPOCH_COLOR,
+    LOSS_COLOR,
+    LR_COLOR,
+    SCALE_COLOR,
+    SKIPPED_COLOR,
+    SPEED_COLOR,
+    TOP1_COLOR,
+    TOP5_COLOR,
     epoch_rows,
-    plot_training_curve, progress_of, read_metrics, training_figure,
+    plot_training_curve,
+    progress_of,
+    read_metrics,
+    training_figure,
 )
 
 
 def test_progress_is_parsed_from_a_rank_prefixed_log_line():
-    line = "[rank 0] 2026-11-28 03:10:00 INFO sknet.training.loop: epoch 2/3 step 25/60 loss 1.8423 lr 0.04000 61.2 img/s"
+    line = ("[rank 0] 2026-11-28 03:10:00 INFO sknet.training.loop: epoch 2/3 step 25/60 loss 1.8423 lr 0.04000 "
+            "61.2 img/s")
     assert progress_of(line) == (25, 60, 1.8423)
     assert progress_of("[rank 0] resuming from step-00000020.ckpt (step 20 of 60)") is None
 

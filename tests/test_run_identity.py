@@ -77,7 +77,8 @@ def test_a_mirror_of_another_training_is_never_pulled(finished, other_data, synt
                                                       bucket):
     """The same run id on another machine with another dataset, or another seed: refused before anything is
     pulled (before: it pulled the first run's final checkpoint, trained 0 steps and was released as its own)."""
-    mirror = [f"train.checkpoint_mirror=s3://{bucket}/runs/r1/checkpoints", f"storage.endpoint_url={s3_server.endpoint}"]
+    mirror = [f"train.checkpoint_mirror=s3://{bucket}/runs/r1/checkpoints",
+              f"storage.endpoint_url={s3_server.endpoint}"]
     first = train(synthetic_data, tmp_path / "machine-a", *mirror)
     assert first.returncode == 0, first.stderr[-2000:]
     for data, extra, change in [(other_data, [], f"dataset_digest: '{dataset_digest(synthetic_data)}'"),

@@ -54,7 +54,7 @@ def test_sknet50s_gradients_are_all_reduced_in_four_runs_of_about_equal_bytes():
     sizes = [p.size for p in build_model("sknet50", 10, "imagenet").trainable_params()]
     cuts = fusion_split_indices(sizes)
     assert len(sizes) == 273 and cuts == sorted(set(cuts)) and len(cuts) == 3 and 0 < cuts[0] and cuts[-1] < 273
-    runs = [sum(sizes[a:b]) for a, b in zip([0, *cuts], [*cuts, len(sizes)])]
+    runs = [sum(sizes[a:b]) for a, b in zip([0, *cuts], [*cuts, len(sizes)], strict=True)]
     assert sum(runs) == sum(sizes)
     assert max(runs) < 0.4 * sum(sizes)  # no run holds most of the bytes: each all-reduce can overlap backprop
 

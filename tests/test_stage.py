@@ -12,7 +12,6 @@ from sknet.data.stage import VERIFIED_MARKER, dataset_manifest, fetch, manifest_
 from sknet.errors import DataError
 from sknet.storage import IncompleteError, LocalStore, S3Store
 
-
 S3_PREFIX = "datasets/cifar10"
 
 
@@ -380,9 +379,10 @@ def test_an_unreachable_url_is_a_clear_error_naming_it(tmp_path):
 
 
 def test_a_manifest_that_is_not_json_is_a_permanent_error_not_retried(store, staged, tmp_path):
+    from prefect.states import Failed
+
     from sknet.storage import PermanentStorageError
     from tasks._support import transient_only
-    from prefect.states import Failed
 
     uri, digest = staged
     store.put_bytes(b"{not json", f"{digest}/manifest.json")

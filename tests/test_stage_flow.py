@@ -12,8 +12,8 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import artifact_of
 
+from conftest import artifact_of
 from sknet.errors import ConfigError, DataError
 from sknet.markdown import text
 

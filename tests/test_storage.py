@@ -6,9 +6,15 @@ import os
 import pytest
 
 from sknet.storage import (
-    IncompleteError, LocalStore, S3Store, StorageError, open_store, publish, read_manifest, sha256_file,
+    IncompleteError,
+    LocalStore,
+    S3Store,
+    StorageError,
+    open_store,
+    publish,
+    read_manifest,
+    sha256_file,
 )
-
 
 S3_PREFIX = "some/prefix"
 
@@ -182,7 +188,7 @@ def test_racing_conditional_writes_have_exactly_one_winner(store):
         tag = store.put_bytes_if(b"base", f"ptr-{round_}", None)
         start, won, lost = threading.Barrier(6), [], []
 
-        def write(n, key=f"ptr-{round_}"):
+        def write(n, key=f"ptr-{round_}", start=start, tag=tag, won=won, lost=lost):
             start.wait()
             try:
                 store.put_bytes_if(f"writer {n}".encode(), key, tag)
@@ -203,7 +209,8 @@ def test_exclusive_publish_refuses_a_prefix_another_execution_is_writing(store, 
     from sknet.storage import WriteConflict, claim
 
     held = claim(store, "rel/v1")  # another execution, alive (renewed just now)
-    with pytest.raises(WriteConflict, match=rf"rel/v1 is being written by another execution \(host .* pid {os.getpid()}"):
+    claimed = rf"rel/v1 is being written by another execution \(host .* pid {os.getpid()}"
+    with pytest.raises(WriteConflict, match=claimed):
         publish(store, "rel/v1", files, exclusive=True)
     assert [o.key for o in store.list("rel/")] == ["rel/v1/.writing"]  # nothing of this execution's
     assert store.get_versioned("rel/v1/.writing").tag == held.tag

@@ -131,8 +131,8 @@ def test_sigterm_during_start_up_exits_at_once_instead_of_waiting_for_a_step(syn
 
 def test_a_crashed_run_resumed_on_another_machine_equals_an_uninterrupted_run(reference, synthetic_data, tmp_path,
                                                                              s3_server, bucket):
-    from sknet.training.checkpoint import CheckpointMirror
     from sknet.storage import S3Store
+    from sknet.training.checkpoint import CheckpointMirror
 
     mirror = [f"train.checkpoint_mirror=s3://{bucket}/runs/r1/checkpoints",
               f"storage.endpoint_url={s3_server.endpoint}"]

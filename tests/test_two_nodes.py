@@ -67,7 +67,7 @@ class TwoHosts:
         a, b = self.namespaces
         # both ends are born inside their namespace: the host's interfaces are never touched
         commands = [("link", "add", "name", "sk0", "netns", a, "type", "veth", "peer", "name", "sk1", "netns", b)]
-        for k, (ns, dev) in enumerate(zip(self.namespaces, ("sk0", "sk1"))):
+        for k, (ns, dev) in enumerate(zip(self.namespaces, ("sk0", "sk1"), strict=True)):
             commands += [("-n", ns, "addr", "add", f"{self.addresses[k]}/24", "dev", dev),
                          ("-n", ns, "link", "set", dev, "up"), ("-n", ns, "link", "set", "lo", "up")]
         for command in commands:
@@ -136,7 +136,8 @@ def test_two_nodes_train_one_model(hosts, synthetic_data):
         hosts.start(k, synthetic_data, "train.epochs=1")
     codes = [hosts.wait(k) for k in (0, 1)]
     seconds = time.monotonic() - started
-    assert codes == [0, 0], f"exit codes {codes}\nnode 0:\n{hosts.stderr(0)[-3000:]}\nnode 1:\n{hosts.stderr(1)[-3000:]}"
+    assert codes == [0, 0], \
+        f"exit codes {codes}\nnode 0:\n{hosts.stderr(0)[-3000:]}\nnode 1:\n{hosts.stderr(1)[-3000:]}"
 
     for k in (0, 1):
         printed, written = json.loads(hosts.stdout(k)), hosts.launch_json(k)

@@ -39,7 +39,8 @@ def _fault(kind: str, rng: random.Random) -> dict:
     if kind == "s3":  # during training (the checkpoint mirror's uploads) or from the end of training on (the
         # evaluation, publishing the run, the release and LATEST); at 0.9, 0.9^9 ≈ 39 % of requests fail every try
         during = rng.choice(["training", "publishing"])
-        return {"kind": kind, "during": during, **({"at_step": rng.randint(2, STEPS - 2)} if during == "training" else {}),
+        at = {"at_step": rng.randint(2, STEPS - 2)} if during == "training" else {}
+        return {"kind": kind, "during": during, **at,
                 "hold_seconds": round(rng.uniform(10, 30 if during == "training" else 40), 1),
                 "rate": rng.choice([0.3, 0.6, 0.9])}
     if kind == "disk_full":  # a step before a checkpoint (every 5 steps), so the next save meets a full disk

@@ -38,7 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.chaos.checks import (
-    MODEL, classify, evidence, latest_check, mirrored_steps, object_sha256, temp_keys, temp_paths, verify_prefixes,
+    MODEL,
+    classify,
+    evidence,
+    latest_check,
+    mirrored_steps,
+    object_sha256,
+    temp_keys,
+    temp_paths,
+    verify_prefixes,
 )
 from bench.chaos.faults import Injector, plan_faults
 from bench.chaos.processes import run_processes, send_signal
@@ -154,7 +162,8 @@ def mirror_losses(site: Site, run_id: str, watch: Watch, final_steps: dict[int, 
                              f"now {max(final_steps) if final_steps else None}", "bytes": mirror_max[max(mirror_max)]})
     for regression in watch.mirror_regressions:
         lost.append({"what": f"runs/{run_id}/checkpoints: newest step went {regression['newest_was']} → "
-                             f"{regression['newest_now']} during the run", "bytes": mirror_max[regression["newest_was"]]})
+                             f"{regression['newest_now']} during the run",
+                     "bytes": mirror_max[regression["newest_was"]]})
     if final_steps:
         newest = max(final_steps)
         record = json.loads(site.direct.get_bytes(f"runs/{run_id}/checkpoints/step-{newest:08d}.ckpt.sha256"))

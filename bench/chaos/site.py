@@ -53,7 +53,8 @@ def set_up(site: Site, seed: int) -> None:
     from sknet.ports import free_port
     from sknet.storage import S3Store, s3_client
 
-    os.environ.update({"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update({"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
     site.work.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={QUOTA_MB}m", "tmpfs", str(site.work)], check=True,
                    capture_output=True, text=True, timeout=30)
@@ -103,7 +104,7 @@ def tear_down(site: Site, seen: dict[tuple, dict]) -> list[str]:
 def _unmount(site: Site) -> None:
     if not site.mounted:
         return
-    for attempt in range(10):
+    for _ in range(10):
         proc = subprocess.run(["umount", str(site.work)], capture_output=True, text=True, timeout=30)
         if proc.returncode == 0:
             site.mounted = False

@@ -57,7 +57,7 @@ def split_census(layout: Path, names: tuple[str, ...]) -> tuple[dict, np.ndarray
         digests.append(image_digests(records))
     all_labels, all_digests = np.concatenate(labels), np.concatenate(digests)
     counts = np.bincount(all_labels, minlength=NUM_CLASSES)[:NUM_CLASSES]
-    facts = {"records": int(all_labels.size), "classes": dict(zip(CLASS_NAMES, counts.tolist())),
+    facts = {"records": int(all_labels.size), "classes": dict(zip(CLASS_NAMES, counts.tolist(), strict=True)),
              "duplicates": int(all_digests.size - np.unique(all_digests).size)}
     return facts, all_digests
 

@@ -13,15 +13,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sknet.config import Config
-from sknet.errors import ConfigError
 from sknet.data.allowlist import refuse_unless_allowed
 from sknet.data.census import (
-    DEFAULT_MAX_CLASS_SKEW, census_differences, check_max_class_skew, read_census, take_census,
+    DEFAULT_MAX_CLASS_SKEW,
+    census_differences,
+    check_max_class_skew,
+    read_census,
+    take_census,
 )
 from sknet.data.layout import TEST_FILE, is_synthetic, layout_dir, local_dataset_path
 from sknet.data.stage import dataset_manifest, fetch, split_dataset_uri
+from sknet.errors import ConfigError
 from sknet.storage import MANIFEST, is_s3_uri, store_from_config
-
 
 log = logging.getLogger(__name__)
 

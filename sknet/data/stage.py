@@ -47,17 +47,41 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sknet.data.census import (
-    DEFAULT_MAX_CLASS_SKEW, census_differences, check_max_class_skew, read_census, refuse_skew, take_census,
+    DEFAULT_MAX_CLASS_SKEW,
+    census_differences,
+    check_max_class_skew,
+    read_census,
+    refuse_skew,
+    take_census,
 )
 from sknet.data.layout import (
-    FILE_BYTES, LAYOUT_DIR, META_FILE, RECORD_BYTES, SYNTHETIC_MARKER, TARBALL_MD5, TEST_FILE, TRAIN_FILES,
-    check_batch_file, layout_dir, verify_layout,
+    FILE_BYTES,
+    LAYOUT_DIR,
+    META_FILE,
+    RECORD_BYTES,
+    SYNTHETIC_MARKER,
+    TARBALL_MD5,
+    TEST_FILE,
+    TRAIN_FILES,
+    check_batch_file,
+    layout_dir,
+    verify_layout,
 )
 from sknet.errors import DataError
 from sknet.locks import exclusive_lock
 from sknet.storage import (
-    MANIFEST, IncompleteError, PermanentStorageError, StorageError, Store, file_hash, join, publish, read_manifest,
-    redact_url, sha256_file, write_atomic,
+    MANIFEST,
+    IncompleteError,
+    PermanentStorageError,
+    StorageError,
+    Store,
+    file_hash,
+    join,
+    publish,
+    read_manifest,
+    redact_url,
+    sha256_file,
+    write_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -506,7 +530,8 @@ def no_space_is_clear(directory: Path, needed: int):
         if exc.errno != errno.ENOSPC:
             raise
         raise DataError(f"{directory}: no space left on its device while writing {needed:,} bytes "
-                        f"({exc.strerror}); free space there or stage with another work directory (work_dir, else TMPDIR)") from None
+                        f"({exc.strerror}); free space there or stage with another work directory (work_dir, else "
+                        "TMPDIR)") from None
 
 
 def _check_totals(members: int, total: int, member: tarfile.TarInfo, source: str) -> None:
@@ -691,7 +716,8 @@ def _check_listing(store: Store, digest: str, manifest: dict) -> None:
         raise DataError(f"{store.uri}/{digest}/{name}: extra object not in the manifest")
     for name, size in sorted(listed.items()):
         if size != expected[name]:
-            raise DataError(f"{store.uri}/{digest}/{name}: {size:,} bytes in the store, manifest says {expected[name]:,}")
+            raise DataError(f"{store.uri}/{digest}/{name}: {size:,} bytes in the store, manifest says "
+                            f"{expected[name]:,}")
 
 
 def check_fetched_file(path: Path, name: str, entry: dict, where: str) -> None:

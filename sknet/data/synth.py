@@ -16,8 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from sknet.data.layout import (
-    CLASS_NAMES, IMAGE_SHAPE, LAYOUT_DIR, META_FILE, NUM_CLASSES, RECORD_BYTES, RECORDS_PER_FILE,
-    SYNTHETIC_MARKER, TEST_FILE, TRAIN_FILES,
+    CLASS_NAMES,
+    IMAGE_SHAPE,
+    LAYOUT_DIR,
+    META_FILE,
+    NUM_CLASSES,
+    RECORD_BYTES,
+    RECORDS_PER_FILE,
+    SYNTHETIC_MARKER,
+    TEST_FILE,
+    TRAIN_FILES,
 )
 from sknet.errors import DataError
 

@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sknet.training.checkpoint import checkpoint_dir
 from sknet.config import Config
 from sknet.errors import LaunchError
 from sknet.jsonio import dumps
@@ -40,10 +39,11 @@ from sknet.launch.admission import Admission, admit
 from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.launch.stall import StallWatch
 from sknet.ports import free_port
-from sknet.training.run_record import check_run_dir, dataset_digest
-from sknet.training.stopping import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV, launcher_identity
 from sknet.run_files import CONFIG_FILE, LAUNCH_FILE, LOGS_DIR, rank_log_file
 from sknet.storage import REDACTED, redact_url
+from sknet.training.checkpoint import checkpoint_dir
+from sknet.training.run_record import check_run_dir, dataset_digest
+from sknet.training.stopping import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHED_ENV, launcher_identity
 
 log = logging.getLogger(__name__)
 
@@ -394,8 +394,8 @@ def _pull_mirrored_checkpoint(cfg: Config, output_dir: Path, on_line: Callable[[
     ranks, started with SKNET_LAUNCHED=1, do not pull themselves)."""
     if not cfg.train.checkpoint_mirror:
         return
-    from sknet.training.checkpoint import CheckpointMirror
     from sknet.storage import store_from_config
+    from sknet.training.checkpoint import CheckpointMirror
 
     mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))
     if (step := mirror.pull(output_dir)) is not None:

@@ -167,7 +167,8 @@ def query_hccn_tool(devices: Sequence[int], tool: str = "hccn_tool") -> dict[int
         match = re.search(r"ipaddr:\s*(\S+)", proc.stdout)
         if proc.returncode != 0 or not match:
             raise RankTableError(
-                f"{tool} -i {device} -ip -g failed (exit {proc.returncode}): {proc.stdout.strip() or proc.stderr.strip()}"
+                f"{tool} -i {device} -ip -g failed (exit {proc.returncode}): "
+                f"{proc.stdout.strip() or proc.stderr.strip()}"
             )
         addresses[device] = match.group(1)
     return addresses

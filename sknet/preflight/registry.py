@@ -17,6 +17,7 @@ from sknet.preflight.tools import tool_budget
 from sknet.preflight.training import check_sigterm, check_sink_smoke
 from sknet.preflight.versions import check_versions
 
+
 def _budgeted(run: Callable[[Context], Outcome]) -> Callable[[Context], Outcome]:
     """`run` with its tool calls sharing one budget (`sknet.preflight.tools.tool_budget`): a hung tool cannot take
     the whole preflight."""

@@ -144,7 +144,8 @@ class StepLog(Callback):
         seconds = time.perf_counter() - self.epoch_started
         applied = updates_applied(self.optimizer)
         skipped = self.epoch_steps - (applied - self.epoch_applied)
-        self.write({"event": "epoch", "step": self.progress.step, "epoch": self.progress.step // self.shape.steps_per_epoch,
+        self.write({"event": "epoch", "step": self.progress.step,
+                    "epoch": self.progress.step // self.shape.steps_per_epoch,
                     "loss": sum(self.epoch_losses) / len(self.epoch_losses),
                     "images_per_sec": round(self.epoch_steps * self.shape.images_per_step / seconds, 2),
                     "seconds": round(seconds, 3), "skipped_steps": skipped, "loss_scale": self._loss_scale()})

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sknet.errors import CheckpointError, ConfigError
 from sknet.run_files import CHECKPOINTS_DIR, METRICS_FILE, MIRROR_SPOOL_DIR, RUN_RECORD_FILE
-from sknet.storage import Store, StorageError, sha256_file, write_atomic
+from sknet.storage import StorageError, Store, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -28,18 +28,29 @@ from sknet.jsonio import dumps, json_safe
 from sknet.launch.admission import admit
 from sknet.run_files import COMPILE_CACHE_DIR, METRICS_FILE, RANKS_DIR, RESULT_FILE, rank_record_file
 from sknet.storage import store_from_config
-from sknet.training.checkpoint import (
-    BackgroundUploads, CheckpointMirror, latest_checkpoint, latest_verified_checkpoint, load_into, save_checkpoint,
+from sknet.training.callbacks import (
+    GuardDivergence,
+    Progress,
+    ReadStep,
+    RunShape,
+    SaveCheckpoints,
+    StepLog,
+    StopAtBoundary,
 )
+from sknet.training.checkpoint import (
+    BackgroundUploads,
+    CheckpointMirror,
+    latest_checkpoint,
+    latest_verified_checkpoint,
+    load_into,
+    save_checkpoint,
+)
+from sknet.training.compile_cache import share_compile_cache, use_compile_cache
 from sknet.training.lr_schedule import learning_rates
 from sknet.training.run_record import check_run_dir, dataset_digest
-from sknet.training.compile_cache import share_compile_cache, use_compile_cache
 from sknet.training.runtime import configure, fusion_split_indices, loss_scaling
 from sknet.training.steps import StepPlan, TrainCall, train_call
-from sknet.training.callbacks import (
-    GuardDivergence, Progress, ReadStep, RunShape, SaveCheckpoints, StepLog, StopAtBoundary,
-)
-from sknet.training.stopping import Diverged, DivergenceGuard, LAUNCHED_ENV, Preempted, StopRequest, watch_launcher
+from sknet.training.stopping import LAUNCHED_ENV, Diverged, DivergenceGuard, Preempted, StopRequest, watch_launcher
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +90,8 @@ def train(cfg: Config, *, stop_after_steps: int | None = None) -> TrainResult:
     if cfg.train.checkpoint_mirror:  # also proves the bucket is reachable before any compute
         mirror = CheckpointMirror(store_from_config(cfg.storage, cfg.train.checkpoint_mirror))
         if os.environ.get(LAUNCHED_ENV) != "1" and (pulled := mirror.pull(output_dir)) is not None:
-            log.info("pulled checkpoint of step %d from %s", pulled, mirror.store.uri)  # the launcher pulls once per node
+            # (a launched rank does not pull: the launcher pulls once per node)
+            log.info("pulled checkpoint of step %d from %s", pulled, mirror.store.uri)
     # a resumed or retried run (and with SKNET_COMPILE_CACHE_DIR, any later run of the same graph) skips the compile
     cache = use_compile_cache(output_dir / COMPILE_CACHE_DIR, cfg.to_dict(), report.train_records)
     log.info("compile cache: %s", cache or "off (no entry script, or MS_COMPILER_CACHE_ENABLE is not 1)")
@@ -192,8 +204,8 @@ def training_callbacks(run: _Training, progress: Progress, call: TrainCall, end_
                      rates=run.rates, fixed_loss_scale=t.loss_scale if t.loss_scale_mode == "fixed" else None)
     return [
         ReadStep(progress, call),
-        StepLog(progress, shape, run.train_step.optimizer, lambda record: _log_metrics(run.output_dir, run.rank, record),
-                mirror=run.uploads),
+        StepLog(progress, shape, run.train_step.optimizer,
+                lambda record: _log_metrics(run.output_dir, run.rank, record), mirror=run.uploads),
         GuardDivergence(progress, run.guard, run.output_dir),
         SaveCheckpoints(progress, run.steps.checkpoint_every_steps if run.rank == 0 else 0, run.checkpoint),
         StopAtBoundary(progress, stop, run.ranks, end_step),

@@ -4,7 +4,8 @@ another machine — must have the same ones.
 
 What may change between the runs of one directory (`MAY_CHANGE`): where things are and how they are watched
 (data.uri — the digest says which data it is —, storage, but not data.num_parallel_workers: MindSpore's random
-augmentations draw per worker, so another worker count trains other weights (issue #27 §4), how the ranks are launched, logging and checkpoint
+augmentations draw per worker, so another worker count trains other weights (issue #27 §4), how the ranks are
+launched, logging and checkpoint
 cadence, the divergence guard), what happens after training (gate, export, eval), and `train.epochs` — more
 epochs continue the run, with the learning-rate schedule recomputed for the new length. Everything else
 (the dataset, model, data size and shape, batch, the number of ranks, seed, optimizer, schedule, precision,
@@ -27,7 +28,8 @@ from sknet.storage import write_atomic
 MAY_CHANGE = (
     "data.uri", "data.allowed_prefixes", "data.num_eval_samples", "storage.", "gate.",
     "export.",
-    "launch.backend", "launch.chip", "launch.timeout_minutes", "launch.stop_grace_seconds", "launch.stall_timeout_seconds",
+    "launch.backend", "launch.chip", "launch.timeout_minutes", "launch.stop_grace_seconds",
+    "launch.stall_timeout_seconds",
     "launch.rank_table", "launch.server_id",
     "launch.nodes", "launch.node_rank", "launch.master_addr", "launch.master_port",
     "train.output_dir", "train.checkpoint_mirror", "train.log_every_steps", "train.checkpoint_every_steps",
@@ -84,7 +86,8 @@ def record_differences(recorded: dict, expected: dict) -> list[str]:
     new = {**expected["settings"], DATASET_KEY: expected[DATASET_KEY]}
     if old[DATASET_KEY] is None or new[DATASET_KEY] is None:  # not recorded (older record), or no training
         old[DATASET_KEY] = new[DATASET_KEY]
-    return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
 
 
 def check_run_dir(cfg: Config, output_dir: str | Path, dataset: str | None) -> None:
@@ -116,7 +119,8 @@ def checked_run_record(record: object, where: str, fix: str = "") -> dict:
     null}), else `ConfigError` naming `where` (a run directory's file or a mirror's object)."""
     digest = record.get(DATASET_KEY) if isinstance(record, dict) else None
     if (not isinstance(record, dict) or not isinstance(record.get("settings"), dict)
-            or not all(isinstance(k, str) for k in record["settings"]) or not (digest is None or isinstance(digest, str))):
+            or not all(isinstance(k, str) for k in record["settings"])
+            or not (digest is None or isinstance(digest, str))):
         raise ConfigError(f"{where}: not a run record: {json.dumps(record)[:200]} (expected {{\"settings\": {{…}}, "
                           f"\"{DATASET_KEY}\": …}}){fix}")
     return record
