@@ -22,8 +22,8 @@ from sknet.data.layout import TARBALL_URL, verify_layout
 from sknet.data.stage import DATASETS_PREFIX, stage, staged_datasets
 from sknet.data.synth import write_synthetic_layout
 from sknet.errors import DataError, SknetError
-from sknet.locks import LockBusy, exclusive_lock
 from sknet.storage import LocalStore
+from sknet.storage.locks import LockBusy, exclusive_lock
 
 REPO = Path(__file__).resolve().parent.parent
 EPILOG = """examples:

@@ -49,7 +49,7 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
     """`<shared>/<name>`, made by `make(path)` in the first pytest worker that asks for it and reused by the
     others (pytest-xdist workers share the parent of their base temp directories; without xdist it is the
     session's own). A partial result of a worker that failed is made again."""
-    from sknet.locks import exclusive_lock
+    from sknet.storage.locks import exclusive_lock
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base

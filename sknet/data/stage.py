@@ -68,7 +68,6 @@ from sknet.data.layout import (
     verify_layout,
 )
 from sknet.errors import DataError
-from sknet.locks import exclusive_lock
 from sknet.storage import (
     MANIFEST,
     IncompleteError,
@@ -83,6 +82,7 @@ from sknet.storage import (
     sha256_file,
     write_atomic,
 )
+from sknet.storage.locks import exclusive_lock
 
 log = logging.getLogger(__name__)
 
