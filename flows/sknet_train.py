@@ -1,7 +1,7 @@
 """The nightly flow: (preflight on Ascend →) data → train → evaluate → publish run → gate → export → release.
 
 When a release was already trained from the same dataset, training settings, epochs and code (its training
-key, `sknet.training_key`), the run stops after fetching the dataset: `unchanged since release <version>`.
+key, `sknet.release.training_key`), the run stops after fetching the dataset: `unchanged since release <version>`.
 
 Every task persists its result, so a retry of the same flow run (`prefect flow-run retry`) skips the
 stages that finished; training itself resumes from the newest checkpoint, which is mirrored to
@@ -17,13 +17,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from sknet.evaluate import headline
+from sknet.evaluation.evaluate import headline
 from sknet.markdown import finite_or_dash
 from sknet.plan import plan_run
+from sknet.release.training_key import unchanged_summary
 from sknet.report import run_summary
 from sknet.run_outputs import unchanged_release
 from sknet.training.run_record import recipe_digest
-from sknet.training_key import unchanged_summary
 from tasks._support import asset_key, refuse_untemplated, tag_flow_run, use_aws_credentials_block
 from tasks.data import fetch_dataset
 from tasks.evaluate import evaluate

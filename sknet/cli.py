@@ -418,7 +418,7 @@ def _percent(value) -> str:
 
 def _release_time(args: argparse.Namespace):
     """`release ls --at`'s time, checked before the store is opened; None without --at."""
-    from sknet.release_history import parse_time
+    from sknet.release.history import parse_time
 
     if getattr(args, "at", None) is None:
         return None
@@ -431,7 +431,7 @@ def _release_history(store, model: str, at, args: argparse.Namespace) -> dict | 
     """`release history` (printed here, one move a line) or `release ls --at` (LATEST at that time, as JSON)."""
     from sknet.jsonio import dumps
     from sknet.release import history
-    from sknet.release_history import latest_at, render
+    from sknet.release.history import latest_at, render
 
     records, notes = history(store, model)
     for note in notes or ([] if records else [f"no release of {model} in {store.uri}"]):
@@ -448,7 +448,7 @@ def _release_history(store, model: str, at, args: argparse.Namespace) -> dict | 
 def _announce(store_uri: str, model: str, pointer: dict) -> dict:
     """Send `sknet.release.promoted` for the promotion that wrote `pointer`; what happened goes to the output (and
     to stderr when nothing was received)."""
-    from sknet.release_events import release_event, send_event
+    from sknet.release.events import release_event, send_event
 
     status = send_event(release_event(store_uri, model, pointer), occurred=pointer["move"]["when"])
     if not status["sent"]:
@@ -462,9 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
     )
-    from sknet.gate import GateFailed
     from sknet.jsonio import dumps
     from sknet.preflight.runner import PreflightFailed
+    from sknet.release.gate import GateFailed
     from sknet.training.stopping import DIVERGED_EXIT_CODE, Diverged, Preempted
 
     try:
@@ -524,7 +524,7 @@ def _run(args: argparse.Namespace) -> dict | None:
             return dry_run(cfg)
         return launch(cfg, on_line=lambda line: print(line, file=sys.stderr, flush=True)).to_dict()
     if args.command == "gate":
-        from sknet.gate import enforce, gate
+        from sknet.release.gate import enforce, gate
 
         verdict = gate(_read_json(args.metrics), metric=cfg.gate.metric, threshold=cfg.gate.threshold,
                        champion_metrics=_read_json(args.champion) if args.champion else None,
@@ -535,7 +535,7 @@ def _run(args: argparse.Namespace) -> dict | None:
     if args.command == "preflight":
         return _preflight(cfg, args)
     if args.command == "eval":
-        from sknet.evaluate import evaluate
+        from sknet.evaluation.evaluate import evaluate
 
         return evaluate(cfg, args.checkpoint, predictions_out=args.predictions)
     if args.command == "export":

@@ -1,5 +1,5 @@
 """MINDIR export with a round-trip check (reload with `nn.GraphCell`, compare with the network), then the exported
-model scored on the whole eval set against the checkpoint's metrics (`sknet.exported_eval`)."""
+model scored on the whole eval set against the checkpoint's metrics (`sknet.evaluation.exported`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from sknet.config import Config, check_on_this_host
 from sknet.errors import ExportError
-from sknet.exported_eval import require_scores, score_exported
+from sknet.evaluation.exported import require_scores, score_exported
 from sknet.training.runtime import configure
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def export_mindir(cfg: Config, checkpoint: str, out: str | Path, dynamic_batch: 
     import mindspore as ms
     from mindspore import nn
 
-    from sknet.evaluate import load_network
+    from sknet.evaluation.evaluate import load_network
     from sknet.model import count_parameters
 
     out = check_out(out)
@@ -78,7 +78,7 @@ def export_mindir(cfg: Config, checkpoint: str, out: str | Path, dynamic_batch: 
 
 def export_scored(cfg: Config, checkpoint: str, out: str | Path, checkpoint_metrics: Mapping,
                   dynamic_batch: bool | None = None) -> dict:
-    """`export_mindir`, then the MINDIR scored on the eval set (`sknet.exported_eval.score_exported`): the result
+    """`export_mindir`, then the MINDIR scored on the eval set (`sknet.evaluation.exported.score_exported`): the result
     gains `exported_model`. A model whose top-1 is not the checkpoint's within `export.accuracy_tolerance` raises
     `ExportError` and is removed, so nothing can release it."""
     require_scores(checkpoint_metrics)  # before anything is built
@@ -94,9 +94,9 @@ def export_scored(cfg: Config, checkpoint: str, out: str | Path, checkpoint_metr
 
 def export_checked_against_checkpoint(cfg: Config, checkpoint: str, out: str | Path,
                                       dynamic_batch: bool | None = None) -> dict:
-    """`sknet export --score`: the checkpoint scored on the eval set (`sknet.evaluate.evaluate`), then
+    """`sknet export --score`: the checkpoint scored on the eval set (`sknet.evaluation.evaluate.evaluate`), then
     `export_scored` against that score, as the flow's export task does with its evaluate task's metrics."""
-    from sknet.evaluate import evaluate
+    from sknet.evaluation.evaluate import evaluate
 
     check_out(out)  # before the evaluation's work
     return export_scored(cfg, checkpoint, out, evaluate(cfg, checkpoint), dynamic_batch=dynamic_batch)

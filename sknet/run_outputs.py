@@ -8,13 +8,9 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from sknet.champion import ChampionUnavailable, pair_with_latest
 from sknet.config import Config
 from sknet.errors import CheckpointError, SknetError
-from sknet.figures import figures_markdown, plot_confusion_matrix
-from sknet.gate import PairedRule, Verdict, enforce, gate
-from sknet.lineage import lineage_record
-from sknet.model_card import model_card
+from sknet.evaluation.figures import figures_markdown, plot_confusion_matrix
 from sknet.plan import RunPlan
 from sknet.release import (
     LINEAGE,
@@ -25,7 +21,12 @@ from sknet.release import (
     publish_run,
     release_prefix,
 )
-from sknet.release_history import release_facts
+from sknet.release.champion import ChampionUnavailable, pair_with_latest
+from sknet.release.gate import PairedRule, Verdict, enforce, gate
+from sknet.release.history import release_facts
+from sknet.release.lineage import lineage_record
+from sknet.release.model_card import model_card
+from sknet.release.training_key import release_with_key, training_key
 from sknet.report import plot_training_curve, read_metrics
 from sknet.run_files import (
     CHAMPION_DIR,
@@ -41,7 +42,6 @@ from sknet.run_files import (
 )
 from sknet.storage import join, store_from_config
 from sknet.training.checkpoint import latest_verified_checkpoint, read_record
-from sknet.training_key import release_with_key, training_key
 
 RUN_FILES = (EVAL_FILE, PREDICTIONS_FILE, CURVE_FILE, CONFUSION_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
 
@@ -122,7 +122,7 @@ def gate_against_latest(cfg: Config, metrics: Mapping, model: str) -> Verdict:
     """The gate's verdict (raises `GateFailed` on a miss); with gate.compare_to_latest, the release must be beaten.
 
     LATEST's checkpoint is scored on this run's eval samples and compared with this run's predictions sample by
-    sample (`sknet.champion`: McNemar's exact test, gate.mode, gate.significance, gate.max_class_drop); when it
+    sample (`sknet.release.champion`: McNemar's exact test, gate.mode, gate.significance, gate.max_class_drop); when it
     cannot be (another model, no checkpoint, no predictions here), the verdict says why and judges by gate.margin.
     LATEST is read here, before export, and the flow caches this verdict: `release_model` judges the
     model against LATEST again right before moving it, so a release published meanwhile is beaten too.
@@ -159,9 +159,9 @@ def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, me
                   model: Mapping, verdict: Mapping | None = None, *,
                   run_url: str | None = None) -> tuple[dict, dict, str]:
     """Publish MINDIR, checkpoint, config, lineage and model card as version `plan.run_id` (its manifest records
-    the metrics, the exported model's own score and the training key, `sknet.training_key`), then move LATEST.
+    the metrics, the exported model's own score and the training key, `sknet.release.training_key`), then move LATEST.
 
-    The model card (`sknet.model_card`) compares the model with LATEST as read before the upload. LATEST
+    The model card (`sknet.release.model_card`) compares the model with LATEST as read before the upload. LATEST
     moves only forwards: never to an older release, and with gate.compare_to_latest only past a LATEST
     this model beats at release time; else `sknet.release.LatestNotMoved` (the version stays published).
     Returns (the LATEST pointer written, the lineage record, the model card as published).

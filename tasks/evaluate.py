@@ -6,8 +6,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from sknet.config import Config
-from sknet.evaluate import evaluate as evaluate_checkpoint
-from sknet.evaluate import per_class_rows
+from sknet.evaluation.evaluate import evaluate as evaluate_checkpoint
+from sknet.evaluation.evaluate import per_class_rows
 from sknet.run_files import PREDICTIONS_FILE
 
 

@@ -7,9 +7,9 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from sknet.config import Config
-from sknet.evaluate import headline
+from sknet.evaluation.evaluate import headline
 from sknet.plan import RunPlan
-from sknet.release_events import release_event
+from sknet.release.events import release_event
 from sknet.run_outputs import publish_run_outputs, release_model, release_pages, run_figures
 from tasks._support import describe_assets, retry_transient
 

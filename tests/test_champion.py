@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from sknet.champion import Paired, compare, mcnemar_exact, pair_with_latest, read_predictions
 from sknet.config import load_config
-from sknet.evaluate import evaluate
-from sknet.gate import GateFailed, PairedRule, gate
+from sknet.evaluation.evaluate import evaluate
 from sknet.release import latest_release, publish_release
+from sknet.release.champion import Paired, compare, mcnemar_exact, pair_with_latest, read_predictions
+from sknet.release.gate import GateFailed, PairedRule, gate
 from sknet.run_files import PREDICTIONS_FILE
 from sknet.run_outputs import gate_against_latest
 from sknet.storage import LocalStore

@@ -84,7 +84,7 @@ def test_numbers_that_are_missing_or_not_finite_are_a_dash():
 
 
 def test_an_unchanged_summary_shows_a_crafted_release_as_text_and_nan_as_a_dash():
-    from sknet.training_key import unchanged_summary
+    from sknet.release.training_key import unchanged_summary
 
     def summary(value: str, metric: float) -> str:
         release = {"version": value, "uri": value, "released_at": value,

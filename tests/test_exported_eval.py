@@ -13,10 +13,10 @@ import pytest
 
 from sknet.config import load_config
 from sknet.errors import ExportError
+from sknet.evaluation.exported import GRAPH_CELL, LITE
 from sknet.export import export_scored
-from sknet.exported_eval import GRAPH_CELL, LITE
-from sknet.model_card import model_card
 from sknet.plan import RunPlan
+from sknet.release.model_card import model_card
 from sknet.run_outputs import release_model
 from sknet.storage import read_manifest, sha256_file
 from test_escaping_and_redaction import HOSTILE, check_rendered_as_text
@@ -35,8 +35,8 @@ def lite_importable() -> bool:
 
 @pytest.fixture(scope="module")
 def scored(smoke_run, synthetic_data):
-    """cfg, and the checkpoint metrics of steps 40 and 60 of the smoke run (`sknet.evaluate.evaluate`)."""
-    from sknet.evaluate import evaluate
+    """cfg, and the checkpoint metrics of steps 40 and 60 of the smoke run (`sknet.evaluation.evaluate.evaluate`)."""
+    from sknet.evaluation.evaluate import evaluate
 
     cfg = load_config("cpu-smoke", {"data.uri": str(synthetic_data)})
     final = Path(smoke_run["checkpoint"])

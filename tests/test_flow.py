@@ -7,8 +7,8 @@ import pytest
 from prefect.states import Failed
 
 from conftest import artifact_of
-from sknet.gate import GateFailed
 from sknet.launch.launcher import LaunchError, LaunchResult
+from sknet.release.gate import GateFailed
 from sknet.storage import IncompleteError, PermanentStorageError, StorageError
 from tasks._support import transient_only
 
@@ -157,10 +157,10 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
     import re
     import time
 
-    import sknet.training_key
+    import sknet.release.training_key
     from flows.sknet_train import sknet_train
 
-    monkeypatch.setattr(sknet.training_key, "code_version", lambda: "git:fixed")  # others commit meanwhile
+    monkeypatch.setattr(sknet.release.training_key, "code_version", lambda: "git:fixed")  # others commit meanwhile
     bucket = tmp_path / "bucket"
 
     def smoke(gate_settings: dict | None = None, **parameters):

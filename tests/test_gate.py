@@ -3,7 +3,7 @@ import json
 import pytest
 
 from conftest import run_sknet
-from sknet.gate import GateFailed, enforce, gate
+from sknet.release.gate import GateFailed, enforce, gate
 
 
 def test_passes_at_or_above_the_threshold():

@@ -15,7 +15,7 @@ from sknet.training.run_record import RUN_RECORD_FILE, check_run_dir
 
 @pytest.mark.parametrize("moment", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:30+05:00"])
 def test_a_time_outside_the_representable_years_in_utc_is_a_clear_error(moment, tmp_path, capsys):
-    from sknet.release_history import parse_time
+    from sknet.release.history import parse_time
 
     with pytest.raises(ConfigError, match="in UTC this is outside the years 1 to 9999"):
         parse_time(moment)
@@ -73,8 +73,8 @@ def test_a_run_id_longer_than_a_file_name_can_carry_is_refused_by_the_plan(tmp_p
 
 def test_the_dataset_worker_count_is_part_of_the_run_and_the_training_key():
     """MindSpore's random augmentations draw per worker: 1 and 2 workers trained other weights under one key."""
+    from sknet.release.training_key import training_key
     from sknet.training.run_record import training_settings
-    from sknet.training_key import training_key
 
     one, two = (load_config("cpu-smoke", [f"data.num_parallel_workers={n}"]) for n in (1, 2))
     assert training_settings(one)["data.num_parallel_workers"] == 1

@@ -6,9 +6,9 @@ import re
 import pytest
 
 from sknet.config import load_config
-from sknet.lineage import lineage_record
-from sknet.model_card import model_card
 from sknet.plan import RunPlan
+from sknet.release.lineage import lineage_record
+from sknet.release.model_card import model_card
 from sknet.run_outputs import release_model
 from sknet.storage import read_manifest, sha256_file
 from test_escaping_and_redaction import HOSTILE, check_rendered_as_text

@@ -5,8 +5,8 @@ import pytest
 
 from conftest import race
 from sknet.config import load_config
-from sknet.lineage import lineage_record
 from sknet.release import BeatLatest, LatestNotMoved, latest_release, move_latest, publish_release, publish_run
+from sknet.release.lineage import lineage_record
 from sknet.storage import IncompleteError, WriteConflict, publish, read_manifest, sha256_file
 
 
@@ -102,7 +102,7 @@ def test_a_model_that_does_not_beat_latest_at_release_time_is_not_uploaded(store
 
 
 def test_files_against_latest_see_it_as_read_once_before_the_upload(store, tmp_path, monkeypatch):
-    from sknet import release
+    from sknet.release import registry as release
 
     publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
     reads, seen, card = [], [], tmp_path / "MODEL_CARD.md"
@@ -228,7 +228,7 @@ def test_promote_refuses_a_missing_or_incomplete_version_and_leaves_latest(store
 
 
 def test_promote_is_a_compare_and_swap(store, tmp_path, monkeypatch):
-    from sknet import release
+    from sknet.release import registry as release
 
     publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
     publish_release(store, "sknet50", "v2", *release_files(tmp_path, "v2", 0.92))
@@ -248,7 +248,7 @@ def test_promote_is_a_compare_and_swap(store, tmp_path, monkeypatch):
 
 
 def test_a_release_is_found_by_its_training_key(store, tmp_path):
-    from sknet.training_key import release_with_key
+    from sknet.release.training_key import release_with_key
 
     publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))  # before keys were recorded
     files, metadata = release_files(tmp_path, "v2", 0.92)

@@ -172,7 +172,7 @@ def overwrite_in_place(store, key: str) -> None:
 def test_a_release_damaged_in_place_is_no_release_to_stand_on(released, capsys):
     """Issue #27 §3: 16 bytes of v1's model.mindir overwritten at the same size: the unchanged-skip
     (`release_with_key`) trains instead, `release ls --verify` names the file, promote refuses it."""
-    from sknet.training_key import release_with_key
+    from sknet.release.training_key import release_with_key
 
     store, args = released
     key = "a" * 64

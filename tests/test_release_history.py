@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from conftest import race, run_sknet
-from sknet import release
 from sknet.release import LatestNotMoved, history, promote, publish_release
-from sknet.release_history import release_facts
+from sknet.release import registry as release
+from sknet.release.history import release_facts
 from sknet.storage import LocalStore, WriteConflict
 
 S3_PREFIX = "trail"
@@ -292,7 +292,7 @@ def recorder():
 
 
 def test_the_event_is_posted_with_the_api_key_or_auth_string_and_never_fails_the_promotion(recorder):
-    from sknet.release_events import send_event
+    from sknet.release.events import send_event
 
     server, api = recorder
     event = {"event": "sknet.release.promoted", "id": str(uuid.uuid4()), "resource": {"prefect.resource.id": "m"}}

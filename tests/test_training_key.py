@@ -3,7 +3,7 @@ and nothing else — applied to settings, evaluation, export, packages and code.
 
 import pytest
 
-import sknet.training_key as tk
+import sknet.release.training_key as tk
 from sknet.config import load_config
 
 DIGEST = "d" * 64

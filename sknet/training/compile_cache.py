@@ -281,7 +281,7 @@ def graph_digest(config: Mapping[str, Mapping], train_records: int, environ: Map
     import json
     from importlib import metadata
 
-    from sknet.training_key import code_version
+    from sknet.release.training_key import code_version
 
     shaping = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()
                if not any(f"{section}.{key}" == rule or (rule.endswith(".") and f"{section}.".startswith(rule))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sknet.config import Config
 from sknet.markdown import code, number, text
-from sknet.release import content_damage, list_releases, release_prefix
+from sknet.release.registry import content_damage, list_releases, release_prefix
 from sknet.storage import Store, read_manifest
 from sknet.training.run_record import training_settings
 

@@ -2,7 +2,7 @@
 CIFAR-10 test split: a checkpoint (`evaluate`) or any forward function, e.g. an exported graph (`evaluate_forward`).
 
 Each sample's label and top-1 prediction can be kept (`predictions_out`, a JSON file `{"labels", "top_1"}` in
-the eval order) for a paired comparison of two models on the same samples (`sknet.champion`).
+the eval order) for a paired comparison of two models on the same samples (`sknet.release.champion`).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def lineage_record(cfg: Config, *, run_id: str, dataset_uri: str, dataset_digest
                    metrics: Mapping, artifacts: Mapping[str, Mapping], exported_model: Mapping | None = None,
                    dataset_census: Mapping | None = None) -> dict:
     """Facts linking dataset → checkpoint → model: digests, metrics (the checkpoint's, and `exported_model`: the
-    shipped MINDIR's own score, `sknet.exported_eval`), config, code and packages."""
+    shipped MINDIR's own score, `sknet.evaluation.exported`), config, code and packages."""
     return {
         "run_id": run_id,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -14,8 +14,8 @@ from dataclasses import replace
 from sknet.config import Config, TrainConfig
 from sknet.data.census import census_lines
 from sknet.data.layout import CLASS_NAMES, MEAN, STD
-from sknet.gate import gate
 from sknet.markdown import code, number, table, text
+from sknet.release.gate import gate
 
 METRICS = (("top_1_accuracy", "top-1 accuracy"), ("top_5_accuracy", "top-5 accuracy"))
 
@@ -23,8 +23,8 @@ METRICS = (("top_1_accuracy", "top-1 accuracy"), ("top_5_accuracy", "top-5 accur
 def model_card(cfg: Config, lineage: Mapping, *, release: str, version: str, previous: Mapping | None) -> str:
     """Markdown for version `version` of model `release`.
 
-    `lineage` is the release's `sknet.lineage.lineage_record` (dataset, metrics, digests, the exported model with
-    its parameter count); `previous` the LATEST pointer the release replaces, None for the first release.
+    `lineage` is the release's `sknet.release.lineage.lineage_record` (dataset, metrics, digests, the exported model
+    with its parameter count); `previous` the LATEST pointer the release replaces, None for the first release.
     """
     synthetic = lineage["dataset"]["synthetic"]
     return "\n\n".join([
@@ -64,7 +64,7 @@ def _model(cfg: Config, model: Mapping, exported: Mapping | None = None) -> str:
 
 
 def _exported_score(exported: Mapping | None) -> str:
-    """The shipped MINDIR's own score on the eval set (`sknet.exported_eval`), and each other runtime's."""
+    """The shipped MINDIR's own score on the eval set (`sknet.evaluation.exported`), and each other runtime's."""
     if not exported:
         return "- `model.mindir` itself: not scored on the eval set (released before the exported model was scored)"
     others = "".join(

@@ -21,7 +21,7 @@ import yaml
 
 from sknet.config import Config
 from sknet.errors import CheckpointError, SknetError
-from sknet.release import release_prefix
+from sknet.release.registry import release_prefix
 from sknet.run_files import CONFIG_FILE
 from sknet.storage import PermanentStorageError, Store, join
 
@@ -63,7 +63,7 @@ def mcnemar_exact(better: int, worse: int) -> float:
 
 
 def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, top-1 predictions) of a predictions file (`sknet.evaluate.write_predictions`)."""
+    """(labels, top-1 predictions) of a predictions file (`sknet.evaluation.evaluate.write_predictions`)."""
     try:
         data = json.loads(Path(path).read_text())
         labels, top_1 = np.asarray(data["labels"], np.int64), np.asarray(data["top_1"], np.int64)
@@ -100,7 +100,7 @@ def pair_with_latest(cfg: Config, store: Store, model: str, latest: dict, predic
     """Score the release `latest` of `model` (its manifest, with `version`) on this run's eval samples and compare
     it with this run's `predictions`. `ChampionUnavailable` when it cannot be: no predictions of this run here, another
     model (`SAME_MODEL_KEYS` of its config.yaml), its checkpoint missing, damaged or not fitting."""
-    from sknet.evaluate import evaluate
+    from sknet.evaluation.evaluate import evaluate
 
     version = latest["version"]
     if not Path(predictions).is_file():

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Mapping
 
 from sknet.jsonio import json_safe
-from sknet.release_history import record_of, safe_url
+from sknet.release.history import record_of, safe_url
 from sknet.storage import redact_url
 
 PUBLISHED = "sknet.release.published"

@@ -11,7 +11,7 @@ version, backwards too (a rollback), and adds `promoted_at`; `list_releases` lis
 
 Each move also records itself: LATEST carries the record of the move that wrote it (`move`: from, to, why,
 when, metrics, run URL), so the compare-and-swap that moves LATEST is the write that records the move, and the
-records of earlier moves are kept in `release-history/<model>/` (`sknet.release_history`); `history` reads
+records of earlier moves are kept in `release-history/<model>/` (`sknet.release.history`); `history` reads
 the trail back from LATEST.
 
 Run ids, versions and model names are each one path segment (`check_segment`): checked where they enter (the
@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sknet.errors import ConfigError, SknetError
-from sknet.gate import gate
-from sknet.release_history import clean_reason, keep_own_record, keep_record, move_record, promotion_why, trail, who
+from sknet.release.gate import gate
+from sknet.release.history import clean_reason, keep_own_record, keep_record, move_record, promotion_why, trail, who
 from sknet.storage import (
     MANIFEST,
     IncompleteError,
@@ -67,7 +67,8 @@ class LatestNotMoved(SknetError):
 @dataclass(frozen=True)
 class BeatLatest:
     """gate.compare_to_latest, judged again when LATEST moves: `metric` ≥ LATEST's + `margin`; except against
-    `judged`, a version the gate compared this model with sample by sample (`sknet.champion`): that verdict stands."""
+    `judged`, a version the gate compared this model with sample by sample (`sknet.release.champion`): that verdict
+    stands."""
 
     metric: str
     margin: float = 0.0
@@ -174,7 +175,7 @@ def move_latest(store: Store, model: str, version: str, manifest: Mapping, *,
     both versions. LATEST already at `version` is returned as it is (a retry after the move).
 
     The pointer carries the move's record (`why`, default "released by run <the manifest's flow_run_id or
-    version>"); the record of the LATEST it replaces is kept in the trail first (`sknet.release_history`).
+    version>"); the record of the LATEST it replaces is kept in the trail first (`sknet.release.history`).
     """
     key = join(release_prefix(model), LATEST)
     why = why or f"released by run {manifest.get('flow_run_id') or version}"
@@ -410,5 +411,5 @@ def promote(store: Store, model: str, version: str, *, reason: str | None = None
 
 def history(store: Store, model: str) -> tuple[list[dict], list[str]]:
     """The recorded moves of LATEST of `model`, oldest first, and notes on what the trail does not show (see
-    `sknet.release_history.trail`); ([], []) before the first release."""
+    `sknet.release.history.trail`); ([], []) before the first release."""
     return trail(store, model, _read_latest(store, check_segment("model", model))[1])

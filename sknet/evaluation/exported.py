@@ -1,9 +1,10 @@
 """Score the model that ships: the exported MINDIR, run by the runtimes that serve it, on the whole eval set.
 
-`sknet.evaluate.evaluate_forward` runs the same samples in the same order as the checkpoint's evaluation; only the
-forward function differs. MindSpore's `nn.GraphCell(ms.load(path))` runs a MINDIR only at the input shape it was
-exported with, so a static-batch model is fed exactly `export.batch_size` images a call: `evaluate_forward` pads the
-last partial batch and drops the padded rows' logits (in inference mode every row is computed on its own).
+`sknet.evaluation.evaluate.evaluate_forward` runs the same samples in the same order as the checkpoint's
+evaluation; only the forward function differs. MindSpore's `nn.GraphCell(ms.load(path))` runs a MINDIR only at
+the input shape it was exported with, so a static-batch model is fed exactly `export.batch_size` images a call:
+`evaluate_forward` pads the last partial batch and drops the padded rows' logits (in inference mode every row is
+computed on its own).
 MindSpore Lite scores it too where `mindspore_lite` is importable; elsewhere (no wheel for Python 3.11 on PyPI)
 that check is recorded as skipped, with the reason.
 """
@@ -59,7 +60,7 @@ def lite_run(mindir: str | Path, device_target: str) -> Run:
 
 def score_runtime(cfg: Config, model: Mapping, runtime: str, run: Run) -> dict:
     """{"runtime", "top_1_accuracy", "top_5_accuracy", "samples", "seconds"} of `run` on the whole eval set."""
-    from sknet.evaluate import evaluate_forward
+    from sknet.evaluation.evaluate import evaluate_forward
 
     batch = None if model["dynamic_batch"] else cfg.export.batch_size
     started = time.perf_counter()

@@ -22,7 +22,8 @@ class Verdict:
     champion: float | None
     margin: float
     message: str
-    paired: dict | None = None  # `sknet.champion.Paired.to_dict()` when the release was compared sample by sample
+    # `sknet.release.champion.Paired.to_dict()` when the release was compared sample by sample
+    paired: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,7 +41,7 @@ class PairedRule:
 def gate(metrics: Mapping, *, metric: str, threshold: float, champion_metrics: Mapping | None = None,
          margin: float = 0.0, paired=None, rule: PairedRule = PairedRule(), fallback: str = "") -> Verdict:
     """Pass when `metrics[metric] ≥ threshold` and, given a champion, beat it: by `paired` comparison on the same
-    samples when there is one (`sknet.champion.Paired`, judged by `rule`), else by `metric ≥ champion + margin`
+    samples when there is one (`sknet.release.champion.Paired`, judged by `rule`), else by `metric ≥ champion + margin`
     (`fallback`: why the comparison was not paired, said in the message)."""
     value = _metric(metrics, metric, "the new model's metrics")
     if paired is not None:
