@@ -11,8 +11,10 @@ import shutil
 import time
 
 from bench.s3 import scratch_s3
+from sknet.data.cache import check_fetched_file, fetch
 from sknet.data.layout import LAYOUT_DIR
-from sknet.data.stage import check_fetched_file, fetch, split_dataset_uri, stage
+from sknet.data.manifest import split_dataset_uri
+from sknet.data.stage import stage
 from sknet.data.synth import write_synthetic_layout
 from sknet.storage import S3Store, join, read_manifest, s3_client, transfer_config
 

@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from sknet.data.census import DEFAULT_MAX_CLASS_SKEW, census_markdown
-from sknet.data.stage import DATASETS_PREFIX
+from sknet.data.manifest import DATASETS_PREFIX
 from sknet.errors import ConfigError
 from sknet.storage import join
 from tasks._support import refuse_untemplated, use_aws_credentials_block

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from infra.stack_record import running_stack_api
 from sknet.data.layout import TARBALL_URL, verify_layout
-from sknet.data.stage import DATASETS_PREFIX, stage, staged_datasets
+from sknet.data.manifest import DATASETS_PREFIX
+from sknet.data.stage import stage, staged_datasets
 from sknet.data.synth import write_synthetic_layout
 from sknet.errors import DataError, SknetError
 from sknet.storage import LocalStore

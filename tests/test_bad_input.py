@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sknet.config import Config, load_config
-from sknet.data.stage import read_dataset_manifest
+from sknet.data.manifest import read_dataset_manifest
 from sknet.errors import SknetError
 from sknet.storage import LocalStore
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from sknet.data.cache import VERIFIED_MARKER, fetch
 from sknet.data.layout import LAYOUT_DIR, TEST_FILE
-from sknet.data.stage import VERIFIED_MARKER, fetch, stage
+from sknet.data.stage import stage
 from sknet.errors import DataError
 from sknet.storage import MANIFEST, open_store
 from test_stage import count_calls
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 FETCHER = """
 import json, logging, os, sys, time
 from pathlib import Path
-from sknet.data.stage import fetch
+from sknet.data.cache import fetch
 from sknet.storage import open_store
 
 store_uri, endpoint, uri, cache, go, mode = sys.argv[1:7]

@@ -343,7 +343,7 @@ def test_a_newly_staged_dataset_starts_a_training_run_on_it_and_restaging_starts
     deployment: `make up` pauses nightly's trigger on a machine without NPUs) on exactly the new URI. The smoke
     deployment's own parameters are set as an operator would (the short SMOKE training, any accuracy passes):
     the triggered run keeps them and takes only the dataset from the event."""
-    from sknet.data.stage import dataset_manifest
+    from sknet.data.manifest import dataset_manifest
 
     smoke = api(site, "deployments/name/sknet-train/smoke")
     api(site, f"deployments/{smoke['id']}", {"parameters": {**smoke["parameters"], "overrides": SMOKE,

@@ -9,7 +9,9 @@ import pytest
 
 from infra.faultproxy import FaultProxy
 from multipart import upload_in_parts
-from sknet.data.stage import dataset_manifest, fetch, stage, verify_remote
+from sknet.data.cache import fetch, verify_remote
+from sknet.data.manifest import dataset_manifest
+from sknet.data.stage import stage
 from sknet.storage import S3Store, StorageError, publish, s3_client
 
 

@@ -7,8 +7,10 @@ import tarfile
 
 import pytest
 
+from sknet.data.cache import VERIFIED_MARKER, fetch, verify_remote
 from sknet.data.layout import CLASS_NAMES, LAYOUT_DIR, TEST_FILE
-from sknet.data.stage import VERIFIED_MARKER, dataset_manifest, fetch, manifest_digest, stage, verify_remote
+from sknet.data.manifest import dataset_manifest, manifest_digest
+from sknet.data.stage import stage
 from sknet.errors import DataError
 from sknet.storage import IncompleteError, LocalStore, S3Store
 
@@ -243,7 +245,7 @@ def test_tarball_with_wrong_md5_is_refused(tmp_path):
 
 
 def test_tarball_member_escaping_the_target_is_refused(tmp_path):
-    from sknet.data.stage import _md5
+    from sknet.data.archive import _md5
 
     tarball = make_tarball(tmp_path / "evil.tar.gz", [("../evil.txt", b"x")])
     with pytest.raises(DataError, match=r"member '\.\./evil\.txt' escapes the target"):
@@ -252,7 +254,7 @@ def test_tarball_member_escaping_the_target_is_refused(tmp_path):
 
 
 def test_tarball_with_a_link_is_refused(tmp_path):
-    from sknet.data.stage import _md5
+    from sknet.data.archive import _md5
 
     tarball = tmp_path / "link.tar.gz"
     with tarfile.open(tarball, "w:gz") as archive:
@@ -265,7 +267,7 @@ def test_tarball_with_a_link_is_refused(tmp_path):
 
 @pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
 def test_tarball_with_a_device_or_fifo_is_refused(tmp_path, kind):
-    from sknet.data.stage import _md5
+    from sknet.data.archive import _md5
 
     tarball = tmp_path / "dev.tar.gz"
     with tarfile.open(tarball, "w:gz") as archive:
@@ -278,7 +280,7 @@ def test_tarball_with_a_device_or_fifo_is_refused(tmp_path, kind):
 
 
 def test_tarball_with_a_huge_member_is_refused_before_extracting_anything(tmp_path):
-    from sknet.data.stage import MAX_MEMBER_BYTES, _md5
+    from sknet.data.archive import MAX_MEMBER_BYTES, _md5
 
     huge = tmp_path / "huge.bin"
     with open(huge, "wb") as sparse:
@@ -299,7 +301,7 @@ def test_a_tarball_downloaded_over_http_is_checked_and_staged(synthetic_data, tm
     import logging
     import threading
 
-    from sknet.data.stage import _md5
+    from sknet.data.archive import _md5
 
     tarball = tmp_path / "served" / "cifar-10-binary.tar.gz"
     tarball.parent.mkdir()

@@ -87,7 +87,7 @@ def test_a_deployment_made_without_its_variables_fails_before_staging(prefect_ap
 
 def test_restaging_a_dataset_with_an_object_missing_repairs_it_and_announces_it(prefect_api, synthetic_data, tmp_path):
     from flows.sknet_stage import sknet_stage
-    from sknet.data.stage import verify_remote
+    from sknet.data.cache import verify_remote
     from sknet.storage import LocalStore
 
     store = LocalStore(tmp_path / "store")

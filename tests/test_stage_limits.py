@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from sknet.data import stage as staging
-from sknet.data.stage import SCRATCH_OWNER, SCRATCH_PREFIX, _md5, stage
+from sknet.data import archive, download
+from sknet.data.archive import _md5
+from sknet.data.stage import SCRATCH_OWNER, SCRATCH_PREFIX, stage
 from sknet.errors import DataError
 from sknet.storage import LocalStore
 
@@ -106,7 +107,7 @@ def assert_names_url_redacted(message: str, url: str) -> None:
 
 
 def test_a_body_without_a_length_is_refused_once_past_the_download_cap(serve, tmp_path, monkeypatch):
-    monkeypatch.setattr(staging, "MAX_DOWNLOAD_BYTES", 2**20)
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 2**20)
     url = serve(no_length)
     error = staging_fails(url, tmp_path)
     assert re.match(rf"{re.escape(url)}: [\d,]+ bytes received and more coming, more than the 1,048,576 bytes a "
@@ -114,7 +115,7 @@ def test_a_body_without_a_length_is_refused_once_past_the_download_cap(serve, tm
 
 
 def test_a_declared_length_past_the_download_cap_is_refused_before_reading_the_body(serve, tmp_path, monkeypatch):
-    monkeypatch.setattr(staging, "MAX_DOWNLOAD_BYTES", 2**20)
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 2**20)
     url = serve(drip(headers=b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n"))
     started = time.monotonic()
     error = staging_fails(url, tmp_path)
@@ -124,7 +125,7 @@ def test_a_declared_length_past_the_download_cap_is_refused_before_reading_the_b
 
 @pytest.mark.parametrize("answer", [DRIP_BODY, DRIP_HEADERS], ids=["drips-the-body", "drips-the-headers"])
 def test_a_dripping_server_is_refused_at_the_download_deadline_naming_the_url(serve, tmp_path, monkeypatch, answer):
-    monkeypatch.setattr(staging, "DOWNLOAD_DEADLINE_SECONDS", 1.0)
+    monkeypatch.setattr(download, "DOWNLOAD_DEADLINE_SECONDS", 1.0)
     url = serve(answer) + SIGNED
     started = time.monotonic()
     error = staging_fails(url, tmp_path)
@@ -135,7 +136,7 @@ def test_a_dripping_server_is_refused_at_the_download_deadline_naming_the_url(se
 
 def test_the_download_deadline_holds_over_https(serve, tmp_path, monkeypatch):
     """The official URL is HTTPS: TLS takes over the socket the deadline watches, and must not hide it."""
-    monkeypatch.setattr(staging, "DOWNLOAD_DEADLINE_SECONDS", 1.0)
+    monkeypatch.setattr(download, "DOWNLOAD_DEADLINE_SECONDS", 1.0)
     monkeypatch.setenv("SSL_CERT_FILE", str(self_signed_certificate(tmp_path / "tls")))  # the client trusts it
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem")
@@ -204,7 +205,7 @@ def make_tarball(path: Path, members: list[tuple[str, int]]) -> Path:
 
 
 def test_a_tarball_extracting_past_the_cap_is_refused_at_the_member_that_passes_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(staging, "MAX_EXTRACTED_BYTES", 1_000)
+    monkeypatch.setattr(archive, "MAX_EXTRACTED_BYTES", 1_000)
     parts = [("cifar-10-batches-bin/batches.meta.txt", 600), ("cifar-10-batches-bin/readme.html", 600)]
     bomb = make_tarball(tmp_path / "bomb.tar.gz", parts)
     error = staging_fails(str(bomb), tmp_path, expected_md5=_md5(bomb))
@@ -214,7 +215,7 @@ def test_a_tarball_extracting_past_the_cap_is_refused_at_the_member_that_passes_
 
 
 def test_a_tarball_with_too_many_members_is_refused_at_the_first_one_past_the_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr(staging, "MAX_MEMBERS", 2)
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 2)
     names = ["batches.meta.txt", "readme.html", "SYNTHETIC.json"]
     many = make_tarball(tmp_path / "many.tar.gz", [(f"cifar-10-batches-bin/{name}", 1) for name in names])
     error = staging_fails(str(many), tmp_path, expected_md5=_md5(many))
@@ -245,8 +246,8 @@ def test_a_member_twice_is_refused(tmp_path):
 
 
 def test_a_scratch_too_small_for_the_layout_is_a_clear_error_naming_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(staging.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 256 << 20})())
-    monkeypatch.setattr(staging, "LAYOUT_BYTES", 300 << 20)  # the layout needs more than the 256 MB free
+    monkeypatch.setattr(archive.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 256 << 20})())
+    monkeypatch.setattr(archive, "LAYOUT_BYTES", 300 << 20)  # the layout needs more than the 256 MB free
     tarball = make_tarball(tmp_path / "ok.tar.gz", [("cifar-10-batches-bin/batches.meta.txt", 10)])
     error = staging_fails(str(tarball), tmp_path, expected_md5=_md5(tarball))
     assert re.search(r"extracted: 268,435,456 bytes free, 314,572,800 needed to extract a CIFAR-10 layout", str(error))

@@ -71,6 +71,8 @@ def run_data(args: argparse.Namespace) -> dict:
 def _data_storage_command(args: argparse.Namespace) -> dict:
 
     from sknet.data import stage as staging
+    from sknet.data.cache import fetch, verify_remote
+    from sknet.data.manifest import split_dataset_uri
     from sknet.storage import open_store
 
     def store_for(uri: str):
@@ -80,8 +82,8 @@ def _data_storage_command(args: argparse.Namespace) -> dict:
         return staging.stage_dataset(args.source, store_for(args.dest), expected_md5=args.expected_md5,
                                      max_class_skew=args.max_class_skew, allow_skew=args.allow_skew).to_dict()
     uri = args.uri if args.data_command == "fetch" else args.path
-    store = store_for(staging.split_dataset_uri(uri)[0])
+    store = store_for(split_dataset_uri(uri)[0])
     if args.data_command == "fetch":
-        path, digest = staging.fetch(uri, store, Path(args.cache))
+        path, digest = fetch(uri, store, Path(args.cache))
         return {"path": str(path), "digest": digest}
-    return staging.verify_remote(uri, store)
+    return verify_remote(uri, store)

@@ -70,8 +70,9 @@ def dataset_digest(layout: str | Path) -> str:
     """The identity of a local CIFAR-10 layout: the digest a fetched copy was verified against (its `.verified`
     marker, written by `sknet.data.stage.fetch` after a full check), else the digest of its file table (the
     staged manifest's, computed by hashing the files: ≈184 MB)."""
+    from sknet.data.cache import VERIFIED_MARKER
     from sknet.data.layout import layout_dir
-    from sknet.data.stage import VERIFIED_MARKER, dataset_manifest
+    from sknet.data.manifest import dataset_manifest
 
     directory = layout_dir(layout)
     marker = directory / VERIFIED_MARKER
