@@ -11,7 +11,6 @@ import difflib
 import hashlib
 import json
 import math
-import multiprocessing
 import re
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +55,8 @@ class DataConfig:
     num_train_samples: int | None = field(default=None, **_at_least(1))  # total across ranks
     num_eval_samples: int | None = field(default=None, **_at_least(1))
     image_size: int = field(default=32, metadata=_bounds(32, MAX_IMAGE_SIZE))  # 224 resizes for the imagenet stem
-    # per dataset op of each rank; at most the CPU count of the host running the rank (`check_on_this_host`)
+    # per dataset op of each rank; at most the CPU count of the host running the rank
+    # (`sknet.training.runtime.check_on_this_host`)
     num_parallel_workers: int = field(default=2, **_at_least(1))
 
 
@@ -237,20 +237,6 @@ def _check_batch_fits(cfg: Config) -> None:
             f"{source} no full batch of train.batch_size={cfg.train.batch_size} on each of launch.ranks="
             f"{cfg.launch.ranks} rank(s): expected train.batch_size ≤ {shard}, the records of a rank's shard (a "
             "partial batch is dropped, so a larger one trains nothing)")
-
-
-def check_on_this_host(cfg: Config, cpus: int | None = None) -> Config:
-    """`cfg` if this host can run its ranks, else `ConfigError`: the checks only the host running a rank can make
-    (a config is also loaded where it only plans, e.g. cifar10-ascend8's 8 workers on a 2-core CI runner).
-
-    MindSpore's dataset ops take 1 to the host's CPU count of workers, else a bare ValueError
-    (`check_num_parallel_workers`, mindspore/dataset/core/validator_helpers.py: `value > cpu_count()`, with
-    multiprocessing's cpu_count). `cpus` stands in for the CPU count."""
-    cpus = cpus or multiprocessing.cpu_count()
-    if cfg.data.num_parallel_workers > cpus:
-        raise ConfigError(f"data.num_parallel_workers={cfg.data.num_parallel_workers}: expected an integer in "
-                          f"[1, {cpus}] on this host (its CPU count: MindSpore's dataset ops refuse more workers)")
-    return cfg
 
 
 class _Source:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sknet.config import Config, check_on_this_host
+from sknet.config import Config
 from sknet.errors import ExportError
 from sknet.evaluation.exported import require_scores, score_exported
-from sknet.training.runtime import configure
+from sknet.training.runtime import check_on_this_host, configure
 
 log = logging.getLogger(__name__)
 

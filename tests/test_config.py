@@ -2,8 +2,9 @@ import re
 
 import pytest
 
-from sknet.config import Config, available_profiles, check_on_this_host, load_config
+from sknet.config import Config, available_profiles, load_config
 from sknet.errors import ConfigError
+from sknet.training.runtime import check_on_this_host
 
 CONTRACT_KEYS = [
     "data.uri", "data.allowed_prefixes", "data.num_train_samples", "data.num_eval_samples", "model.name", "model.stem",

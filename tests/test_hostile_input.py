@@ -86,14 +86,14 @@ def test_an_msrun_retry_is_followed_from_its_own_first_line(tmp_path):
     opens worker_N.log with "w"), so a progressing retry was killed as stalled."""
     import time
 
-    from sknet.launch.launcher import _LogTail, retire_worker_logs
+    from sknet.launch.processes import LogTail, retire_worker_logs
 
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "worker_0.log").write_text("attempt 1: epoch 1/1 step 40/40\n")
     assert [p.relative_to(logs).as_posix() for p in retire_worker_logs(logs)] == ["attempt-1/worker_0.log"]
     seen: list[str] = []
-    tail = _LogTail(logs / "worker_0.log", "[rank 0] ", seen.append)
+    tail = LogTail(logs / "worker_0.log", "[rank 0] ", seen.append)
     with open(logs / "worker_0.log", "w") as log:  # attempt 2, as msrun writes it
         log.write("attempt 2: line 1\nattempt 2: line 2 with more words than the next\n")
     deadline = time.monotonic() + 10

@@ -45,3 +45,15 @@ def test_make_run_ships_a_model_on_the_embedded_default(tmp_path):
     assert f"unchanged since release {run_id}" in again.stdout and "RUN_ARGS=--force" in again.stdout
     releases = clone / "work" / "store" / "releases" / "sknet-tiny"
     assert {p.name for p in releases.iterdir() if not p.name.startswith(".")} == {"LATEST", run_id}
+
+
+def test_the_architecture_map_names_every_module():
+    """Issue #28: the README's Architecture is the map of the tree; a module it does not name is one a newcomer
+    cannot find."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Architecture")
+    architecture = readme[start:readme.index("\n## ", start + 5)]
+    unnamed = [str(path.relative_to(REPO)) for folder in ("sknet", "flows", "tasks", "infra")
+               for path in sorted((REPO / folder).rglob("*.py"))
+               if path.name not in ("__init__.py", "__main__.py") and path.name not in architecture]
+    assert unnamed == []

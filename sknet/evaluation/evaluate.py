@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sknet.config import Config, check_on_this_host
+from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
-from sknet.training.runtime import configure
+from sknet.training.runtime import check_on_this_host, configure
 
 log = logging.getLogger(__name__)
 

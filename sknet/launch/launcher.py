@@ -18,16 +18,12 @@ A relaunch of the same run resumes from its newest checkpoint (see `sknet.traini
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +32,14 @@ from sknet.config import Config
 from sknet.errors import LaunchError
 from sknet.jsonio import dumps
 from sknet.launch.admission import Admission, admit
+from sknet.launch.processes import (
+    STOP_GRACE_SECONDS,
+    LogTail,
+    SigtermWatch,
+    Supervised,
+    retire_worker_logs,
+    stop_all,
+)
 from sknet.launch.ranks import MSRUN, SCHEDULER, RankProcess, plan_processes
 from sknet.launch.stall import StallWatch
 from sknet.ports import free_port
@@ -47,14 +51,24 @@ from sknet.training.stopping import DIVERGED_EXIT_CODE, DIVERGED_MARKER, LAUNCHE
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_SECONDS = 10
 BAD_INPUT_EXIT_CODE = 2  # `sknet` exits so on an SknetError (sknet.cli.main): in a rank, a ConfigError or DataError
+
+
 BAD_INPUT_REASON = ": bad input (a ConfigError or DataError, named in its last lines); a retry would fail the same way"
-TAIL_LINES = 20
+
+
 DRY_RUN_INHERITED = ("AWS_", "MS_", "HCCL_", "ASCEND_", "RANK_", "DEVICE_", "GLOG_")
+
+
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|CREDENTIAL|ACCESS_KEY", re.IGNORECASE)
+
+
 URL_IN_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,;]+")
+
+
 USERINFO = re.compile(r"^([^:/]+://)[^/?#@]*@")
+
+
 __all__ = ["LaunchError", "LaunchResult", "launch", "check_launchable", "dry_run"]
 
 
@@ -120,158 +134,6 @@ def check_launchable(cfg: Config, devices: int | None = None, port: int | str = 
     return processes, admit(cfg)
 
 
-class _Rank:
-    """One supervised process: output pumped line by line to its log file and the callback."""
-
-    def __init__(self, name: str, command: Sequence[str], env: dict[str, str], log_path: Path,
-                 on_line: Callable[[str], None]):
-        self.name, self.tail = name, deque(maxlen=TAIL_LINES)
-        self.log = open(log_path, "a", buffering=1)
-        self.process = subprocess.Popen(  # bytes: one undecodable byte must not stop the reader
-            list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        prefix = f"[rank {name}] " if name != SCHEDULER else "[scheduler] "
-        self.pump = threading.Thread(target=self._pump, args=(prefix, on_line), daemon=True)
-        self.pump.start()
-
-    def _pump(self, prefix: str, on_line: Callable[[str], None]) -> None:
-        """Read to the end whatever comes: a reader that stopped would leave the rank blocked on a full pipe."""
-        for raw in self.process.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            self.log.write(line + "\n")
-            self.tail.append(line)
-            on_line(prefix + line)  # never raises: see _never_raising
-
-    def signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def descendants(self) -> list:
-        """Every process this one started, its own sessions included (msrun starts its workers in new ones,
-        beyond the reach of our process-group signals)."""
-        import psutil
-
-        try:
-            return psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-    def close(self) -> None:
-        self.pump.join(timeout=5)
-        self.log.close()
-
-
-class _LogTail:
-    """Follows a log file another process writes (msrun's worker_N.log), line by line, until stopped. A file
-    truncated under it (msrun opens its worker logs with "w") is followed again from its start."""
-
-    def __init__(self, path: Path, prefix: str, on_line: Callable[[str], None]):
-        self.path, self.prefix, self.on_line = path, prefix, on_line
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._follow, daemon=True)
-        self.thread.start()
-
-    def _follow(self) -> None:
-        while not self.path.exists():
-            if self.done.wait(0.2):
-                return
-        with open(self.path, errors="replace") as stream:
-            pending = ""
-            while True:
-                chunk = stream.readline()
-                if chunk:
-                    pending += chunk
-                    if pending.endswith("\n"):
-                        self.on_line(self.prefix + pending.rstrip("\n"))
-                        pending = ""
-                elif self.done.is_set():
-                    return
-                else:
-                    if _size(self.path) < stream.tell():  # truncated and written anew: read it from its start
-                        stream.seek(0)
-                        pending = ""
-                    time.sleep(0.1)
-
-    def close(self) -> None:
-        self.done.set()
-        self.thread.join(timeout=5)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def retire_worker_logs(log_dir: Path) -> list[Path]:
-    """Move an earlier attempt's msrun worker logs to `logs/attempt-K/` before msrun starts again: msrun rewrites
-    them from the start ("w"), and a follower reading the old lines would report attempt 1's steps as attempt 2's
-    (or a stall while attempt 2 progresses). The moved files are returned."""
-    old = sorted(log_dir.glob("worker_*.log"))
-    if not old:
-        return []
-    attempt = 1 + sum(1 for p in log_dir.glob("attempt-*") if p.is_dir())
-    kept = log_dir / f"attempt-{attempt}"
-    kept.mkdir()
-    return [path.rename(kept / path.name) for path in old]
-
-
-class _SigtermWatch:
-    """SIGTERM to the launcher (a cancelled flow run, a drained node, a spot reclaim) becomes a graceful stop
-    of its ranks; afterwards the signal goes again to whoever handled it before (Prefect's handler, or the
-    default: exit 143), so the launcher is stopped as it was asked to be."""
-
-    def __init__(self):
-        self.received = threading.Event()
-        self._previous = None
-
-    def __enter__(self) -> _SigtermWatch:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.received.set())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is None:
-            return
-        signal.signal(signal.SIGTERM, self._previous)
-        if self.received.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _stop(processes: Sequence[_Rank], grace_seconds: float = STOP_GRACE_SECONDS) -> None:
-    """TERM to every process group and every descendant, KILL to whatever still runs `grace_seconds` later.
-
-    Descendants are collected first: once their parent exits they are no longer found through it. CONT follows
-    the TERM: a stopped process (SIGSTOP, a debugger) would hold the TERM pending until KILL.
-    """
-    import psutil
-
-    descendants = [child for rank in processes for child in rank.descendants()]
-    for rank in processes:
-        rank.signal(signal.SIGTERM)
-        rank.signal(signal.SIGCONT)
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.terminate()  # psutil checks the PID still names the same process
-            child.resume()
-    deadline = time.monotonic() + grace_seconds
-    for rank in processes:
-        try:
-            rank.process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    psutil.wait_procs(descendants, timeout=max(0.1, deadline - time.monotonic()))
-    for rank in processes:
-        rank.signal(signal.SIGKILL)  # the whole group: nothing the rank started outlives it
-        rank.process.wait()
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-
-
 def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
            command: Sequence[str] | None = None, devices: int | None = None) -> LaunchResult:
     """Run all ranks of `cfg` to completion; raise `LaunchError` (with the result) if any fails.
@@ -299,7 +161,7 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
     on_line(f"launching rank(s) {_span(local_ranks)} of {cfg.launch.ranks} with the {cfg.launch.backend} "
             f"backend; logs in {log_dir}")
     stall = StallWatch(cfg.launch.stall_timeout_seconds, local_ranks)
-    with _SigtermWatch() as sigterm:
+    with SigtermWatch() as sigterm:
         processes, tails = _start(cfg, plan, port, log_dir, rank_command, stall.watching(on_line))
         failed, reason = None, ""
         try:
@@ -308,7 +170,7 @@ def launch(cfg: Config, *, on_line: Callable[[str], None] = print,
             if failed or reason:
                 on_line(f"stopping all ranks: {reason}")
             preempted = sigterm.received.is_set() and failed is None
-            _stop(processes, cfg.launch.stop_grace_seconds if preempted else STOP_GRACE_SECONDS)
+            stop_all(processes, cfg.launch.stop_grace_seconds if preempted else STOP_GRACE_SECONDS)
             for rank in processes:
                 rank.close()
             for tail in tails:
@@ -413,7 +275,7 @@ def _rank_command(cfg: Config, config_path: Path, command: Sequence[str] | None)
 
 
 def _start(cfg: Config, plan: Sequence[RankProcess], port: int, log_dir: Path, rank_command: Sequence[str],
-           on_line: Callable[[str], None]) -> tuple[list[_Rank], list[_LogTail]]:
+           on_line: Callable[[str], None]) -> tuple[list[Supervised], list[LogTail]]:
     """Spawn the planned processes (this host's ranks, plus the cpu scheduler; or msrun, with a tail of
     each of this node's worker logs)."""
     base_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -421,18 +283,18 @@ def _start(cfg: Config, plan: Sequence[RankProcess], port: int, log_dir: Path, r
     base_env.setdefault("GLOG_v", "3")
     if any(p.name == MSRUN for p in plan):
         retire_worker_logs(log_dir)
-    tails = [_LogTail(log_dir / f"worker_{rank}.log", f"[rank {rank}] ", on_line)
+    tails = [LogTail(log_dir / f"worker_{rank}.log", f"[rank {rank}] ", on_line)
              for p in plan if p.name == MSRUN for rank in p.ranks]
     processes = [
-        _Rank(p.name, _command_of(cfg, p, port, log_dir, rank_command), {**base_env, **p.env},
+        Supervised(p.name, _command_of(cfg, p, port, log_dir, rank_command), {**base_env, **p.env},
               log_dir / rank_log_file(p.name), on_line)
         for p in plan
     ]
     return processes, tails
 
 
-def _wait(cfg: Config, processes: Sequence[_Rank], started: float, sigterm: threading.Event,
-          stall: StallWatch) -> tuple[_Rank | None, str]:
+def _wait(cfg: Config, processes: Sequence[Supervised], started: float, sigterm: threading.Event,
+          stall: StallWatch) -> tuple[Supervised | None, str]:
     """Poll until every worker exited 0, a process failed, the timeout passed, the ranks stalled or SIGTERM
     came: (failed rank, reason)."""
     workers = [r for r in processes if r.name != SCHEDULER]
@@ -457,7 +319,7 @@ def _wait(cfg: Config, processes: Sequence[_Rank], started: float, sigterm: thre
         time.sleep(0.2)
 
 
-def _diverged(failed: _Rank, log_dir: Path) -> bool:
+def _diverged(failed: Supervised, log_dir: Path) -> bool:
     """A rank exited with the divergence code (msrun hides it: its workers' logs say so)."""
     if failed.process.returncode == DIVERGED_EXIT_CODE:
         return True
@@ -468,14 +330,14 @@ def _diverged(failed: _Rank, log_dir: Path) -> bool:
 _MSRUN_FIRST_FAILURE = re.compile(r"worker (\d+) is the first one timed out")
 
 
-def _msrun_failed_worker(msrun: _Rank) -> str | None:
+def _msrun_failed_worker(msrun: Supervised) -> str | None:
     """The rank msrun's scheduler names as the first one lost, if it says (only msrun's output names it)."""
     found = [m.group(1) for line in msrun.tail if (m := _MSRUN_FIRST_FAILURE.search(line))]
     return found[-1] if found else None
 
 
-def _conclude(cfg: Config, output_dir: Path, processes: Sequence[_Rank], local_ranks: list[int], started: float,
-              failed: _Rank | None, reason: str, stall: StallWatch) -> LaunchResult:
+def _conclude(cfg: Config, output_dir: Path, processes: Sequence[Supervised], local_ranks: list[int], started: float,
+              failed: Supervised | None, reason: str, stall: StallWatch) -> LaunchResult:
     """The run's result, written to launch.json; raised inside a `LaunchError` when the run failed."""
     failed_rank, last_lines = (failed.name, list(failed.tail)) if failed else (None, [])
     if failed_rank == MSRUN and (worker := _msrun_failed_worker(failed)) is not None:

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sknet.config import Config, check_on_this_host
+from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
 from sknet.errors import CheckpointError, DataError, LaunchError
 from sknet.jsonio import dumps, json_safe
@@ -48,7 +48,7 @@ from sknet.training.checkpoint import (
 from sknet.training.compile_cache import share_compile_cache, use_compile_cache
 from sknet.training.lr_schedule import learning_rates
 from sknet.training.run_record import check_run_dir, dataset_digest
-from sknet.training.runtime import configure, fusion_split_indices, loss_scaling
+from sknet.training.runtime import check_on_this_host, configure, fusion_split_indices, loss_scaling
 from sknet.training.steps import StepPlan, TrainCall, train_call
 from sknet.training.stopping import LAUNCHED_ENV, Diverged, DivergenceGuard, Preempted, StopRequest, watch_launcher
 

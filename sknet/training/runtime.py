@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Mapping
 
-from sknet.errors import SknetError
+from sknet.errors import ConfigError, SknetError
 
 
 def check_numpy() -> None:
@@ -99,3 +100,17 @@ def loss_scaling(train) -> tuple[object, float]:
 
 
 DYNAMIC_SCALE_WINDOW = 1000  # clean steps before a dynamic loss scale doubles
+
+
+def check_on_this_host(cfg, cpus: int | None = None):
+    """`cfg` if this host can run its ranks, else `ConfigError`: the checks only the host running a rank can make
+    (a config is also loaded where it only plans, e.g. cifar10-ascend8's 8 workers on a 2-core CI runner).
+
+    MindSpore's dataset ops take 1 to the host's CPU count of workers, else a bare ValueError
+    (`check_num_parallel_workers`, mindspore/dataset/core/validator_helpers.py: `value > cpu_count()`, with
+    multiprocessing's cpu_count). `cpus` stands in for the CPU count."""
+    cpus = cpus or multiprocessing.cpu_count()
+    if cfg.data.num_parallel_workers > cpus:
+        raise ConfigError(f"data.num_parallel_workers={cfg.data.num_parallel_workers}: expected an integer in "
+                          f"[1, {cpus}] on this host (its CPU count: MindSpore's dataset ops refuse more workers)")
+    return cfg
