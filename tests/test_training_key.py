@@ -35,7 +35,7 @@ def test_what_changes_neither_leaves_the_key(key, override):
 
 def test_another_dataset_or_package_version_changes_the_key(key, monkeypatch):
     assert tk.training_key(load_config("cpu-smoke"), "e" * 64) != key
-    monkeypatch.setattr(tk, "package_versions", lambda: {"mindspore": "2.10.1", "numpy": "1.26.4"})
+    monkeypatch.setattr(tk, "package_versions", lambda names: {"mindspore": "2.10.1", "numpy": "1.26.4"})
     assert tk.training_key(load_config("cpu-smoke"), DIGEST) != key
 
 

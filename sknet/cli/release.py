@@ -26,18 +26,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                   epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     release.set_defaults(handler=run_release)
     actions = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
-    ls = actions.add_parser(
-        "ls", help="versions under releases/ with metrics and released_at, LATEST marked (a table; JSON when piped)",
-        description="Print each model's versions, oldest first: a table on a terminal, and with --json (or when "
-        "stdout is not a terminal, as scripts read it) the JSON {store, models: {model: {latest, versions: "
-        "[{version, uri, released_at, metrics, latest, complete}]}}}. complete=false: a publication that never "
-        "finished (no manifest), or one whose objects are not all there at the sizes its manifest records "
-        "(damaged: file → what is wrong); --verify checks every complete version's files by sha256 too. A store "
-        "that does not exist, a URI that is not a store's, or an unknown --model exits 2 naming it.",
-        epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ls.add_argument("--model", default=None, metavar="M",
-                    help="only this model (its name under releases/: one path segment, [A-Za-z0-9._-]+)")
+    ls = _action(actions, "ls", "versions under releases/ with metrics and released_at, LATEST marked (a table; "
+                 "JSON when piped)",
+                 "Print each model's versions, oldest first: a table on a terminal, and with --json (or when stdout is "
+                 "not a terminal, as scripts read it) the JSON {store, models: {model: {latest, versions: [{version, "
+                 "uri, released_at, metrics, latest, complete}]}}}. complete=false: a publication that never finished "
+                 "(no manifest), or one whose objects are not all there at the sizes its manifest records (damaged: "
+                 "file → what is wrong); --verify checks every complete version's files by sha256 too. A store that "
+                 "does not exist, a URI that is not a store's, or an unknown --model exits 2 naming it.",
+                 model_required=False)
     ls.add_argument("--json", action="store_true", help="JSON, also on a terminal")
     ls.add_argument("--table", action="store_true", help="the table, also when stdout is not a terminal")
     ls.add_argument("--verify", action="store_true",
@@ -45,41 +42,39 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ls.add_argument("--at", default=None, metavar="TIME",
                     help="instead: what LATEST of --model was at TIME (ISO 8601, UTC unless an offset is given), "
                     "from its recorded moves (see `release history`)")
-    promote = actions.add_parser(
-        "promote", help="point LATEST at an existing, complete version (also backwards: a rollback)",
-        description="Re-point releases/<model>/LATEST at VERSION by compare-and-swap. VERSION must be published "
-        "completely (its manifest.json and every file it lists, at the recorded size). Releases published before "
-        "the promotion never move LATEST past it; a newer release moves it on as usual. Prints the new pointer. "
-        "The move is recorded (`release history`: promoted by <user>@<host>, --reason) and the event "
-        "sknet.release.promoted is posted to $PREFECT_API_URL/events (with PREFECT_API_KEY or "
-        "PREFECT_API_AUTH_STRING) when PREFECT_API_URL is set; the output's `event` says whether it was received.",
-        epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    promote.add_argument("--model", required=True, metavar="M",
-                         help="the model's name under releases/ (one path segment, [A-Za-z0-9._-]+)")
+    promote = _action(actions, "promote", "point LATEST at an existing, complete version (also backwards: a rollback)",
+                      "Re-point releases/<model>/LATEST at VERSION by compare-and-swap. VERSION must be published "
+                      "completely (its manifest.json and every file it lists, at the recorded size and sha256). "
+                      "Releases published before the promotion never move LATEST past it; a newer release moves it on "
+                      "as usual. Prints the new pointer. The move is recorded (`release history`: promoted by "
+                      "<user>@<host>, --reason) and the event sknet.release.promoted is posted to "
+                      "$PREFECT_API_URL/events (with PREFECT_API_KEY or PREFECT_API_AUTH_STRING) when PREFECT_API_URL "
+                      "is set; the output's `event` says whether it was received.")
     promote.add_argument("--version", required=True, metavar="V",
                          help="the version to point LATEST at (one path segment, [A-Za-z0-9._-]+)")
     promote.add_argument("--reason", default=None, metavar="TEXT",
                          help="why, recorded in the release history after \"promoted by <user>@<host>\" (one line)")
-    for parser in (ls, promote, _add_history_command(actions)):
-        parser.add_argument("--store", required=True, metavar="URI",
-                            help="where runs/ and releases/ are (storage.uri): s3://bucket/prefix or file:///path")
-        add_storage_args(parser)
-
-
-def _add_history_command(actions: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`sknet release history`: every recorded move of LATEST."""
-    history = actions.add_parser(
-        "history", help="every recorded move of LATEST, oldest first: when, from → to, why, metrics, run URL",
-        description="Print the moves of releases/<model>/LATEST (releases and promotions), oldest first, one a "
-        "line; --json: one JSON object per line ({sequence, from, to, why, when, metrics, run_url, …}). History "
-        "starts at the first move recorded (LATEST moves before the trail existed are not known).",
-        epilog=RELEASE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    history.add_argument("--model", required=True, metavar="M",
-                         help="the model's name under releases/ (one path segment, [A-Za-z0-9._-]+)")
+    history = _action(actions, "history", "every recorded move of LATEST, oldest first: when, from → to, why, "
+                      "metrics, run URL",
+                      "Print the moves of releases/<model>/LATEST (releases and promotions), oldest first, one a "
+                      "line; --json: one JSON object per line ({sequence, from, to, why, when, metrics, run_url, …}). "
+                      "History starts at the first move recorded (LATEST moves before the trail existed are not "
+                      "known).")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
-    return history
+
+
+def _action(actions: argparse._SubParsersAction, name: str, help: str, description: str, *,
+            model_required: bool = True) -> argparse.ArgumentParser:
+    """A release action with what all three take: --store (and the storage arguments) and --model."""
+    parser = actions.add_parser(name, help=help, description=description, epilog=RELEASE_EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", required=True, metavar="URI",
+                        help="where runs/ and releases/ are (storage.uri): s3://bucket/prefix or file:///path")
+    add_storage_args(parser)
+    parser.add_argument("--model", required=model_required, default=None, metavar="M",
+                        help=("the model's name" if model_required else "only this model (its name") +
+                        " under releases/: one path segment, [A-Za-z0-9._-]+" + ("" if model_required else ")"))
+    return parser
 
 
 def run_release(args: argparse.Namespace) -> dict | None:

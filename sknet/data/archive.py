@@ -26,8 +26,6 @@ from sknet.storage import (
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 
 MAX_MEMBER_BYTES = 2 * FILE_BYTES  # twice a batch file: a tarball member beyond it is not CIFAR-10
 

@@ -28,8 +28,6 @@ from sknet.storage.locks import exclusive_lock
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 
 VERIFIED_MARKER = ".verified"
 

@@ -18,8 +18,6 @@ from sknet.storage import (
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 
 MAX_DOWNLOAD_BYTES = 2 * 170_052_171  # twice the official cifar-10-binary.tar.gz (an uncompressed tar fits too)
 

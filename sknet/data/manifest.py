@@ -27,8 +27,6 @@ from sknet.storage import (
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 
 FORMAT = "cifar10-binary"
 

@@ -15,13 +15,7 @@ from pathlib import Path
 from sknet.config import Config
 from sknet.data.allowlist import refuse_unless_allowed
 from sknet.data.cache import fetch
-from sknet.data.census import (
-    DEFAULT_MAX_CLASS_SKEW,
-    census_differences,
-    check_max_class_skew,
-    read_census,
-    take_census,
-)
+from sknet.data.census import DEFAULT_MAX_CLASS_SKEW, census_differences, check_max_class_skew, read_census, take_census
 from sknet.data.layout import TEST_FILE, is_synthetic, layout_dir, local_dataset_path
 from sknet.data.manifest import dataset_manifest, split_dataset_uri
 from sknet.errors import ConfigError

@@ -6,31 +6,5 @@ policy), `champion` (the paired challenge of LATEST), `lineage`, `model_card` an
 only repeat a release). The registry's names are imported from here: `from sknet.release import promote, …`.
 """
 
-from sknet.release.registry import (
-    LATEST,
-    LATEST_ATTEMPTS,
-    LINEAGE,
-    MODEL_CARD,
-    REWRITTEN,
-    SEGMENT,
-    SEGMENT_RULE,
-    BeatLatest,
-    LatestNotMoved,
-    check_segment,
-    content_damage,
-    history,
-    latest_release,
-    list_releases,
-    move_latest,
-    promote,
-    publish_release,
-    publish_run,
-    release_prefix,
-    run_prefix,
-)
-
-__all__ = [
-    "LATEST", "LATEST_ATTEMPTS", "LINEAGE", "MODEL_CARD", "REWRITTEN", "SEGMENT", "SEGMENT_RULE", "BeatLatest",
-    "LatestNotMoved", "check_segment", "content_damage", "history", "latest_release", "list_releases", "move_latest",
-    "promote", "publish_release", "publish_run", "release_prefix", "run_prefix",
-]
+from sknet.release.registry import *  # noqa: F403 - the registry's public names (its __all__) are the package's
+from sknet.release.registry import __all__  # noqa: F401

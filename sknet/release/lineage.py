@@ -28,9 +28,10 @@ def code_commit() -> str:
         return "unknown"
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names=PACKAGES) -> dict[str, str]:
+    """The installed versions of `names` ("not installed" for a missing one)."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -52,5 +53,5 @@ def lineage_record(cfg: Config, *, run_id: str, dataset_uri: str, dataset_digest
         "metrics": dict(metrics),
         "exported_model": None if exported_model is None else dict(exported_model),
         "artifacts": {name: dict(info) for name, info in artifacts.items()},
-        "code": {"commit": code_commit(), "python": platform.python_version(), "packages": package_versions()},
+        "code": {"commit": code_commit(), "python": platform.python_version(), "packages": package_versions(PACKAGES)},
     }

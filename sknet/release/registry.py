@@ -58,6 +58,11 @@ SEGMENT_RULE = ("one path segment: letters, digits, '.', '_' or '-' ([A-Za-z0-9.
                 "characters")
 
 log = logging.getLogger(__name__)
+__all__ = [
+    "LATEST", "LATEST_ATTEMPTS", "LINEAGE", "MODEL_CARD", "REWRITTEN", "SEGMENT", "SEGMENT_RULE", "BeatLatest",
+    "LatestNotMoved", "check_segment", "content_damage", "history", "latest_release", "list_releases", "move_latest",
+    "promote", "publish_release", "publish_run", "release_prefix", "run_prefix",
+]
 
 
 class LatestNotMoved(SknetError):

@@ -24,11 +24,11 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 
 from sknet.config import Config
 from sknet.markdown import code, number, text
+from sknet.release.lineage import package_versions
 from sknet.release.registry import content_damage, list_releases, release_prefix
 from sknet.storage import Store, read_manifest
 from sknet.training.run_record import training_settings
@@ -50,22 +50,12 @@ def code_version(root: Path = PACKAGE_ROOT) -> str:
     return f"sknet-src:{digest.hexdigest()}"
 
 
-def package_versions() -> dict[str, str]:
-    """The installed versions of `KEYED_PACKAGES` ("not installed" for a missing one)."""
-    versions = {}
-    for name in KEYED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def training_key(cfg: Config, dataset_digest: str) -> str:
     """sha256 of what a release's files and metrics depend on (see the module docstring for the rule)."""
     return _digest({"dataset": dataset_digest, "settings": _digest(training_settings(cfg)),
                     "epochs": cfg.train.epochs, "evaluation": {"num_eval_samples": cfg.data.num_eval_samples},
-                    "export": cfg.to_dict()["export"], "packages": package_versions(), "code": code_version()})
+                    "export": cfg.to_dict()["export"], "packages": package_versions(KEYED_PACKAGES),
+                    "code": code_version()})
 
 
 def release_with_key(store: Store, model: str, key: str, *, other_than: str | None = None) -> dict | None:
