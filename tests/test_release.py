@@ -107,7 +107,8 @@ def test_files_against_latest_see_it_as_read_once_before_the_upload(store, tmp_p
     publish_release(store, "sknet50", "v1", *release_files(tmp_path, "v1", 0.91))
     reads, seen, card = [], [], tmp_path / "MODEL_CARD.md"
     read = release._read_latest
-    monkeypatch.setattr(release, "_read_latest", lambda s, model: reads.append(model) or read(s, model))
+    monkeypatch.setattr(release, "_read_latest",
+                        lambda s, model, **options: reads.append(model) or read(s, model, **options))
 
     def card_against(latest):
         seen.append(latest["version"] if latest else None)

@@ -182,28 +182,43 @@ def move_latest(store: Store, model: str, version: str, manifest: Mapping, *,
     The pointer carries the move's record (`why`, default "released by run <the manifest's flow_run_id or
     version>"); the record of the LATEST it replaces is kept in the trail first (`sknet.release.history`).
     """
-    key = join(release_prefix(model), LATEST)
     why = why or f"released by run {manifest.get('flow_run_id') or version}"
-    for _ in range(LATEST_ATTEMPTS):
-        held, current = _read_latest(store, model)
+
+    def released(current: dict | None) -> dict | None:
         if current and current["version"] == version:
-            return current
+            return None  # a retry after the move: LATEST is already this release
         if current:
             _refuse_backwards(f"{store.uri}/{release_prefix(model, version)} is published, but LATEST stays at "
                               f"{current['version']}", version, manifest, current, beat_latest)
-        pointer = _pointer(store, model, version, manifest, current, why=why, action="released")
+        return _pointer(store, model, version, manifest, current, why=why, action="released")
+
+    return _swap_latest(store, model, version, released, doing="releasing")[0]
+
+
+def _swap_latest(store: Store, model: str, version: str, next_pointer, *, doing: str,
+                 replacing: bool = False) -> tuple[dict, dict | None]:
+    """The one compare-and-swap of LATEST, for a release and a promotion alike: read LATEST, ask `next_pointer`
+    (given the current pointer) what to write — None: leave it as it is —, keep the current one's record in the
+    trail, and write only if LATEST is still what was read; a lost race reads and asks again. Returns (the
+    pointer LATEST holds now, the one it replaced); `WriteConflict` after LATEST_ATTEMPTS lost races."""
+    key = join(release_prefix(model), LATEST)
+    for _ in range(LATEST_ATTEMPTS):
+        held, current = _read_latest(store, model, replacing=replacing)
+        pointer = next_pointer(current)
+        if pointer is None:
+            return current, current
         keep_record(store, model, current)  # before LATEST leaves it, its record is in the trail
         try:
             store.put_bytes_if(json.dumps(pointer, indent=2, sort_keys=True).encode(), key, held.tag if held else None)
         except WriteConflict:
-            log.info("LATEST of %s moved while releasing %s; judging the release again", model, version)
+            log.info("LATEST of %s moved while %s %s; judging again", model, doing, version)
             continue
         keep_own_record(store, model, pointer, log)
-        log.info("LATEST of %s: %s → %s (move %d)", model, current["version"] if current else "none", version,
-                 pointer["sequence"])
-        return pointer
-    raise WriteConflict(f"{store.uri}/{key}: other releases moved it {LATEST_ATTEMPTS} times while {version} "
-                        "was judged; retry the release")
+        log.info("LATEST of %s: %s → %s (%s, move %d)", model, current["version"] if current else "none", version,
+                 doing, pointer["sequence"])
+        return pointer, current
+    raise WriteConflict(f"{store.uri}/{key}: other releases moved it {LATEST_ATTEMPTS} times while {doing} "
+                        f"{version}; retry")
 
 
 def _pointer(store: Store, model: str, version: str, manifest: Mapping, current: Mapping | None, *, why: str,
@@ -395,23 +410,13 @@ def promote(store: Store, model: str, version: str, *, reason: str | None = None
     why = promotion_why(by, reason)
     manifest = _complete_manifest(store, check_segment("model", model), check_segment("version", version))
     clear_published_claim(store, release_prefix(model, version))
-    key = join(release_prefix(model), LATEST)
-    for _ in range(LATEST_ATTEMPTS):
-        held, current = _read_latest(store, model, replacing=True)
-        pointer = {**_pointer(store, model, version, manifest, current, why=why, action="promoted", by=by,
-                              reason=reason),
-                   "promoted_at": datetime.now(UTC).isoformat()}
-        keep_record(store, model, current)
-        try:
-            store.put_bytes_if(json.dumps(pointer, indent=2, sort_keys=True).encode(), key, held.tag if held else None)
-        except WriteConflict:
-            continue
-        keep_own_record(store, model, pointer, log)
-        log.info("LATEST of %s: %s → %s (promoted, move %d)", model, current["version"] if current else "none",
-                 version, pointer["sequence"])
-        return {**pointer, "previous": current["version"] if current else None}
-    raise WriteConflict(f"{store.uri}/{key}: other releases moved it {LATEST_ATTEMPTS} times while promoting "
-                        f"{version}; retry")
+
+    def promoted(current: dict | None) -> dict:
+        return {**_pointer(store, model, version, manifest, current, why=why, action="promoted", by=by,
+                           reason=reason), "promoted_at": datetime.now(UTC).isoformat()}
+
+    pointer, previous = _swap_latest(store, model, version, promoted, doing="promoting", replacing=True)
+    return {**pointer, "previous": previous["version"] if previous else None}
 
 
 def history(store: Store, model: str) -> tuple[list[dict], list[str]]:
