@@ -22,7 +22,7 @@ from sknet.release import (
     release_prefix,
 )
 from sknet.release.champion import ChampionUnavailable, pair_with_latest
-from sknet.release.gate import PairedRule, Verdict, enforce, gate
+from sknet.release.gate import GatePolicy, Verdict, enforce
 from sknet.release.history import release_facts
 from sknet.release.lineage import lineage_record
 from sknet.release.model_card import model_card
@@ -138,9 +138,8 @@ def gate_against_latest(cfg: Config, metrics: Mapping, model: str) -> Verdict:
             except ChampionUnavailable as exc:
                 fallback = f"release {current['version']} not scored on this run's samples: {exc}"
                 log.warning("%s; judged by gate.margin instead", fallback)
-    return enforce(gate(metrics, metric=cfg.gate.metric, threshold=cfg.gate.threshold, champion_metrics=champion,
-                        margin=cfg.gate.margin, paired=paired, fallback=fallback, rule=PairedRule(
-                            cfg.gate.mode, cfg.gate.significance, cfg.gate.max_class_drop)))
+    return enforce(GatePolicy.of(cfg.gate).judge(metrics, champion_metrics=champion, paired=paired,
+                                                 fallback=fallback))
 
 
 def regate_release(cfg: Config, release: Mapping, model: str) -> Verdict:
@@ -151,8 +150,7 @@ def regate_release(cfg: Config, release: Mapping, model: str) -> Verdict:
     if cfg.gate.compare_to_latest and not release.get("latest"):
         current = latest_release(store_from_config(cfg.storage), model)
         champion = current.get("metrics") if current else None
-    return enforce(gate(dict(release.get("metrics") or {}), metric=cfg.gate.metric, threshold=cfg.gate.threshold,
-                        champion_metrics=champion, margin=cfg.gate.margin))
+    return enforce(GatePolicy.of(cfg.gate).judge(dict(release.get("metrics") or {}), champion_metrics=champion))
 
 
 def release_model(cfg: Config, plan: RunPlan, dataset: Mapping, run: Mapping, metrics: Mapping,

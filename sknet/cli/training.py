@@ -107,11 +107,10 @@ def run_launch(args: argparse.Namespace) -> dict:
 
 
 def run_gate(args: argparse.Namespace) -> None:
-    from sknet.release.gate import enforce, gate
+    from sknet.release.gate import GatePolicy, enforce
 
-    cfg = config_of(args)
-    verdict = gate(read_json(args.metrics), metric=cfg.gate.metric, threshold=cfg.gate.threshold,
-                   champion_metrics=read_json(args.champion) if args.champion else None, margin=cfg.gate.margin)
+    champion = read_json(args.champion) if args.champion else None
+    verdict = GatePolicy.of(config_of(args).gate).judge(read_json(args.metrics), champion_metrics=champion)
     print(json.dumps(verdict.to_dict(), indent=2))
     enforce(verdict)
 

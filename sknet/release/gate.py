@@ -38,6 +38,28 @@ class PairedRule:
     max_class_drop: float = 0.05
 
 
+@dataclass(frozen=True)
+class GatePolicy:
+    """The gate a config asks for (`gate.*`), built in one place (`of`) and applied by `judge`."""
+
+    metric: str
+    threshold: float
+    margin: float = 0.0
+    compare_to_latest: bool = False
+    rule: PairedRule = PairedRule()
+
+    @classmethod
+    def of(cls, config) -> GatePolicy:
+        """The policy of a `GateConfig` (`cfg.gate`)."""
+        return cls(config.metric, config.threshold, config.margin, config.compare_to_latest,
+                   PairedRule(config.mode, config.significance, config.max_class_drop))
+
+    def judge(self, metrics: Mapping, *, champion_metrics: Mapping | None = None, paired=None,
+              fallback: str = "") -> Verdict:
+        return gate(metrics, metric=self.metric, threshold=self.threshold, champion_metrics=champion_metrics,
+                    margin=self.margin, paired=paired, rule=self.rule, fallback=fallback)
+
+
 def gate(metrics: Mapping, *, metric: str, threshold: float, champion_metrics: Mapping | None = None,
          margin: float = 0.0, paired=None, rule: PairedRule = PairedRule(), fallback: str = "") -> Verdict:
     """Pass when `metrics[metric] ≥ threshold` and, given a champion, beat it: by `paired` comparison on the same

@@ -15,7 +15,7 @@ from sknet.config import Config, TrainConfig
 from sknet.data.census import census_lines
 from sknet.data.layout import CLASS_NAMES, MEAN, STD
 from sknet.markdown import code, number, table, text
-from sknet.release.gate import gate
+from sknet.release.gate import GatePolicy
 
 METRICS = (("top_1_accuracy", "top-1 accuracy"), ("top_5_accuracy", "top-5 accuracy"))
 
@@ -127,8 +127,7 @@ def _evaluation(cfg: Config, metrics: Mapping, release: str, previous: Mapping |
     verdict when it compared this model with that release sample by sample (`recorded`), else judged again."""
     before = previous.get("metrics", {}) if previous else {}
     champion = before if cfg.gate.compare_to_latest and cfg.gate.metric in before else None
-    verdict = gate(metrics, metric=cfg.gate.metric, threshold=cfg.gate.threshold, champion_metrics=champion,
-                   margin=cfg.gate.margin)
+    verdict = GatePolicy.of(cfg.gate).judge(metrics, champion_metrics=champion)
     paired = (recorded or {}).get("paired") or {}
     if previous and paired.get("champion") == previous.get("version"):
         verdict = replace(verdict, passed=bool(recorded.get("passed")), message=str(recorded.get("message")))
