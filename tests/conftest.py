@@ -135,6 +135,15 @@ def store(request, tmp_path):
 
 
 @pytest.fixture
+def staged(store, synthetic_data):
+    """The synthetic layout staged into `store`: (its dataset URI, its digest)."""
+    from sknet.data.stage import stage
+
+    uri = stage(str(synthetic_data), store)
+    return uri, uri.rsplit("/", 1)[-1]
+
+
+@pytest.fixture
 def bucket(s3_server, request):
     """A fresh bucket per test: s3://<name>."""
     import re

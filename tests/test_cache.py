@@ -17,7 +17,6 @@ import pytest
 
 from sknet.data.cache import VERIFIED_MARKER, fetch
 from sknet.data.layout import LAYOUT_DIR, TEST_FILE
-from sknet.data.stage import stage
 from sknet.errors import DataError
 from sknet.storage import MANIFEST, open_store
 from test_stage import count_calls
@@ -55,12 +54,6 @@ while go and not os.path.exists(go):
 path, digest = fetch(uri, store, Path(cache), workers=2)
 print(json.dumps({"pid": os.getpid(), "gets": len(gets), "path": str(path), "done": time.time()}), flush=True)
 """
-
-
-@pytest.fixture
-def staged(store, synthetic_data):
-    uri = stage(str(synthetic_data), store)
-    return uri, uri.rsplit("/", 1)[-1]
 
 
 def endpoint_of(store) -> str:

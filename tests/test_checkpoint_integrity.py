@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_sknet
+from helpers import train as train_smoke
 from sknet.errors import CheckpointError
 from sknet.training.checkpoint import (
     CheckpointMirror,
@@ -22,8 +23,7 @@ SHORT = ["data.num_train_samples=192", "train.epochs=2", "train.checkpoint_every
 
 
 def train(data, out, *extra, check=True):
-    return run_sknet("train", "--config", "cpu-smoke", "--set", f"data.uri={data}", f"train.output_dir={out}",
-                     *SHORT, *extra, check=check)
+    return train_smoke(data, out, SHORT, *extra, check=check)
 
 
 @pytest.fixture(scope="module")

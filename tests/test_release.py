@@ -4,6 +4,7 @@ import re
 import pytest
 
 from conftest import race
+from helpers import latest, release_files
 from sknet.config import load_config
 from sknet.release import BeatLatest, LatestNotMoved, latest_release, move_latest, publish_release, publish_run
 from sknet.release.lineage import lineage_record
@@ -54,17 +55,6 @@ def test_latest_moves_only_after_the_new_release_is_complete(store, artifacts, t
         publish_release(store, "sknet50", "v2", broken)
     assert json.loads(store.get_bytes("releases/sknet50/LATEST"))["version"] == "v1"
     assert not store.exists("releases/sknet50/v2/manifest.json")
-
-
-def latest(store, model="sknet50"):
-    return json.loads(store.get_bytes(f"releases/{model}/LATEST"))
-
-
-def release_files(tmp_path, name, accuracy):
-    model = tmp_path / name / "model.mindir"
-    model.parent.mkdir()
-    model.write_bytes(f"mindir of {name}".encode() * 100)
-    return {"model.mindir": model}, {"metrics": {"top_1_accuracy": accuracy}}
 
 
 def test_latest_records_the_release_time_and_counts_its_moves(store, tmp_path):

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from conftest import race, run_sknet
+from helpers import latest, release_files
 from sknet.release import LatestNotMoved, history, promote, publish_release
 from sknet.release import registry as release
 from sknet.release.history import release_facts
@@ -26,13 +27,6 @@ class Crash(BaseException):
     """The process dies here (not an error a caller could catch and carry on from)."""
 
 
-def release_files(tmp_path, name: str, accuracy: float, **facts) -> tuple[dict, dict]:
-    model = tmp_path / name / "model.mindir"
-    model.parent.mkdir()
-    model.write_bytes(f"mindir of {name}".encode() * 50)
-    return {"model.mindir": model}, {"metrics": {"top_1_accuracy": accuracy}, **facts}
-
-
 def released(store, tmp_path, *versions: str, model: str = "sknet50", **facts) -> list[dict]:
     return [publish_release(store, model, v, *release_files(tmp_path, v, 0.9 + n / 100, **facts))
             for n, v in enumerate(versions)]
@@ -40,10 +34,6 @@ def released(store, tmp_path, *versions: str, model: str = "sknet50", **facts) -
 
 def stored_records(store, model: str = "sknet50") -> list[dict]:
     return [json.loads(store.get_bytes(o.key)) for o in store.list(f"release-history/{model}/")]
-
-
-def latest(store, model: str = "sknet50") -> dict:
-    return json.loads(store.get_bytes(f"releases/{model}/LATEST"))
 
 
 def test_every_move_of_latest_is_recorded_oldest_first_with_why_metrics_and_run_url(store, tmp_path):

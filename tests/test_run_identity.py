@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import run_sknet
+from helpers import train as train_smoke
 from sknet.training.run_record import dataset_digest
 
 pytestmark = pytest.mark.slow
@@ -17,8 +17,7 @@ SHORT = ["data.num_train_samples=64", "train.epochs=2", "train.checkpoint_every_
 
 
 def train(data, out, *extra, check=False):
-    return run_sknet("train", "--config", "cpu-smoke", "--set", f"data.uri={data}", f"train.output_dir={out}",
-                     *SHORT, *extra, check=check)
+    return train_smoke(data, out, SHORT, *extra, check=check)
 
 
 @pytest.fixture(scope="module")

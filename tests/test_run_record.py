@@ -7,6 +7,7 @@ import time
 import pytest
 
 from conftest import run_sknet
+from helpers import train as train_smoke
 from sknet.config import load_config
 from sknet.errors import ConfigError
 from sknet.training.run_record import check_run_dir, dataset_digest, training_settings
@@ -15,8 +16,7 @@ SHORT = ["data.num_train_samples=192", "train.epochs=2", "train.checkpoint_every
 
 
 def train(data, out, *extra, check=True):
-    return run_sknet("train", "--config", "cpu-smoke", "--set", f"data.uri={data}", f"train.output_dir={out}",
-                     *SHORT, *extra, check=check)
+    return train_smoke(data, out, SHORT, *extra, check=check)
 
 
 def test_settings_that_decide_the_checkpoints_are_recorded_and_the_others_are_not():

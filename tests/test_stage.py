@@ -1,12 +1,12 @@
 """Stage → fetch → verify of a full-size dataset through a real S3 server and a file:// store."""
 
-import io
 import json
 import re
 import tarfile
 
 import pytest
 
+from helpers import make_tarball
 from sknet.data.cache import VERIFIED_MARKER, fetch, verify_remote
 from sknet.data.layout import CLASS_NAMES, LAYOUT_DIR, TEST_FILE
 from sknet.data.manifest import dataset_manifest, manifest_digest
@@ -120,12 +120,6 @@ def test_restaging_over_a_manifest_that_is_not_json_publishes_the_dataset_again(
     assert verify_remote(again.uri, store)["files"] == 8
 
 
-@pytest.fixture
-def staged(store, synthetic_data):
-    uri = stage(str(synthetic_data), store)
-    return uri, uri.rsplit("/", 1)[-1]
-
-
 def assert_nothing_cached(cache, digest):
     assert not (cache / digest / LAYOUT_DIR).exists()
     assert not list((cache / digest).glob(".partial-*")) if (cache / digest).exists() else True
@@ -227,15 +221,6 @@ def test_a_dataset_uri_without_a_digest_is_refused_before_any_cache_path_is_made
         fetch(f"{store.uri}/{suffix}", store, tmp_path / "cache")
     assert (tmp_path / "sibling" / "keep.txt").read_text() == "precious"
     assert not (tmp_path / "cache").exists()
-
-
-def make_tarball(path, members):
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_tarball_with_wrong_md5_is_refused(tmp_path):

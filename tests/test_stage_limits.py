@@ -3,7 +3,6 @@ killed stage's scratch; an HTTP source answering garbage or too little is a clea
 
 The limits are module constants, set small here so that each test takes seconds."""
 
-import io
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import make_tarball
 from sknet.data import archive, download
 from sknet.data.archive import _md5
 from sknet.data.stage import SCRATCH_OWNER, SCRATCH_PREFIX, stage
@@ -192,16 +192,6 @@ def test_a_body_shorter_than_its_content_length_is_reported_before_any_md5_check
     assert "got 10 of 1,000 bytes (its Content-Length) before the server closed the connection" in str(error)
     assert "MD5" not in str(error)
     assert_names_url_redacted(str(error), url)
-
-
-def make_tarball(path: Path, members: list[tuple[str, int]]) -> Path:
-    """A tar.gz of `(name, size)` members, each of zeros: a few hundred bytes however large they extract."""
-    with tarfile.open(path, "w:gz") as archive:
-        for name, size in members:
-            info = tarfile.TarInfo(name)
-            info.size = size
-            archive.addfile(info, io.BytesIO(bytes(size)))
-    return path
 
 
 def test_a_tarball_extracting_past_the_cap_is_refused_at_the_member_that_passes_it(tmp_path, monkeypatch):
