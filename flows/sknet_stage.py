@@ -18,22 +18,17 @@ import uuid
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.orchestration import get_client
 from prefect.events import Event
-from prefect.events.clients import get_events_client
-from prefect.events.related import related_resources_from_run_context
 from prefect.runtime import flow_run
-from prefect.utilities.asyncutils import run_coro_as_sync
 
 from sknet.data.census import DEFAULT_MAX_CLASS_SKEW, census_markdown
 from sknet.data.manifest import DATASETS_PREFIX
 from sknet.errors import ConfigError
 from sknet.storage import join
-from tasks._support import refuse_untemplated, use_aws_credentials_block
+from tasks._support import refuse_untemplated, send_confirmed, use_aws_credentials_block
 from tasks.data import stage_dataset
 
 STAGED_EVENT = "sknet.dataset.staged"
-EVENT_ATTEMPTS = 5  # connections the events client tries before the announcement fails
 
 
 class EventNotDelivered(RuntimeError):
@@ -79,7 +74,7 @@ def announce(staged: dict) -> Event:
     event = Event(event=STAGED_EVENT, resource=dataset_resource(staged), payload=staged,
                   id=uuid.uuid5(uuid.UUID(flow_run.id), staged["uri"]))
     try:
-        run_coro_as_sync(send_confirmed(event))
+        send_confirmed(event)
     except Exception as exc:  # noqa: BLE001 - whatever stopped it, the event is not known to have arrived
         raise EventNotDelivered(
             f"{STAGED_EVENT} for {staged['uri']} was not received by the Prefect API ({type(exc).__name__}: "
@@ -88,18 +83,6 @@ def announce(staged: dict) -> Event:
             f"with `--entrypoint flows/sknet_stage.py:sknet_stage` for a run without a deployment): it reuses "
             f"this stage's result and sends the event again") from exc
     return event
-
-
-async def send_confirmed(event: Event) -> None:
-    """Send `event` with its run's related resources (as `emit_event` attaches them) through a client of our own
-    that checkpoints after every event: after the send it pings and waits for the pong, which the server
-    sends on reading the ping, so after the event's frame (Prefect's own checkpoint). Raises what stopped it:
-    a connection refused, rejected or closed, after `EVENT_ATTEMPTS` tries where retrying can help."""
-    async with get_client() as orchestration:
-        event.related += await related_resources_from_run_context(
-            orchestration, exclude={resource.id for resource in event.involved_resources})
-    async with get_events_client(reconnection_attempts=EVENT_ATTEMPTS - 1, checkpoint_every=1) as events:
-        await events.emit(event)
 
 
 def dataset_resource(staged: dict) -> dict[str, str]:

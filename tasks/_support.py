@@ -84,6 +84,35 @@ def tag_flow_run(config: str, device_target: str) -> None:
         get_run_logger().warning("flow run tags not updated (%s: %s)", type(exc).__name__, exc)
 
 
+EVENT_ATTEMPTS = 5  # connections the events client tries before a send fails
+
+
+def send_confirmed(event) -> None:
+    """The one way our flows and tasks send an event (a `prefect.events.Event`, or `emit_event`'s keyword
+    arguments as a dict): with its run's related resources (as `emit_event` attaches them), through an events
+    client that checkpoints after every event — after the send it pings and waits for the pong, which the server
+    sends on reading the ping, so after the event's frame (Prefect's own checkpoint). Returns once the API has
+    received it; raises what stopped it (a connection refused, rejected or closed, after `EVENT_ATTEMPTS` tries
+    where retrying can help). `emit_event` would only queue it for a worker that drops it when the API is down.
+    A resent event (a retried task) keeps its id, which the server records once."""
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+    from prefect.events.clients import get_events_client
+    from prefect.events.related import related_resources_from_run_context
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    event = event if isinstance(event, Event) else Event(**event)
+
+    async def send() -> None:
+        async with get_client() as orchestration:
+            event.related += await related_resources_from_run_context(
+                orchestration, exclude={resource.id for resource in event.involved_resources})
+        async with get_events_client(reconnection_attempts=EVENT_ATTEMPTS - 1, checkpoint_every=1) as events:
+            await events.emit(event)
+
+    run_coro_as_sync(send())
+
+
 def asset_key(uri: str) -> str:
     """A URI usable as an asset key: s3:// and file:// stay, a plain path becomes file://<absolute path>."""
     return uri if is_object_store_uri(uri) else f"file://{Path(uri).resolve()}"

@@ -3,7 +3,6 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.assets import materialize
-from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from sknet.config import Config
@@ -11,7 +10,7 @@ from sknet.evaluation.evaluate import headline
 from sknet.plan import RunPlan
 from sknet.release.events import release_event
 from sknet.run_outputs import publish_run_outputs, release_model, release_pages, run_figures
-from tasks._support import describe_assets, retry_transient
+from tasks._support import describe_assets, retry_transient, send_confirmed
 
 
 @task(name="publish-run", task_run_name="publish runs/{plan.run_id}", persist_result=True, **retry_transient())
@@ -32,7 +31,7 @@ def publish_release(cfg: Config, plan: RunPlan, dataset: dict, run: dict, metric
     """Upload, verify, write the manifest, then move LATEST (recording the move, with this flow run's URL, and
     emitting `sknet.release.published`); the model card and links to the objects in the UI."""
     pointer, lineage, card = release_model(cfg, plan, dataset, run, metrics, model, verdict, run_url=flow_run.ui_url)
-    emit_event(**release_event(plan.store_uri, plan.model, pointer))  # sknet.release.published, for automations
+    send_confirmed(release_event(plan.store_uri, plan.model, pointer))  # sknet.release.published, received
     create_markdown_artifact(markdown=card, key="sknet-model-card", description=f"{plan.model} {plan.run_id}")
     # content, not file:// links a browser refuses
     for name, page in release_pages(cfg, plan.model, pointer, lineage).items():

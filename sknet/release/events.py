@@ -1,8 +1,9 @@
 """The Prefect events a move of LATEST sends, so an automation can act on it (sknet never imports Prefect).
 
-`sknet.release.published`: a release moved LATEST (the flow's publish task sends it with Prefect's
-`emit_event`); `sknet.release.promoted`: `sknet release promote` moved it (`send_event` posts it to the
-Prefect API's REST `POST /events`, `prefect/server/api/events.py:create_events`).
+`sknet.release.published`: a release moved LATEST (the flow's publish task sends it, confirmed, with
+`tasks._support.send_confirmed`: the one sender of our flows and tasks); `sknet.release.promoted`: `sknet release
+promote` moved it (`send_event` posts it to the Prefect API's REST `POST /events`,
+`prefect/server/api/events.py:create_events`: sknet never imports Prefect, so the command has a sender of its own).
 - resource: the model; `prefect.resource.id` is its store URI, `<store>/releases/<model>` (user info and
   signatures redacted), with `prefect.resource.name` and `sknet.model` its name;
 - related: the flow run that trained the version (`prefect.flow-run.<id>`, role `flow-run`) and its dataset
