@@ -123,6 +123,9 @@ class GateConfig:
     mode: Literal["superior", "non_inferior"] = "superior"  # paired: significantly better / not significantly worse
     significance: float = field(default=0.05, metadata=_bounds(0.0, 1.0, low_open=True))  # McNemar's exact test
     max_class_drop: float = field(default=0.05, metadata=_bounds(0.0, 1.0))  # no class may lose more (paired)
+    max_ece: float | None = field(default=None, metadata=_bounds(0.0, 1.0))  # expected calibration error; None: off
+    # with compare_to_latest: how much worse than LATEST's the ECE may be; None: off
+    max_ece_increase: float | None = field(default=None, metadata=_bounds(0.0, 1.0))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sknet.config import Config
 from sknet.errors import CheckpointError, SknetError
-from sknet.evaluation.figures import figures_markdown, plot_confusion_matrix
+from sknet.evaluation.figures import figures_markdown, plot_confusion_matrix, plot_reliability
 from sknet.plan import RunPlan
 from sknet.release import (
     LINEAGE,
@@ -38,12 +38,14 @@ from sknet.run_files import (
     LOGS_DIR,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    RELIABILITY_FILE,
     RESULT_FILE,
 )
 from sknet.storage import join, store_from_config
 from sknet.training.checkpoint import latest_verified_checkpoint, read_record
 
-RUN_FILES = (EVAL_FILE, PREDICTIONS_FILE, CURVE_FILE, CONFUSION_FILE, CONFIG_FILE, METRICS_FILE, LAUNCH_FILE)
+RUN_FILES = (EVAL_FILE, PREDICTIONS_FILE, CURVE_FILE, CONFUSION_FILE, RELIABILITY_FILE, CONFIG_FILE, METRICS_FILE,
+             LAUNCH_FILE)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ def publish_run_outputs(cfg: Config, plan: RunPlan, metrics: Mapping) -> str:
     plot_confusion_matrix(metrics, run / CONFUSION_FILE, title=f"{cfg.model.name}: confusion matrix on "
                           f"{metrics['samples']:,} test images" + (" (SYNTHETIC data)" if metrics.get(
                               "synthetic_data") else ""))
+    plot_reliability(metrics, run / RELIABILITY_FILE, title=f"{cfg.model.name}: calibration on "
+                     f"{metrics['samples']:,} test images")
     files = {name: run / name for name in RUN_FILES}
     files.update({f"{LOGS_DIR}/{p.name}": p for p in (run / LOGS_DIR).glob("*.log")})
     publish_run(store_from_config(cfg.storage), plan.run_id, {k: p for k, p in files.items() if p.exists()},
@@ -108,7 +112,8 @@ def run_figures(cfg: Config, plan: RunPlan, run_uri: str) -> str:
     run = Path(plan.output_dir)
     return figures_markdown(f"{cfg.model.name} {plan.run_id}", [
         (run / CURVE_FILE, "training curves", f"{run_uri}/{CURVE_FILE}"),
-        (run / CONFUSION_FILE, "confusion matrix", f"{run_uri}/{CONFUSION_FILE}")])
+        (run / CONFUSION_FILE, "confusion matrix", f"{run_uri}/{CONFUSION_FILE}"),
+        (run / RELIABILITY_FILE, "reliability diagram", f"{run_uri}/{RELIABILITY_FILE}")])
 
 
 def unchanged_release(cfg: Config, plan: RunPlan, dataset: Mapping) -> dict | None:

@@ -186,11 +186,12 @@ def test_a_run_with_nothing_changed_trains_nothing_unless_forced(prefect_api, sy
     assert "MODEL_CARD.md" in manifest["files"] and artifact_of(first_state, "sknet-model-card") == card
     assert "SYNTHETIC data" in card and "first release of sknet-tiny" in card and " parameters** (trainable)" in card
     assert "## Per class" in card and "Confusion matrix (rows: true class" in card
+    assert "## Calibration" in card and "Expected calibration error (15 equal-width confidence bins) **0." in card
     run_dir = tmp_path / "work" / "runs" / version
     figures = artifact_of(first_state, "sknet-curve")  # the PNGs themselves, which the UI shows
     embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)\)", figures)
-    assert [base64.b64decode(png) for png in embedded] == [(run_dir / name).read_bytes()
-                                                           for name in ("curve.png", "confusion.png")]
+    shown = ("curve.png", "confusion.png", "reliability.png")
+    assert [base64.b64decode(png) for png in embedded] == [(run_dir / name).read_bytes() for name in shown]
     manifest_page = artifact_of(first_state, "sknet-release-manifest")  # content a browser shows, not a file:// link
     assert f"Stored at `file://{bucket}/releases/sknet-tiny/{version}/manifest.json`" in manifest_page
     assert re.search(r"\| `model\.mindir` \| [\d,]+ bytes, sha256 `[0-9a-f]{16}`…", manifest_page)

@@ -16,6 +16,7 @@ import numpy as np
 
 from sknet.config import Config
 from sknet.data.layout import local_dataset_path, verify_layout
+from sknet.evaluation.calibration import calibration
 from sknet.training.runtime import check_on_this_host, configure
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def evaluate_forward(cfg: Config, forward: Callable, *, batch_size: int | None =
 
     Returns {"top_1_accuracy", "top_5_accuracy", "loss", "samples", "synthetic_data", "per_class_accuracy"
     (one per class; NaN-free: a class without samples has None), "confusion_matrix" (rows: true class, columns:
-    predicted; sums to `samples`)}.
+    predicted; sums to `samples`), "calibration" ({"ece", "nll", "bins"}: `sknet.evaluation.calibration`)}.
     """
     from sknet.data.pipeline import build_dataset
 
@@ -90,7 +91,8 @@ def _logits(forward: Callable, images, batch: int) -> np.ndarray:
 
 
 def score(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Accuracy, per-class accuracy, confusion matrix and mean cross-entropy of `logits` for `labels`."""
+    """Accuracy, per-class accuracy, confusion matrix, mean cross-entropy and calibration
+    (`sknet.evaluation.calibration`) of `logits` for `labels`."""
     ranked = np.argsort(-logits, axis=1)
     samples = len(labels)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -103,6 +105,7 @@ def score(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
         "samples": samples,
         "per_class_accuracy": [float(confusion[c, c] / n) if n else None for c, n in enumerate(per_class)],
         "confusion_matrix": confusion.tolist(),
+        "calibration": calibration(logits, labels),  # ECE, NLL and the reliability bins
     }
 
 

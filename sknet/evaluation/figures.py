@@ -45,6 +45,36 @@ def plot_confusion_matrix(metrics: Mapping, out: str | Path, *, title: str) -> P
     return out
 
 
+def plot_reliability(metrics: Mapping, out: str | Path, *, title: str) -> Path | None:
+    """A PNG of the reliability diagram of `metrics["calibration"]`: each confidence bin's accuracy (bars) against
+    the diagonal a calibrated model follows, the gap shaded, the bin counts below; None without calibration."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    calibration = metrics.get("calibration")
+    if not calibration:
+        return None
+    bins = calibration["bins"]
+    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    width = bins[0]["upper"] - bins[0]["lower"]
+    figure = Figure(figsize=(7, 7), dpi=100, layout="constrained")
+    figure.suptitle(f"{title}: ECE {calibration['ece']:.4f}, NLL {calibration['nll']:.4f}")
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    filled = [(c, b) for c, b in zip(centres, bins, strict=True) if b["count"]]
+    top.bar([c for c, _ in filled], [b["accuracy"] for _, b in filled], width=width, color="#1f77b4",
+            edgecolor="white", label="accuracy of the bin")
+    top.bar([c for c, _ in filled], [b["confidence"] - b["accuracy"] for _, b in filled], width=width,
+            bottom=[b["accuracy"] for _, b in filled], color="#d62728", alpha=0.35, label="gap to its confidence")
+    top.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+    top.set(ylim=(0, 1), ylabel="accuracy")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(centres, [b["count"] for b in bins], width=width, color="#7f7f7f")
+    bottom.set(xlim=(0, 1), xlabel="confidence (top-1 softmax probability)", ylabel="samples")
+    out = Path(out)
+    FigureCanvasAgg(figure).print_png(out)
+    return out
+
+
 def embedded_png(path: str | Path, alt: str, link: str = "") -> str:
     """A markdown image of the PNG at `path` as a data URI (`link`, when given, also named below it); a PNG over
     `EMBED_LIMIT_BYTES` is only linked."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from sknet.data.layout import CLASS_NAMES
 from sknet.errors import SknetError
@@ -39,6 +39,38 @@ class PairedRule:
 
 
 @dataclass(frozen=True)
+class CalibrationRule:
+    """gate.max_ece (this model's expected calibration error) and gate.max_ece_increase (over the champion's, when
+    there is one that records its own); None: not judged."""
+
+    max_ece: float | None = None
+    max_increase: float | None = None
+
+    def judge(self, metrics: Mapping, champion_metrics: Mapping | None, failures: list[str], passes: list[str]):
+        if self.max_ece is None and self.max_increase is None:
+            return
+        ece = _ece(metrics)
+        if ece is None:
+            failures.append("no calibration recorded (eval.json has no calibration.ece) for gate.max_ece / "
+                            "gate.max_ece_increase")
+            return
+        if self.max_ece is not None:
+            (passes if ece <= self.max_ece else failures).append(
+                f"ECE {ece:.4f} {'≤' if ece <= self.max_ece else '>'} gate.max_ece {self.max_ece:.4f}")
+        champion = _ece(champion_metrics) if champion_metrics else None
+        if self.max_increase is not None and champion is not None:
+            worse = ece - champion > self.max_increase
+            (failures if worse else passes).append(
+                f"ECE {ece:.4f} {'more' if worse else 'no more'} than the current release's {champion:.4f} + "
+                f"gate.max_ece_increase {self.max_increase:.4f}")
+
+
+def _ece(metrics: Mapping | None) -> float | None:
+    ece = ((metrics or {}).get("calibration") or {}).get("ece")
+    return float(ece) if isinstance(ece, (int, float)) and not isinstance(ece, bool) else None
+
+
+@dataclass(frozen=True)
 class GatePolicy:
     """The gate a config asks for (`gate.*`), built in one place (`of`) and applied by `judge`."""
 
@@ -47,21 +79,25 @@ class GatePolicy:
     margin: float = 0.0
     compare_to_latest: bool = False
     rule: PairedRule = PairedRule()
+    calibration: CalibrationRule = field(default_factory=lambda: CalibrationRule())
 
     @classmethod
     def of(cls, config) -> GatePolicy:
         """The policy of a `GateConfig` (`cfg.gate`)."""
         return cls(config.metric, config.threshold, config.margin, config.compare_to_latest,
-                   PairedRule(config.mode, config.significance, config.max_class_drop))
+                   PairedRule(config.mode, config.significance, config.max_class_drop),
+                   CalibrationRule(config.max_ece, config.max_ece_increase))
 
     def judge(self, metrics: Mapping, *, champion_metrics: Mapping | None = None, paired=None,
               fallback: str = "") -> Verdict:
         return gate(metrics, metric=self.metric, threshold=self.threshold, champion_metrics=champion_metrics,
-                    margin=self.margin, paired=paired, rule=self.rule, fallback=fallback)
+                    margin=self.margin, paired=paired, rule=self.rule, fallback=fallback,
+                    calibration=self.calibration)
 
 
 def gate(metrics: Mapping, *, metric: str, threshold: float, champion_metrics: Mapping | None = None,
-         margin: float = 0.0, paired=None, rule: PairedRule = PairedRule(), fallback: str = "") -> Verdict:
+         margin: float = 0.0, paired=None, rule: PairedRule = PairedRule(), fallback: str = "",
+         calibration: CalibrationRule | None = None) -> Verdict:
     """Pass when `metrics[metric] ≥ threshold` and, given a champion, beat it: by `paired` comparison on the same
     samples when there is one (`sknet.release.champion.Paired`, judged by `rule`), else by `metric ≥ champion + margin`
     (`fallback`: why the comparison was not paired, said in the message)."""
@@ -80,6 +116,8 @@ def gate(metrics: Mapping, *, metric: str, threshold: float, champion_metrics: M
             failures.append(f"{metric} {value:.4f} < {margin_text}")
         else:
             passes.append(f"≥ {margin_text}")
+    if calibration is not None:
+        calibration.judge(metrics, champion_metrics, failures, passes)
     if failures:
         message = "gate failed: " + "; ".join(failures)
         if paired is not None and len(passes) > 1:  # the paired evidence is named whichever rule failed

@@ -34,6 +34,7 @@ def model_card(cfg: Config, lineage: Mapping, *, release: str, version: str, pre
         _recipe(cfg),
         _evaluation(cfg, lineage["metrics"], release, previous, lineage.get("gate")),
         _per_class(lineage["metrics"], lineage.get("gate")),
+        _calibration(lineage["metrics"]),
         _lineage(lineage),
         _intended_use(cfg, synthetic, lineage["metrics"]),
     ]) + "\n"
@@ -148,6 +149,21 @@ def _evaluation(cfg: Config, metrics: Mapping, release: str, previous: Mapping |
     return "\n".join(["## Evaluation", table(header, rows), "",
                       f"- gate: **{'PASS' if verdict.passed else 'FAIL'}** — {text(verdict.message)}", compared,
                       f"- loss {number(metrics['loss'])} on {number(metrics['samples'], ',')} test images"])
+
+
+def _calibration(metrics: Mapping) -> str:
+    """How far the model's confidence can be trusted: ECE and NLL, and each confidence bin that holds samples."""
+    calibration = metrics.get("calibration")
+    if not calibration:
+        return "## Calibration\n\nNot recorded for this release (evaluated before calibration was measured)."
+    rows = [(f"{number(b['lower'], '.2f')}–{number(b['upper'], '.2f')}", number(b["count"], ","),
+             number(b["confidence"]), number(b["accuracy"])) for b in calibration["bins"] if b["count"]]
+    return "\n".join([
+        "## Calibration", "",
+        f"Expected calibration error (15 equal-width confidence bins) **{number(calibration['ece'])}**, negative "
+        f"log-likelihood {number(calibration['nll'])}: the gap between how sure the model is (its top-1 softmax "
+        "probability) and how often it is right. The reliability diagram is `reliability.png` in the run's outputs.",
+        "", table(["confidence", "samples", "mean confidence", "accuracy"], rows)])
 
 
 def _per_class(metrics: Mapping, recorded: Mapping | None) -> str:
